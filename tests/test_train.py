@@ -1,0 +1,111 @@
+"""The trainer end to end on a tiny model: losses fall, resume is bitwise exact, meshes agree, errors are exact."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+import jax
+import numpy as np
+import pytest
+
+from tests.train_fixtures import tiny_train_config, train_tiny_tokenizer
+from xalign_jax import config_validation, train
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory, shared_data):
+    return train_tiny_tokenizer(shared_data, tmp_path_factory.mktemp("tok"))
+
+
+def _params(trainer) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(trainer.state["params"]))]
+
+
+def _run(config, workdir, **run_kwargs):
+    trainer = train.Trainer(config, workdir)
+    try:
+        summary = trainer.run(**run_kwargs)
+        return trainer, summary
+    finally:
+        trainer.close()
+
+
+def test_demo_run_decreases_both_losses(tokenizer_dir, shared_data, tmp_path):
+    config = tiny_train_config(tokenizer_dir, shared_data, steps=30, checkpoint_every=100, log_every=5)
+    _, summary = _run(config, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    first, last = rows[0], rows[-1]
+    assert last["train/clm_loss"] < first["train/clm_loss"] - 0.5
+    assert last["train/cl_loss"] < first["train/cl_loss"]
+    assert summary["steps"] == 30 and summary["compiles"] <= len(config.data.cl_buckets)
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 30
+    for key in ("train/tokens_per_s", "train/mfu", "train/grad_norm", "train/lr", "train/cl_accuracy"):
+        assert np.isfinite(last[key]), key
+
+
+def test_resume_is_bitwise_identical(tokenizer_dir, shared_data, tmp_path):
+    config = tiny_train_config(tokenizer_dir, shared_data, steps=6, checkpoint_every=3)
+    straight, _ = _run(config, tmp_path / "straight")
+    first_half, summary = _run(config, tmp_path / "resumed", stop_after=3)
+    assert summary["steps"] == 3
+    resumed, summary = _run(config, tmp_path / "resumed")
+    assert summary["steps_this_run"] == 3 and summary["steps"] == 6
+    for a, b in zip(_params(straight), _params(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_restore_onto_a_different_mesh(tokenizer_dir, shared_data, tmp_path):
+    config = tiny_train_config(tokenizer_dir, shared_data, steps=3, checkpoint_every=3)
+    saved, _ = _run(config, tmp_path)
+    other = tiny_train_config(tokenizer_dir, shared_data, steps=3, checkpoint_every=3)
+    other.mesh.update(dict(data=2, fsdp=2, tensor=2))
+    restored = train.Trainer(other, tmp_path)
+    try:
+        assert restored.step == 3
+        for a, b in zip(_params(saved), _params(restored), strict=True):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        restored.close()
+
+
+def test_sigterm_writes_a_final_checkpoint_and_exits_cleanly(tokenizer_dir, shared_data, tmp_path):
+    config = tiny_train_config(tokenizer_dir, shared_data, steps=200, checkpoint_every=1000)
+    trainer = train.Trainer(config, tmp_path)
+    timer = threading.Timer(0.1, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    try:
+        timer.start()
+        summary = trainer.run()
+    finally:
+        timer.cancel()
+        trainer.close()
+    assert summary["preempted"] and 0 < summary["steps"] < 200
+    assert summary["latest_checkpoint_step"] == summary["steps"]
+
+
+def test_malformed_record_stops_before_training_with_file_line_field(tokenizer_dir, shared_data, tmp_path):
+    good = {"sent0": "Hello.", "sent1": "你好。", "clm_text": "Say hi. Answer in Chinese: 你好", "clm_prompt_len": 27}
+    bad = dict(good, clm_prompt_len="27")
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in (good, good, bad)) + "\n")
+    config = tiny_train_config(tokenizer_dir, shared_data)
+    config.data.train_file = str(path)
+    from xalign_jax.data.records import RecordError
+    with pytest.raises(RecordError) as error:
+        train.Trainer(config, tmp_path / "work")
+    assert str(error.value).startswith(f"{path}:3: clm_prompt_len: ")
+
+
+def test_config_errors_name_the_key(tokenizer_dir, shared_data):
+    config = tiny_train_config(tokenizer_dir, shared_data, batch_size=6)
+    with pytest.raises(config_validation.ConfigError, match=r"^config train.batch_size: 6 is not divisible"):
+        config_validation.validate(config, mode="train", num_devices=8)
+    config = tiny_train_config(tokenizer_dir, shared_data)
+    config.mesh.update(dict(data=3, fsdp=1, tensor=1))
+    with pytest.raises(config_validation.ConfigError, match=r"^config mesh: data\*fsdp\*tensor = 3"):
+        config_validation.validate(config, mode="train", num_devices=8)
+    config = tiny_train_config(tokenizer_dir, shared_data)
+    with pytest.raises(config_validation.ConfigError, match=r"^config objective.pooler: layer 5 is beyond"):
+        config.objective.pooler = "last-5"
+        config_validation.validate_against_model(config, num_layers=2)

@@ -1,0 +1,91 @@
+"""Every config key with its default: the AFP reference hyper-parameters (AFP_SPEC §1.4) unless noted.
+
+Files under ``configs/`` start from ``base_config()`` and override what their model needs; the command line
+overrides any key with ``--config.a.b=value``. Where we deliberately differ from the reference, the key says so and
+a ``reference`` value reproduces the reference behaviour.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import ml_collections
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = str(REPO_ROOT.parent / "shared" / "data")
+
+
+def model_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "source": "",              # fetch name | HF dir | .gguf | "random:<tokenizer source>" (then hf_config)
+        "hf_config": {},           # architecture for random init (a transformers config.json dict)
+        "init_seed": 0,
+        "dtype": "bfloat16",       # compute dtype; parameters and Adam moments stay fp32
+        "param_dtype": "float32",
+        "remat_policy": "none",    # none | full | dots | dots_no_batch ...
+        "attention_impl": "xla",   # xla | cudnn (GPU, RoPE/sinusoidal families)
+        "untie_lm_head": False,    # reference: True (it trains a separate head initialised from the embedding)
+    })
+
+
+def data_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "train_file": "",          # AFP JSON lines; empty = build the default recipe into WORKDIR/data/
+        "data_dir": DEFAULT_DATA_DIR,
+        "recipe_languages": ("en", "zh", "sw"),
+        "recipe_records": 6000,
+        "skip_bad_records": False,  # True: malformed lines are counted and reported instead of stopping the run
+        "seq_len": 512,             # CLM row length (reference clm_block_size 512)
+        "clm_rows": 2,              # packed CLM rows per step (global)
+        "cl_buckets": (32, 64, 128),  # contrastive sentence lengths (one compile per bucket used)
+        "packing": "segments",      # segments (no cross-example attention) | reference (no barrier, AFP_SPEC §1.3)
+        "prompt_masking": "offsets",  # offsets (character offsets) | reference (token-prefix heuristic)
+        "append_eos": True,         # EOS after every CLM example, supervised (the model learns to stop)
+    })
+
+
+def objective_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "pooler": "last-1",        # {last,avg,max}-k, k = hidden-state index (0 = embeddings), reference last-1
+        "temperature": 0.05,
+        "symmetric": True,         # reference: False (one direction, sent0 anchors)
+        "cl_weight": 1.0,
+        "clm_weight": 1.5,
+        "clm_chunk_size": 128,     # sequence positions per CE chunk (bounds the live [rows, chunk, vocab] logits)
+    })
+
+
+def train_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "steps": 5000,
+        "batch_size": 2,           # records per step, global (reference: 2 on one GPU)
+        "micro_batches": 1,        # gradient accumulation inside the step
+        "seed": 0,
+        "lr": 1e-5,
+        "warmup_steps": 150,       # ceil(0.03 * 5000)
+        "schedule": "cosine",      # cosine | linear (the reference's DeepSpeed path) | constant
+        "end_lr_ratio": 0.0,
+        "weight_decay": 0.0,
+        "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+        "grad_clip": 1.0,
+        "log_every": 10,
+        "checkpoint_every": 2500,
+        "keep_checkpoints": 1,
+        "keep_best_checkpoints": 1,
+        "eval_every": 0,           # dev-split evaluation cadence for best-checkpoint selection (0 = off)
+        "peak_tflops": 0.0,        # per-device peak for MFU; 0 = from the device table
+    })
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})   # -1: all remaining devices
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.model = model_config()
+    config.data = data_config()
+    config.objective = objective_config()
+    config.train = train_config()
+    config.mesh = mesh_config()
+    config.eval = ml_collections.ConfigDict({"enabled": False, "before_training": False, "after_training": False})
+    return config

@@ -1,0 +1,85 @@
+"""Config checks that run before anything is loaded or compiled, each failing with one line naming the key."""
+from __future__ import annotations
+
+import pathlib
+import re
+from typing import Any
+
+import jax
+
+POOLER = re.compile(r"^(last|avg|max)-(\d+)$")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message starts with ``config <key>:``."""
+
+
+def _fail(key: str, message: str) -> None:
+    raise ConfigError(f"config {key}: {message}")
+
+
+def mesh_shape(mesh_cfg: Any, num_devices: int) -> tuple[int, int, int]:
+    """(data, fsdp, tensor) with one ``-1`` entry filled so that the product equals ``num_devices``."""
+    sizes = [int(mesh_cfg.data), int(mesh_cfg.fsdp), int(mesh_cfg.tensor)]
+    names = ("mesh.data", "mesh.fsdp", "mesh.tensor")
+    if sizes.count(-1) > 1:
+        _fail("mesh", f"at most one of data/fsdp/tensor may be -1, got {sizes}")
+    for name, size in zip(names, sizes):
+        if size == 0 or size < -1:
+            _fail(name, f"must be a positive size or -1, got {size}")
+    known = 1
+    for size in sizes:
+        known *= size if size != -1 else 1
+    if -1 in sizes:
+        if num_devices % known:
+            _fail("mesh", f"fixed axes {sizes} do not divide the {num_devices} devices")
+        sizes[sizes.index(-1)] = num_devices // known
+    if sizes[0] * sizes[1] * sizes[2] != num_devices:
+        _fail("mesh", f"data*fsdp*tensor = {sizes[0] * sizes[1] * sizes[2]} but there are {num_devices} devices")
+    return sizes[0], sizes[1], sizes[2]
+
+
+def pool_layer(pooler: str) -> int:
+    match = POOLER.match(pooler)
+    if not match:
+        _fail("objective.pooler", f"{pooler!r} is not <last|avg|max>-<layer>, e.g. 'last-1' or 'avg-12'")
+    return int(match.group(2))
+
+
+def validate(config: Any, *, mode: str, num_devices: int | None = None) -> None:
+    """Raise ``ConfigError`` for the first problem found; nothing heavy is imported or loaded."""
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    data, fsdp, _ = mesh_shape(config.mesh, num_devices)
+    if not str(config.model.source):
+        _fail("model.source", "empty: set a fetch name (gemma3-270m), an HF directory or a .gguf file")
+    source = str(config.model.source).removeprefix("random:")
+    if ("/" in source or source.endswith(".gguf")) and not pathlib.Path(source).expanduser().exists():
+        _fail("model.source", f"{source} does not exist")
+    if mode != "train":
+        return
+    batch_shards = data * fsdp
+    train, data_cfg = config.train, config.data
+    for key, value in (("train.batch_size", train.batch_size), ("data.clm_rows", data_cfg.clm_rows)):
+        if value % (batch_shards * train.micro_batches):
+            _fail(key, f"{value} is not divisible by data*fsdp*micro_batches = "
+                       f"{batch_shards}*{train.micro_batches}")
+    if train.steps <= 0:
+        _fail("train.steps", f"must be positive, got {train.steps}")
+    if train.warmup_steps > train.steps:
+        _fail("train.warmup_steps", f"{train.warmup_steps} exceeds train.steps = {train.steps}")
+    if data_cfg.train_file and not pathlib.Path(data_cfg.train_file).is_file():
+        _fail("data.train_file", f"{data_cfg.train_file} is not a file")
+    if not data_cfg.train_file and not pathlib.Path(data_cfg.data_dir).is_dir():
+        _fail("data.data_dir", f"{data_cfg.data_dir} is not a directory (needed to build the default training set)")
+    if sorted(data_cfg.cl_buckets) != list(data_cfg.cl_buckets) or not data_cfg.cl_buckets:
+        _fail("data.cl_buckets", f"must be a non-empty increasing tuple, got {data_cfg.cl_buckets}")
+    pool_layer(config.objective.pooler)
+    if config.objective.temperature <= 0:
+        _fail("objective.temperature", f"must be positive, got {config.objective.temperature}")
+
+
+def validate_against_model(config: Any, num_layers: int) -> None:
+    """Checks that need the model's depth (still before any compile)."""
+    layer = pool_layer(config.objective.pooler)
+    if layer > num_layers:
+        _fail("objective.pooler", f"layer {layer} is beyond the model's {num_layers} blocks (0..{num_layers})")

@@ -1,0 +1,148 @@
+"""Metric writers (JSONL + TensorBoard), the progress line, and the FLOPs/MFU arithmetic.
+
+FLOPs formula (per training step, dense matmuls only, the convention of PaLM/MaxText):
+  * a token through ``n`` transformer blocks costs ``2 * P_blocks(n)`` FLOPs forward, where ``P_blocks(n)`` is the
+    number of matmul parameters in those blocks, plus ``4 * n * T * d_attn`` for attention scores and values
+    (``T`` the sequence length attended over, ``d_attn = heads * head_dim``; causal masking is not discounted);
+  * the LM head adds ``2 * d * V`` per CLM token; embedding lookups are free;
+  * backward costs twice the forward, so training multiplies everything by 3.
+CLM rows run all ``L`` blocks plus the head; contrastive sentences run only the ``k`` blocks up to the pooled layer.
+MFU = achieved model FLOP/s / (peak FLOP/s per device x devices). The peak comes from ``PEAK_TFLOPS`` by device kind,
+or from the config when given; on CPUs it is a nominal figure (cores x 2 GHz x 32 fp32 FLOP/cycle for AVX2 FMA), so
+CPU MFU is indicative only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import sys
+import time
+from typing import Any, Mapping
+
+import jax
+
+log = logging.getLogger(__name__)
+
+# Dense bf16 peak TFLOP/s per device (vendor figures, no sparsity).
+PEAK_TFLOPS = {
+    "H100": 989.0, "H200": 989.0, "A100": 312.0, "A800": 312.0, "L4": 121.0,
+    "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0, "TPU v6e": 918.0,
+}
+NOMINAL_CPU_FLOPS_PER_CORE = 2.0e9 * 32
+
+
+def peak_flops_per_device(override_tflops: float | None = None) -> float:
+    """Peak FLOP/s of one local device: the override, the table entry for its kind, or the nominal CPU figure."""
+    if override_tflops:
+        return override_tflops * 1e12
+    kind = jax.local_devices()[0].device_kind
+    for name, tflops in PEAK_TFLOPS.items():
+        if name.lower() in kind.lower():
+            return tflops * 1e12
+    if jax.default_backend() == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return cores * NOMINAL_CPU_FLOPS_PER_CORE / max(jax.local_device_count(), 1)
+    log.warning("unknown device kind %r: MFU will be reported as 0; set the peak TFLOP/s in the config", kind)
+    return float("inf")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFlops:
+    """Per-token forward FLOPs pieces of a decoder, from its shapes."""
+    block_params: int          # matmul parameters of ONE block
+    num_layers: int
+    attn_dim: int              # heads * head_dim
+    head_flops: int            # 2 * d * V
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "ModelFlops":
+        d, h, kv, hd, f = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size
+        attn = d * h * hd + 2 * d * kv * hd + h * hd * d
+        mlp = (3 if cfg.gated_mlp else 2) * d * f
+        return cls(block_params=attn + mlp, num_layers=cfg.num_layers, attn_dim=h * hd,
+                   head_flops=2 * d * cfg.vocab_size)
+
+    def forward_per_token(self, seq_len: int, layers: int | None = None, with_head: bool = True) -> float:
+        n = self.num_layers if layers is None else layers
+        return n * (2 * self.block_params + 4 * seq_len * self.attn_dim) + (self.head_flops if with_head else 0)
+
+    def train_step_flops(self, *, clm_tokens: int, clm_seq: int, cl_tokens: int, cl_seq: int, cl_layers: int) -> float:
+        """Training FLOPs (3x forward) of one AFP step: CLM rows through the full model, CL sentences through k blocks."""
+        clm = clm_tokens * self.forward_per_token(clm_seq)
+        cl = cl_tokens * self.forward_per_token(cl_seq, layers=cl_layers, with_head=False)
+        return 3.0 * (clm + cl)
+
+
+class MetricWriter:
+    """Writes scalars to ``WORKDIR/metrics.jsonl`` and TensorBoard; a no-op on non-zero processes."""
+
+    def __init__(self, workdir: str | pathlib.Path, *, enabled: bool = True):
+        self.enabled = enabled
+        self._jsonl = None
+        self._tb = None
+        if not enabled:
+            return
+        workdir = pathlib.Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
+        try:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+        except ImportError:  # TensorBoard is optional; JSONL is the record of truth.
+            log.warning("tensorboardX not installed: TensorBoard logging disabled")
+
+    def write(self, step: int, scalars: Mapping[str, float], prefix: str = "") -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), **{prefix + k: _plain(v) for k, v in scalars.items()}}
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self._jsonl:
+            self._jsonl.close()
+        if self._tb:
+            self._tb.close()
+
+
+def _plain(value: Any) -> Any:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+class Progress:
+    """A one-line progress report with rate and ETA (a line per call; readable in logs and terminals alike)."""
+
+    def __init__(self, total_steps: int, start_step: int = 0, stream=sys.stderr):
+        self.total = total_steps
+        self.start_step = start_step
+        self.start_time = time.perf_counter()
+        self.stream = stream
+
+    def line(self, step: int, fields: Mapping[str, str]) -> str:
+        done = step - self.start_step
+        elapsed = time.perf_counter() - self.start_time
+        eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
+        pct = 100.0 * step / max(self.total, 1)
+        body = " ".join(f"{k}={v}" for k, v in fields.items())
+        return f"[{step:>6d}/{self.total} {pct:5.1f}% eta {_fmt_seconds(eta)}] {body}"
+
+    def report(self, step: int, fields: Mapping[str, str]) -> None:
+        print(self.line(step, fields), file=self.stream, flush=True)
+
+
+def _fmt_seconds(seconds: float) -> str:
+    if seconds != seconds:  # NaN before the first step completes
+        return "--:--"
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:d}:{minutes:02d}:{sec:02d}" if hours else f"{minutes:02d}:{sec:02d}"

@@ -1,0 +1,290 @@
+"""The AFP trainer: build or restore the sharded state, run the one compiled step, log, evaluate, checkpoint.
+
+Read top to bottom: ``Trainer.__init__`` sets everything up (mesh, model, data, optimizer, state, restore),
+``Trainer.run`` is the loop. The step itself lives in ``train_step.py``.
+
+Host-device discipline: the loop never waits on the device except to fetch the scalars of a *previous* log step
+(which has finished by then) and at checkpoints; shapes are fixed per contrastive bucket and every compile is logged.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from xalign_jax import checkpoint as ckpt_lib
+from xalign_jax import config_validation
+from xalign_jax import metrics as metrics_lib
+from xalign_jax import sharding, train_step
+from xalign_jax.data import pipeline
+from xalign_jax.model_source import load_model_and_tokenizer
+from xalign_jax.training_data import load_training_examples
+
+log = logging.getLogger(__name__)
+
+
+def make_mesh(config: Any) -> jax.sharding.Mesh:
+    return sharding.make_mesh(*config_validation.mesh_shape(config.mesh, jax.device_count()))
+
+
+def init_train_state(params: Any, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+                     seed: int) -> train_step.TrainState:
+    """Fresh state around ``params``; the optimizer moments inherit the parameters' shardings through jit."""
+    with jax.set_mesh(mesh):
+        opt_state = jax.jit(tx.init)(params)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return {"params": params, "opt_state": opt_state,
+            "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
+            "rng": jax.device_put(jax.random.PRNGKey(seed), replicated)}
+
+
+def load_for_inference(config: Any, workdir: pathlib.Path):
+    """(model, tokenizer, step): the configured model, with the latest checkpoint's parameters when one exists."""
+    mesh = make_mesh(config)
+    model, tokenizer = load_model_and_tokenizer(config.model, mesh=mesh)
+    directory = pathlib.Path(workdir) / "checkpoints"
+    if not directory.is_dir():
+        return model, tokenizer, None
+    checkpointer = ckpt_lib.Checkpointer(directory)
+    step = checkpointer.latest_step()
+    if step is not None:
+        graphdef, params = nnx.split(model, nnx.Param)
+        tx, _ = train_step.make_optimizer(config.train)
+        template = init_train_state(params, tx, mesh, config.train.seed)
+        state, _, _ = checkpointer.restore(step, ckpt_lib.abstract_like(template))
+        model = nnx.merge(graphdef, state["params"])
+    checkpointer.close()
+    return model, tokenizer, step
+
+
+class Preemption:
+    """Turns SIGTERM (TPU/GPU preemption notice) into a flag the loop polls: final checkpoint, clean exit."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM received: will checkpoint and exit after the current step")
+        self.requested = True
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+class CompiledSteps:
+    """AOT-compiles the step once per distinct batch shape and logs every compile (a recompile is never silent)."""
+
+    def __init__(self, step_fn, state_shardings, batch_shardings):
+        self._jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+                               out_shardings=(state_shardings, None), donate_argnums=0)
+        self._compiled: dict[tuple, Any] = {}
+        self.compile_seconds = 0.0
+
+    @property
+    def num_compiles(self) -> int:
+        return len(self._compiled)
+
+    def __call__(self, state, batch):
+        key = tuple((k, v.shape) for k, v in sorted(batch.items()))
+        if key not in self._compiled:
+            start = time.perf_counter()
+            compiled = self._jitted.lower(state, batch).compile()
+            seconds = time.perf_counter() - start
+            self.compile_seconds += seconds
+            memory = compiled.memory_analysis()
+            log.info("compile #%d of the train step in %.1fs for shapes %s; %s", len(self._compiled) + 1,
+                     seconds, {k: s for k, s in key}, _format_memory(memory))
+            self._compiled[key] = compiled
+        return self._compiled[key](state, batch)
+
+    def memory_analysis(self):
+        return next(iter(self._compiled.values())).memory_analysis() if self._compiled else None
+
+
+def _format_memory(memory) -> str:
+    if memory is None:
+        return "memory analysis unavailable"
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes")
+    return ", ".join(f"{f.replace('_size_in_bytes', '')}={getattr(memory, f, 0) / 2**20:.1f}MiB" for f in fields)
+
+
+class Trainer:
+    """Owns the mesh, the model graph, the sharded train state, the data iterator and the checkpointer."""
+
+    def __init__(self, config: Any, workdir: str | pathlib.Path, evaluator=None):
+        self.config = config
+        self.workdir = pathlib.Path(workdir)
+        self.is_main = jax.process_index() == 0
+        self.mesh = make_mesh(config)
+        self.evaluator = evaluator
+        self.model, self.tokenizer = load_model_and_tokenizer(config.model, mesh=self.mesh)
+        config_validation.validate_against_model(config, self.model.config.num_layers)
+        self.graphdef, params = nnx.split(self.model, nnx.Param)
+        self.examples = load_training_examples(config, self.tokenizer, self.workdir)
+        self.batches = pipeline.make_batches(self.examples, config.data, config.train, seed=config.train.seed,
+                                             process_index=jax.process_index(),
+                                             process_count=jax.process_count())
+        tx, self.schedule = train_step.make_optimizer(config.train)
+        self.state = init_train_state(params, tx, self.mesh, config.train.seed)
+        self.state_shardings = jax.tree.map(lambda x: x.sharding, self.state)
+        self.batch_sharding = sharding.batch_sharding(self.mesh)
+        step_fn = train_step.make_train_step(self.graphdef, tx, self.schedule, config.objective,
+                                             config.train.micro_batches)
+        self.step_fn = CompiledSteps(step_fn, self.state_shardings, self.batch_sharding)
+        self.flops = metrics_lib.ModelFlops.from_config(self.model.config)
+        self.peak_flops = metrics_lib.peak_flops_per_device(config.train.peak_tflops) * jax.device_count()
+        self.checkpointer = ckpt_lib.Checkpointer(self.workdir / "checkpoints", keep=config.train.keep_checkpoints,
+                                                  keep_best=config.train.keep_best_checkpoints)
+        self._maybe_restore()
+
+    # ----------------------------------------------------------------------------------------------- state
+    def _maybe_restore(self) -> None:
+        step = self.checkpointer.latest_step()
+        if step is None:
+            log.info("no checkpoint in %s: starting from step 0", self.checkpointer.directory)
+            return
+        state, data_state, _ = self.checkpointer.restore(step, ckpt_lib.abstract_like(self.state))
+        self.state = state
+        self.batches.set_state(data_state)
+        log.info("resumed from step %d", step)
+
+    @property
+    def step(self) -> int:
+        return int(jax.device_get(self.state["step"]))
+
+    def best_params(self):
+        """Parameters of the best checkpoint (by dev score, else training loss); the current ones if that is now."""
+        best = self.checkpointer.best_step()
+        if best is None or best == self.step:
+            return self.state["params"]
+        state, _, _ = self.checkpointer.restore(best, ckpt_lib.abstract_like(self.state))
+        log.info("using the best checkpoint (step %d) for the final evaluation", best)
+        return state["params"]
+
+    def close(self) -> None:
+        self.checkpointer.close()
+
+    # ----------------------------------------------------------------------------------------------- loop
+    def run(self, stop_after: int | None = None) -> dict:
+        """Train to ``train.steps`` (or only until step ``stop_after``, a time-boxed run that resumes later)."""
+        tcfg = self.config.train
+        end_step = tcfg.steps if stop_after is None else min(stop_after, tcfg.steps)
+        writer = metrics_lib.MetricWriter(self.workdir, enabled=self.is_main)
+        start_step = self.step
+        progress = metrics_lib.Progress(tcfg.steps, start_step)
+        preemption = Preemption()
+        pending: tuple[int, dict, float, dict] | None = None
+        window = _ThroughputWindow()
+        last_scalars: dict = {}
+        step = start_step
+        wall_start = time.perf_counter()
+        try:
+            while step < end_step and not preemption.requested:
+                host_batch = next(self.batches)
+                batch = pipeline.to_global(host_batch, self.mesh)
+                self.state, step_metrics = self.step_fn(self.state, batch)
+                step += 1
+                window.add(host_batch, self.flops, self.config.objective)
+                if pending is not None:   # the previous log step has finished by now: fetching it costs no stall
+                    last_scalars = self._log(writer, progress, *pending)
+                    pending = None
+                if step % tcfg.log_every == 0 or step == end_step:
+                    pending = (step, step_metrics, time.perf_counter(), window.take())
+                if self.evaluator is not None and tcfg.eval_every and step % tcfg.eval_every == 0:
+                    self._evaluate(writer, step)
+                if step % tcfg.checkpoint_every == 0 and step < end_step:
+                    self._save(step, last_scalars)
+            if pending is not None:
+                last_scalars = self._log(writer, progress, *pending)
+            self._save(step, last_scalars, force=True)
+        finally:
+            self.checkpointer.wait()
+            preemption.restore()
+            writer.close()
+        return self._summary(start_step, step, time.perf_counter() - wall_start, last_scalars,
+                             preempted=preemption.requested)
+
+    def _log(self, writer, progress, step: int, device_metrics: dict, stamp: float, window: dict) -> dict:
+        scalars = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+        seconds = max(stamp - window["start"], 1e-9)
+        scalars["step_time_s"] = seconds / max(window["steps"], 1)
+        scalars["tokens_per_s"] = window["tokens"] / seconds
+        scalars["mfu"] = window["flops"] / seconds / self.peak_flops
+        scalars["compiles"] = self.step_fn.num_compiles
+        writer.write(step, scalars, prefix="train/")
+        if self.is_main:
+            progress.report(step, {
+                "loss": f"{scalars['loss']:.4f}", "cl": f"{scalars['cl_loss']:.4f}",
+                "clm": f"{scalars['clm_loss']:.4f}", "cl_acc": f"{scalars['cl_accuracy']:.3f}",
+                "lr": f"{scalars['lr']:.2e}", "gnorm": f"{scalars['grad_norm']:.3f}",
+                "tok/s": f"{scalars['tokens_per_s']:.0f}", "mfu": f"{100 * scalars['mfu']:.2f}%",
+                "step_s": f"{scalars['step_time_s']:.3f}"})
+        return scalars
+
+    def _evaluate(self, writer, step: int) -> None:
+        results = self.evaluator(self.model, self.tokenizer, self.state["params"])
+        writer.write(step, {k: v for k, v in results.items() if isinstance(v, (int, float))}, prefix="dev/")
+        self._dev_score = results.get("avg_zero")
+
+    def _save(self, step: int, last_scalars: dict, force: bool = False) -> None:
+        score = getattr(self, "_dev_score", None)
+        if score is None and "loss" in last_scalars:
+            score = -last_scalars["loss"]      # until a dev metric exists, lower training loss is "better"
+        meta = {"config": json.loads(self.config.to_json_best_effort()), "metrics": last_scalars, "step": step}
+        self.checkpointer.save(step, self.state, self.batches.get_state(), meta, selection_score=score, force=force)
+
+    def _summary(self, start_step: int, end_step: int, wall: float, last: dict, *, preempted: bool) -> dict:
+        summary = {
+            "steps": end_step, "steps_this_run": end_step - start_step, "preempted": preempted,
+            "tokens_seen": int(self.batches.tokens_seen), "wall_time_s": wall,
+            "final": {k: last.get(k) for k in ("loss", "cl_loss", "clm_loss", "cl_accuracy")},
+            "tokens_per_s": last.get("tokens_per_s"), "mfu": last.get("mfu"),
+            "compiles": self.step_fn.num_compiles, "compile_time_s": self.step_fn.compile_seconds,
+            "best_checkpoint_step": self.checkpointer.best_step(),
+            "latest_checkpoint_step": self.checkpointer.latest_step(),
+            "data_report": self.examples.report if hasattr(self.examples, "report") else None,
+        }
+        if self.is_main:
+            (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        return summary
+
+
+class _ThroughputWindow:
+    """Accumulates host-side token and FLOP counts between log steps (no device reads)."""
+
+    def __init__(self):
+        self._reset()
+
+    def _reset(self):
+        self.start, self.steps, self.tokens, self.flops = time.perf_counter(), 0, 0, 0.0
+
+    def add(self, host_batch: dict, flops: metrics_lib.ModelFlops, ocfg: Any) -> None:
+        clm_tokens = int(np.asarray(host_batch["clm_segment_ids"] > 0).sum())
+        cl_tokens = int(np.asarray(host_batch["sent0_mask"]).sum() + np.asarray(host_batch["sent1_mask"]).sum())
+        _, layer = _pool_layer(ocfg)
+        self.steps += 1
+        self.tokens += clm_tokens + cl_tokens
+        self.flops += flops.train_step_flops(
+            clm_tokens=clm_tokens, clm_seq=host_batch["clm_ids"].shape[1], cl_tokens=cl_tokens,
+            cl_seq=host_batch["sent0_ids"].shape[1], cl_layers=layer)
+
+    def take(self) -> dict:
+        out = {"start": self.start, "steps": self.steps, "tokens": self.tokens, "flops": self.flops}
+        self._reset()
+        return out
+
+
+def _pool_layer(ocfg: Any) -> tuple[str, int]:
+    from xalign_jax import objectives
+    return objectives.parse_pooler(ocfg.pooler)
+

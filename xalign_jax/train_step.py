@@ -1,0 +1,134 @@
+"""The AFP training step: both objectives, gradients and the optimizer update as ONE pure function.
+
+``make_train_step`` returns ``step(state, batch) -> (state, metrics)``, to be jitted once with shardings and the
+state donated. Per step:
+  1. the contrastive pass runs sent0 and sent1 through the embeddings and the first ``k`` blocks only (``k`` is the
+     pooling layer), pools, and computes InfoNCE over the GLOBAL batch (the batch arrays are globally sharded, so
+     ``z0 @ z1.T`` inside jit gives every device every negative, with gradients);
+  2. the CLM pass runs the packed rows through the whole decoder and computes the masked cross-entropy in sequence
+     chunks, so the [rows, T, vocab] fp32 logits never exist;
+  3. ``loss = cl_weight * L_cl + clm_weight * L_clm``, where ``L_clm`` is the mean over ALL supervised tokens of the
+     step (micro-batches accumulate token sums, so accumulation is exact, not a mean of means).
+Gradient accumulation scans over micro-batches inside the same compiled function.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from xalign_jax import objectives
+
+Batch = dict[str, jax.Array]
+TrainState = dict[str, Any]   # {"params": nnx.State, "opt_state": optax state, "step": int32[], "rng": uint32[2]}
+
+CL_KEYS = ("sent0_ids", "sent0_mask", "sent1_ids", "sent1_mask")
+CLM_KEYS = ("clm_ids", "clm_positions", "clm_segment_ids", "clm_targets", "clm_weights")
+
+
+def learning_rate_schedule(tcfg: Any) -> optax.Schedule:
+    """Linear warmup to ``lr`` then cosine or linear decay to ``lr * end_lr_ratio`` at ``steps``."""
+    warmup = int(tcfg.warmup_steps)
+    decay_steps = max(int(tcfg.steps) - warmup, 1)
+    end = tcfg.lr * tcfg.end_lr_ratio
+    warm = optax.linear_schedule(0.0, tcfg.lr, max(warmup, 1))
+    if tcfg.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(tcfg.lr, decay_steps, alpha=tcfg.end_lr_ratio)
+    elif tcfg.schedule == "linear":
+        decay = optax.linear_schedule(tcfg.lr, end, decay_steps)
+    elif tcfg.schedule == "constant":
+        decay = optax.constant_schedule(tcfg.lr)
+    else:
+        raise ValueError(f"config train.schedule: unknown schedule {tcfg.schedule!r} (cosine | linear | constant)")
+    return optax.join_schedules([warm, decay], [warmup]) if warmup else decay
+
+
+def decay_mask(params: Any) -> Any:
+    """Weight decay applies to matmul kernels only: not to norms, biases or embeddings (standard practice)."""
+    def wants_decay(path, leaf) -> bool:
+        name = "/".join(str(getattr(p, "key", getattr(p, "name", p))) for p in path).lower()
+        return not any(tag in name for tag in ("norm", "bias", "embed", "scale")) and leaf.ndim >= 2
+    return jax.tree_util.tree_map_with_path(wants_decay, params)
+
+
+def make_optimizer(tcfg: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with global-norm clipping and the warmup/decay schedule; fp32 moments (params are fp32 masters)."""
+    schedule = learning_rate_schedule(tcfg)
+    tx = optax.chain(
+        optax.clip_by_global_norm(tcfg.grad_clip) if tcfg.grad_clip else optax.identity(),
+        optax.adamw(schedule, b1=tcfg.b1, b2=tcfg.b2, eps=tcfg.eps, weight_decay=tcfg.weight_decay,
+                    mask=decay_mask),
+    )
+    return tx, schedule
+
+
+def _split_micro(batch: Batch, num_micro: int) -> Batch:
+    """[N, ...] -> [num_micro, N / num_micro, ...] for every batch array."""
+    return {k: v.reshape((num_micro, v.shape[0] // num_micro) + v.shape[1:]) for k, v in batch.items()}
+
+
+def afp_losses(model: nnx.Module, batch: Batch, rng: jax.Array, ocfg: Any) -> tuple[jax.Array, jax.Array, dict]:
+    """(contrastive loss, CLM token-loss SUM, aux metrics) for one micro-batch."""
+    method, layer = objectives.parse_pooler(ocfg.pooler)
+    cl_rng, clm_rng = jax.random.split(rng)
+    ids = jnp.concatenate([batch["sent0_ids"], batch["sent1_ids"]], axis=0)
+    mask = jnp.concatenate([batch["sent0_mask"], batch["sent1_mask"]], axis=0)
+    hidden = model(ids, mask, num_layers=layer, compute_logits=False, dropout_rng=cl_rng).last_hidden_state
+    z0, z1 = jnp.split(objectives.pool(hidden, mask, method), 2, axis=0)
+    cl_loss, cl_metrics = objectives.contrastive_loss(z0, z1, temperature=ocfg.temperature,
+                                                      symmetric=ocfg.symmetric)
+    out = model(batch["clm_ids"], (batch["clm_segment_ids"] > 0).astype(jnp.int32),
+                positions=batch["clm_positions"], segment_ids=batch["clm_segment_ids"],
+                compute_logits=False, dropout_rng=clm_rng)
+    clm_sum, clm_count = objectives.clm_loss(out.last_hidden_state, batch["clm_targets"], batch["clm_weights"],
+                                             model.logits, chunk_size=ocfg.clm_chunk_size)
+    return cl_loss, clm_sum, {**cl_metrics, "clm_tokens": clm_count}
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    ocfg: Any, num_micro: int) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """Build the pure step function; ``ocfg`` is the objective config, ``num_micro`` the accumulation count."""
+
+    def micro_loss(params, micro_batch, rng, total_tokens):
+        model = nnx.merge(graphdef, params)
+        cl_loss, clm_sum, aux = afp_losses(model, micro_batch, rng, ocfg)
+        loss = ocfg.cl_weight * cl_loss / num_micro + ocfg.clm_weight * clm_sum / total_tokens
+        return loss, {"cl_loss": cl_loss / num_micro, "clm_loss": clm_sum / total_tokens, **aux}
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+        rng, step_rng = jax.random.split(state["rng"])
+        params = state["params"]
+        total_tokens = jnp.maximum(batch["clm_weights"].sum(), 1.0)
+        micro = _split_micro(batch, num_micro)
+
+        def accumulate(carry, xs):
+            grads_acc, metrics_acc = carry
+            index, micro_batch = xs
+            (loss, aux), grads = grad_fn(params, micro_batch, jax.random.fold_in(step_rng, index), total_tokens)
+            aux = {"loss": loss, **aux}
+            return (jax.tree.map(jnp.add, grads_acc, grads), jax.tree.map(jnp.add, metrics_acc, aux)), None
+
+        zero_grads = jax.tree.map(jnp.zeros_like, params)
+        first = jax.tree.map(lambda v: v[0], micro)
+        aux_shape = jax.eval_shape(lambda: micro_loss(params, first, step_rng, total_tokens))[1]
+        zero_metrics = {"loss": jnp.zeros((), jnp.float32),
+                        **jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)}
+        (grads, sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics),
+                                        (jnp.arange(num_micro), micro))
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        metrics = {
+            "loss": sums["loss"], "cl_loss": sums["cl_loss"], "clm_loss": sums["clm_loss"],
+            "cl_accuracy": sums["accuracy"] / num_micro, "cl_positive_cosine": sums["positive_cosine"] / num_micro,
+            "clm_tokens": sums["clm_tokens"], "grad_norm": optax.global_norm(grads),
+            "lr": schedule(state["step"]),
+        }
+        new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1, "rng": rng}
+        return new_state, metrics
+
+    return step
