@@ -130,7 +130,7 @@ def validate_record(obj: Any, path: str | os.PathLike = "<record>", lineno: int 
 
 def _decode_line(raw: bytes, path, lineno: int) -> Any:
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as error:
         _fail(path, lineno, "<json>", f"invalid UTF-8 ({error.reason} at byte {error.start})", "invalid UTF-8")
     try:
