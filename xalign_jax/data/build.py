@@ -10,6 +10,15 @@ Modes (AFP_SPEC §2.3-2.5; the first language is the pivot):
   multilingual  >= 3 languages, CIF records pivot <-> each other language (the reference calls it "crosslingual").
   translation   >= 2 languages, translation records pivot <-> each other language from parallel pairs.
 
+Instruction layouts (`--instruction-format`; details in xalign_jax/data/sources.py):
+  bactrian  DIR/{lang}.json: JSON list of {id, instruction, input, output} (Bactrian-X).
+  alpaca    DIR/{lang}/alpaca_data-<start>-<end>.{lang}.json without ids (id = Alpaca index = start + position).
+            Only complete chunks are accepted, and `--alpaca-chunks` defaults to 15323-18280: the one chunk of
+            shared/data/alpaca_en_zh whose en and zh items are verifiably 1:1 and fully translated (the other
+            chunks dropped or merged items upstream, so positions stop being ids; see its SOURCE.md).
+  hf        a local `datasets` folder DIR/{lang} (save_to_disk) or DIR/{lang}.parquet|.jsonl|.json; never the hub.
+  A file may be named instead of a DIR; its language is the last dot-field of its name (zh.json, x.zh.json).
+
 Contrastive pairs (`--pair-source`): a field of the aligned instruction items (`instruction`, the reference's
 choice; `input`; `output`, a translation only where outputs were translated) and/or `parallel` (the `--parallel`
 sentences). Default: `parallel` when `--parallel` is given, else `instruction`. Pairs are deduplicated on their
@@ -207,7 +216,7 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--mode", required=True, choices=MODES)
-    add("--languages", required=True, nargs="+", help="ISO 639-1 codes; the first is the pivot (e.g. en zh sw)")
+    add("--languages", required=True, nargs="+", metavar="LANG", help="ISO 639-1 codes; the first is the pivot (e.g. en zh sw)")
     add("--out", required=True, type=pathlib.Path, help="output JSON-lines file (written atomically)")
     add("--num-records", type=int, help="exact number of records (default: int(repeat x items or pairs))")
     add("--cross-probability", type=float, default=0.5, help="P(src != tgt) for CIF records")
@@ -215,7 +224,7 @@ def _parser() -> argparse.ArgumentParser:
         help="multilingual: P(other -> pivot | cross); translation: P(direction swapped)")
     add("--repeat", type=float, default=3.0, help="uses of each item / pair when --num-records is not given")
     add("--seed", type=int, default=0)
-    add("--instructions", nargs="+", default=(), metavar="DIR_OR_FILE", help="instruction data (see layouts)")
+    add("--instructions", nargs="+", default=(), metavar="DIR_OR_FILE", help="instruction data (see Instruction layouts)")
     add("--instruction-format", choices=sources.INSTRUCTION_FORMATS, default="bactrian")
     add("--alpaca-chunks", nargs="+", default=sources.ALPACA_CLEAN_CHUNKS, metavar="START-END",
         help="alpaca layout: chunks to read (default: the one cleanly aligned en-zh chunk)")
