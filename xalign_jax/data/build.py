@@ -54,6 +54,7 @@ from xalign_jax.data.records import AFPRecord, write_records
 
 MODES = ("bilingual", "multilingual", "translation")
 PAIR_SOURCES = align.INSTRUCTION_FIELDS + ("parallel",)
+DEFAULT_MAX_PAIR_CHARS = 300  # keeps every Alpaca instruction and 99.3% of the SIB-200 train sentences
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +72,7 @@ class BuildConfig:
     parallel: tuple[str, ...] = ()
     flores_splits: tuple[str, ...] = ("train",)
     pair_sources: tuple[str, ...] | None = None
-    max_pair_chars: int | None = 300
+    max_pair_chars: int | None = DEFAULT_MAX_PAIR_CHARS
     heldout_filter: bool = True
     data_dir: str = DEFAULT_DATA_DIR
     skip_bad: bool = False
@@ -233,7 +234,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--flores-splits", nargs="+", default=("train",), help="FLORES/SIB-200 splits to read (default train)")
     add("--pair-source", nargs="+", dest="pair_sources", choices=PAIR_SOURCES,
         help="where contrastive pairs come from (default: parallel if --parallel, else instruction)")
-    add("--max-pair-chars", type=int, default=300, help="drop pairs with a side longer than this (0: no limit)")
+    add("--max-pair-chars", type=int, default=DEFAULT_MAX_PAIR_CHARS,
+        help="drop pairs with a side longer than this many characters (0: no limit)")
     add("--no-heldout-filter", dest="heldout_filter", action="store_false",
         help="keep sentences of evaluation test sets (only for measuring leakage)")
     add("--data-dir", default=DEFAULT_DATA_DIR, help="where the evaluation test sets are (held-out filter)")
