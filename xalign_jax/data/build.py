@@ -217,7 +217,8 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--mode", required=True, choices=MODES)
-    add("--languages", required=True, nargs="+", metavar="LANG", help="ISO 639-1 codes; the first is the pivot (e.g. en zh sw)")
+    add("--languages", required=True, nargs="+", metavar="LANG",
+        help="ISO 639-1 codes; the first is the pivot (e.g. en zh sw)")
     add("--out", required=True, type=pathlib.Path, help="output JSON-lines file (written atomically)")
     add("--num-records", type=int, help="exact number of records (default: int(repeat x items or pairs))")
     add("--cross-probability", type=float, default=0.5, help="P(src != tgt) for CIF records")
@@ -225,7 +226,8 @@ def _parser() -> argparse.ArgumentParser:
         help="multilingual: P(other -> pivot | cross); translation: P(direction swapped)")
     add("--repeat", type=float, default=3.0, help="uses of each item / pair when --num-records is not given")
     add("--seed", type=int, default=0)
-    add("--instructions", nargs="+", default=(), metavar="DIR_OR_FILE", help="instruction data (see Instruction layouts)")
+    add("--instructions", nargs="+", default=(), metavar="DIR_OR_FILE",
+        help="instruction data (see Instruction layouts)")
     add("--instruction-format", choices=sources.INSTRUCTION_FORMATS, default="bactrian")
     add("--alpaca-chunks", nargs="+", default=sources.ALPACA_CLEAN_CHUNKS, metavar="START-END",
         help="alpaca layout: chunks to read (default: the one cleanly aligned en-zh chunk)")

@@ -8,8 +8,8 @@ width, case and spacing variants still match.
 
 The readers below touch only the text columns of each file, on purpose: they stay independent of the evaluator's
 task loaders (which also parse labels, demonstrations and templates) and take about 1.3 s for the 385k distinct
-sentences of shared/data. Dev / demonstration splits are NOT held out: the few-shot evaluator may draw demonstrations from them,
-and training on them does not touch a reported number.
+sentences of shared/data. Dev / demonstration splits are NOT held out: the few-shot evaluator may draw
+demonstrations from them, and training on them does not touch a reported number.
 """
 from __future__ import annotations
 
