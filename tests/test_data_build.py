@@ -340,6 +340,8 @@ def test_bad_files_and_layouts_are_located(tmp_path, shared_data):
     (tmp_path / "en.json").write_text('[{"id": 1,,}]')
     with pytest.raises(sources.SourceError, match=r"en\.json:1: <json>: invalid JSON \(Expecting property name"):
         sources.read_instruction_file(tmp_path / "en.json", "bactrian", drops)
+    with pytest.raises(sources.SourceError, match=r"en\.json:0: <dataset>: cannot be read by datasets \("):
+        sources.read_instruction_file(tmp_path / "en.json", "hf", drops)
     with pytest.raises(FileNotFoundError, match="instruction file not found: .*sw.json"):
         sources.read_instruction_file(tmp_path / "sw.json", "bactrian", drops)
     misaligned = shared_data / "alpaca_en_zh/zh/alpaca_data-0-3252.zh.json"

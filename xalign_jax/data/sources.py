@@ -162,7 +162,13 @@ def _hf_rows(path: pathlib.Path) -> list[dict]:
 def _raw_items(path: pathlib.Path, fmt: str) -> tuple[list, int | None]:
     """The items of one file and the id of its first item when ids are positional (None: ids in the items)."""
     if fmt == "hf":
-        return _hf_rows(path), 0
+        try:
+            return _hf_rows(path), 0
+        except SourceError:
+            raise
+        except Exception as error:  # datasets raises many types; the user needs the file name either way
+            raise SourceError(path, 0, "<dataset>", f"cannot be read by datasets ({type(error).__name__}: "
+                              f"{error})", "unreadable dataset") from error
     items = _load_json_array(path)
     return items, (_alpaca_start(path, len(items)) if fmt == "alpaca" else None)
 
