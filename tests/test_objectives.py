@@ -1,0 +1,196 @@
+"""Objectives against independent re-computations: PyTorch for InfoNCE (the reference's own ops), NumPy loops for
+pooling, a naive full-logits cross-entropy for the chunked CLM loss, and XLA's memory analysis for the chunking."""
+from __future__ import annotations
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from xalign_jax import objectives
+
+
+def _masks(lengths: list[int], width: int, side: str) -> np.ndarray:
+    mask = np.zeros((len(lengths), width), np.int32)
+    for row, n in enumerate(lengths):
+        if side == "right":
+            mask[row, :n] = 1
+        else:
+            mask[row, width - n:] = 1
+    return mask
+
+
+def _numpy_pool(hidden: np.ndarray, mask: np.ndarray, method: str) -> np.ndarray:
+    out = []
+    for h, m in zip(hidden, mask):
+        tokens = h[m.astype(bool)]
+        out.append({"last": tokens[-1], "avg": tokens.mean(0), "max": tokens.max(0)}[method])
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("spec, expected", [("last-1", ("last", 1)), ("avg-0", ("avg", 0)), ("max-12", ("max", 12))])
+def test_parse_pooler(spec, expected):
+    assert objectives.parse_pooler(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["last", "cls-1", "avg-", "avg--1", "avg-x", "avg_top2-1"])
+def test_parse_pooler_rejects(spec):
+    with pytest.raises(ValueError, match=f"pooler '{spec}'"):
+        objectives.parse_pooler(spec)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("method", objectives.POOL_METHODS)
+def test_pool_matches_numpy_loop(method, side):
+    rng = np.random.default_rng(0)
+    hidden = rng.normal(size=(5, 9, 6)).astype(np.float32) - 3.0   # all negative-ish: catches max-with-zero masking
+    mask = _masks([9, 1, 4, 7, 2], 9, side)
+    hidden[mask == 0] = 100.0                                      # pads must never leak into any pooling
+    got = objectives.pool(jnp.asarray(hidden), jnp.asarray(mask), method)
+    np.testing.assert_allclose(np.asarray(got), _numpy_pool(hidden, mask, method), rtol=1e-6, atol=1e-6)
+
+
+def test_pool_of_an_empty_row_is_zero_not_nan():
+    hidden = jnp.ones((2, 3, 4))
+    mask = jnp.array([[1, 1, 0], [0, 0, 0]])
+    for method in ("avg", "max"):
+        assert np.all(np.asarray(objectives.pool(hidden, mask, method))[1] == 0.0)
+
+
+def _torch_reference_loss(z0: np.ndarray, z1: np.ndarray, temperature: float, symmetric: bool):
+    """The reference's computation (AFP_SPEC §1.2 steps 3-5) in float64 torch: loss, grad z0, grad z1."""
+    t0 = torch.tensor(z0, dtype=torch.float64, requires_grad=True)
+    t1 = torch.tensor(z1, dtype=torch.float64, requires_grad=True)
+    sim = torch.nn.CosineSimilarity(dim=-1)(t0.unsqueeze(1), t1.unsqueeze(0)) / temperature
+    labels = torch.arange(sim.shape[0])
+    loss = torch.nn.CrossEntropyLoss()(sim, labels)
+    if symmetric:
+        loss = (loss + torch.nn.CrossEntropyLoss()(sim.T, labels)) / 2
+    loss.backward()
+    return loss.item(), t0.grad.numpy(), t1.grad.numpy()
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_contrastive_loss_and_grads_match_torch(symmetric):
+    rng = np.random.default_rng(1)
+    z0 = rng.normal(size=(8, 16)).astype(np.float32)
+    z1 = (z0 + 0.7 * rng.normal(size=(8, 16))).astype(np.float32)
+    fn = lambda a, b: objectives.contrastive_loss(a, b, temperature=0.05, symmetric=symmetric)[0]
+    loss, (g0, g1) = jax.value_and_grad(fn, argnums=(0, 1))(jnp.asarray(z0), jnp.asarray(z1))
+    ref_loss, ref_g0, ref_g1 = _torch_reference_loss(z0, z1, 0.05, symmetric)
+    np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(g0), ref_g0, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(g1), ref_g1, rtol=1e-5, atol=1e-5)
+
+
+def test_contrastive_metrics_are_exact():
+    z0 = jnp.eye(4)
+    z1 = jnp.eye(4)[jnp.array([0, 1, 3, 2])]   # rows 2 and 3 swapped: 2 of 4 anchors find their partner
+    _, metrics = objectives.contrastive_loss(z0, z1, symmetric=False)
+    assert float(metrics["accuracy"]) == 0.5
+    assert float(metrics["positive_cosine"]) == pytest.approx(0.5)
+    z1 = jnp.array([[1.0, 0, 0, 0], [1.0, 0.1, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    # z0 -> z1: every anchor finds its partner (z0[0] = z1[0] exactly); z1 -> z0: z1[1] is closer to z0[0] than
+    # to z0[1], so 3 of 4. The symmetric accuracy is the mean of both directions.
+    _, metrics = objectives.contrastive_loss(z0, z1, symmetric=True)
+    assert float(metrics["accuracy"]) == pytest.approx((1.0 + 0.75) / 2)
+
+
+def test_contrastive_loss_on_sharded_global_batch_sees_all_negatives_with_gradients():
+    """Sharded over 8 devices inside jit, loss and gradients equal the single-array computation."""
+    rng = np.random.default_rng(2)
+    z0, z1 = (jnp.asarray(rng.normal(size=(16, 8)), jnp.float32) for _ in range(2))
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    fn = jax.value_and_grad(lambda a, b: objectives.contrastive_loss(a, b, symmetric=True)[0], argnums=(0, 1))
+    expected_loss, expected_grads = fn(z0, z1)
+    loss, grads = jax.jit(fn)(jax.device_put(z0, sharding), jax.device_put(z1, sharding))
+    np.testing.assert_allclose(float(loss), float(expected_loss), rtol=1e-6)
+    for got, want in zip(grads, expected_grads):
+        assert got.sharding.is_equivalent_to(sharding, 2)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7)
+
+
+def _clm_problem(rows=3, length=10, dim=8, vocab=37, seed=3):
+    rng = np.random.default_rng(seed)
+    hidden = jnp.asarray(rng.normal(size=(rows, length, dim)), jnp.float32)
+    head = jnp.asarray(rng.normal(size=(dim, vocab)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, vocab, size=(rows, length)), jnp.int32)
+    weights = jnp.asarray(rng.integers(0, 2, size=(rows, length)), jnp.float32)
+    return hidden, head, targets, weights
+
+
+def _naive_clm(hidden, head, targets, weights):
+    logp = jax.nn.log_softmax(hidden @ head, axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 5, 10, 64])
+def test_clm_loss_matches_full_logits_cross_entropy(chunk_size):
+    hidden, head, targets, weights = _clm_problem()
+
+    def chunked(h, w):
+        return objectives.clm_loss(h, targets, weights, lambda x: x @ w, chunk_size=chunk_size)
+
+    got_sum, got_count = chunked(hidden, head)
+    got_grads = jax.grad(lambda h, w: chunked(h, w)[0], argnums=(0, 1))(hidden, head)
+    want_sum, want_count = _naive_clm(hidden, head, targets, weights)
+    want_grads = jax.grad(lambda h, w: _naive_clm(h, w, targets, weights)[0], argnums=(0, 1))(hidden, head)
+    assert float(got_count) == float(want_count) == float(weights.sum())
+    np.testing.assert_allclose(float(got_sum), float(want_sum), rtol=1e-6)
+    for got, want in zip(got_grads, want_grads):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+def test_clm_loss_ignores_weight_zero_positions_even_with_invalid_targets():
+    hidden, head, targets, weights = _clm_problem()
+    poisoned = jnp.where(weights > 0, targets, -100)     # ids outside the vocabulary where nothing is supervised
+    got, _ = objectives.clm_loss(hidden, poisoned, weights, lambda x: x @ head, chunk_size=4)
+    want, _ = _naive_clm(hidden, head, targets, weights)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+
+
+def test_clm_loss_in_bf16_compute_keeps_fp32_softmax():
+    hidden, head, targets, weights = _clm_problem(vocab=1000)
+    got, _ = objectives.clm_loss(hidden.astype(jnp.bfloat16), targets, weights,
+                                 lambda x: x @ head.astype(jnp.bfloat16), chunk_size=4)
+    want, _ = _naive_clm(hidden, head, targets, weights)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(float(got), float(want), rtol=2e-2)   # only bf16 rounding of the logits
+
+
+def _largest_intermediate(jaxpr) -> int:
+    """Element count of the largest value any equation produces, sub-jaxprs (scan bodies, remat) included."""
+    largest = 0
+    for eqn in jaxpr.eqns:
+        for var in eqn.outvars:
+            largest = max(largest, int(np.prod(getattr(var.aval, "shape", ()))))
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            largest = max(largest, _largest_intermediate(sub))
+    return largest
+
+
+def test_chunked_clm_never_materialises_full_logits():
+    rows, length, dim, vocab, chunk = 4, 256, 16, 32768, 16
+    hidden = jnp.zeros((rows, length, dim), jnp.float32)
+    head = jnp.zeros((dim, vocab), jnp.float32)
+    targets = jnp.zeros((rows, length), jnp.int32)
+    weights = jnp.ones((rows, length), jnp.float32)
+    full_logits_bytes = rows * length * vocab * 4
+    chunk_logits_bytes = rows * chunk * vocab * 4      # 1/16 of the full logits
+
+    def loss_and_grads(loss_fn):
+        return jax.jit(jax.grad(lambda h, w: loss_fn(h, w)[0], argnums=(0, 1)))
+
+    chunked = loss_and_grads(lambda h, w: objectives.clm_loss(h, targets, weights, lambda x: x @ w, chunk_size=chunk))
+    naive = loss_and_grads(lambda h, w: _naive_clm(h, w, targets, weights))
+    largest = _largest_intermediate(jax.make_jaxpr(chunked)(hidden, head).jaxpr)
+    assert largest <= rows * chunk * vocab
+    chunked_temp = chunked.lower(hidden, head).compile().memory_analysis().temp_size_in_bytes
+    naive_temp = naive.lower(hidden, head).compile().memory_analysis().temp_size_in_bytes
+    assert naive_temp >= full_logits_bytes            # the check can fail: the naive version does hold them
+    # backward holds one chunk's recomputed logits and their cotangent at a time
+    assert chunked_temp <= 3 * chunk_logits_bytes, (chunked_temp, chunk_logits_bytes, full_logits_bytes)

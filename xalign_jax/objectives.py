@@ -1,0 +1,129 @@
+"""The two AFP objectives as pure, jit-friendly functions (AFP_SPEC §1.2).
+
+* ``pool``: one vector per sentence from a hidden-state layer ("last" non-pad token, masked "avg" or "max").
+* ``contrastive_loss``: InfoNCE over the GLOBAL batch. Inside jit the inputs are globally sharded arrays, so the plain
+  ``z0 @ z1.T`` below gives every device every negative WITH gradients (XLA inserts the gathers); the reference's
+  non-differentiable all-gather, which scales the contrastive gradient by 1/world_size, is not reproduced (§7.3).
+* ``clm_loss``: next-token cross-entropy computed chunk by chunk over the sequence, so the fp32 logits of the whole
+  batch ([rows, T, vocab], gigabytes with a 262k vocabulary) never exist, not even as saved residuals for backward.
+
+Similarities, log-sum-exps and losses run in fp32 whatever the compute dtype, as the reference does under autocast.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+POOL_METHODS = ("last", "avg", "max")
+COSINE_EPS = 1e-8   # torch.nn.CosineSimilarity's default: each norm is clamped to at least eps
+
+
+def parse_pooler(spec: str) -> tuple[str, int]:
+    """``"last-1"`` -> ``("last", 1)``: pooling method and hidden-state index (HF convention, 0 = embeddings).
+
+    The layer is always explicit: with ``k`` known the contrastive pass runs only the first ``k`` blocks.
+    """
+    method, sep, layer = spec.partition("-")
+    if method not in POOL_METHODS or not sep or not layer.isdigit():
+        raise ValueError(f"pooler {spec!r}: expected '<method>-<layer>' with method in {POOL_METHODS} and layer a "
+                         "non-negative integer hidden-state index (0 = embeddings), e.g. 'last-1' or 'avg-12'")
+    return method, int(layer)
+
+
+def last_token_index(mask: jax.Array) -> jax.Array:
+    """Index of the true last non-pad token of each row; right OR left padding (fixes the reference bug §7.1)."""
+    length = mask.shape[-1]
+    reversed_first = jnp.argmax(jnp.flip(mask.astype(bool), axis=-1), axis=-1)
+    return (length - 1 - reversed_first).astype(jnp.int32)
+
+
+def pool(hidden: jax.Array, mask: jax.Array, method: str) -> jax.Array:
+    """[N, T, D] hidden states and [N, T] mask (1 = token) -> [N, D] float32 sentence vectors.
+
+    Special tokens count as tokens (as in the reference). A row without any token yields zeros, never NaN/-inf.
+    """
+    valid = mask.astype(bool)
+    hidden = hidden.astype(jnp.float32)
+    if method == "last":
+        index = last_token_index(valid)
+        return jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0]
+    if method == "avg":
+        count = jnp.maximum(valid.sum(axis=1, keepdims=True), 1).astype(jnp.float32)
+        return jnp.where(valid[..., None], hidden, 0.0).sum(axis=1) / count
+    if method == "max":   # masked with -inf, not multiplied by 0 (the reference's max_embed bug, §7.17)
+        pooled = jnp.where(valid[..., None], hidden, -jnp.inf).max(axis=1)
+        return jnp.where(valid.any(axis=1, keepdims=True), pooled, 0.0)
+    raise ValueError(f"pooling method {method!r}: expected one of {POOL_METHODS}")
+
+
+def _unit(z: jax.Array) -> jax.Array:
+    norm = jnp.linalg.norm(z, axis=-1, keepdims=True)
+    return z / jnp.maximum(norm, COSINE_EPS)
+
+
+def _infonce(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(mean cross-entropy, top-1 accuracy) of rows whose positive is on the diagonal."""
+    positives = jnp.diagonal(logits)
+    loss = jnp.mean(jax.nn.logsumexp(logits, axis=-1) - positives)
+    accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == jnp.arange(logits.shape[0])).astype(jnp.float32))
+    return loss, accuracy
+
+
+def contrastive_loss(z0: jax.Array, z1: jax.Array, *, temperature: float = 0.05,
+                     symmetric: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """InfoNCE between translation pairs: row i of ``z0`` must pick row i of ``z1`` among all B rows of ``z1``.
+
+    ``symmetric=False`` is the reference (sent0 anchors only); ``symmetric=True`` averages it with the z1 -> z0
+    direction. Metrics: top-1 in-batch accuracy (mean over the directions in the loss) and mean positive cosine.
+    The similarity matmul runs at full fp32 precision (TPUs would otherwise use bf16 passes for it).
+    """
+    cosine = jnp.matmul(_unit(z0.astype(jnp.float32)), _unit(z1.astype(jnp.float32)).T,
+                        precision=jax.lax.Precision.HIGHEST)
+    logits = cosine / temperature
+    loss, accuracy = _infonce(logits)
+    if symmetric:
+        loss_back, accuracy_back = _infonce(logits.T)
+        loss, accuracy = (loss + loss_back) / 2, (accuracy + accuracy_back) / 2
+    return loss, {"accuracy": accuracy, "positive_cosine": jnp.mean(jnp.diagonal(cosine))}
+
+
+def _chunk_nll_sum(logits_fn: Callable[[jax.Array], jax.Array], hidden: jax.Array, targets: jax.Array,
+                   weights: jax.Array) -> jax.Array:
+    """Weighted sum of -log p(target) over one [R, C] chunk; logits in the compute dtype, softmax maths in fp32."""
+    logits = logits_fn(hidden).astype(jnp.float32)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
+    return jnp.sum(jnp.where(weights > 0, nll * weights, 0.0))
+
+
+def _to_chunks(x: jax.Array, chunk: int, num_chunks: int) -> jax.Array:
+    """[R, T, ...] -> [num_chunks, R, chunk, ...], zero-padding T up to num_chunks * chunk."""
+    pad = num_chunks * chunk - x.shape[1]
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    x = x.reshape((x.shape[0], num_chunks, chunk) + x.shape[2:])
+    return jnp.moveaxis(x, 1, 0)
+
+
+def clm_loss(hidden: jax.Array, targets: jax.Array, weights: jax.Array,
+             logits_fn: Callable[[jax.Array], jax.Array], *, chunk_size: int) -> tuple[jax.Array, jax.Array]:
+    """(sum of weighted token NLL, sum of weights) of next-token prediction, in sequence chunks.
+
+    ``targets[r, t]`` is the token to predict AT position t (already shifted by the packer) and ``weights`` are 0/1.
+    Returning the sum and the count lets the caller take the exact token mean over the global batch and over
+    gradient-accumulation micro-batches. Each chunk's body is rematerialised (``jax.checkpoint``), so backward saves
+    only the [R, C, D] hidden chunks and recomputes one chunk's [R, C, V] logits at a time.
+    """
+    length = hidden.shape[1]
+    chunk = max(1, min(int(chunk_size), length))
+    num_chunks = -(-length // chunk)
+    xs = (_to_chunks(hidden, chunk, num_chunks), _to_chunks(targets, chunk, num_chunks),
+          _to_chunks(weights.astype(jnp.float32), chunk, num_chunks))
+    chunk_loss = jax.checkpoint(lambda h, t, w: _chunk_nll_sum(logits_fn, h, t, w), prevent_cse=False)
+
+    def body(total, chunk_inputs):
+        return total + chunk_loss(*chunk_inputs), None
+
+    loss_sum, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), xs)
+    return loss_sum, jnp.sum(weights.astype(jnp.float32))
