@@ -1,0 +1,45 @@
+"""From the config's data section to tokenized training examples: build (if needed), validate, tokenize.
+
+With ``data.train_file`` empty the default recipe (``data/recipes.py``) is built from the shared corpora into
+``WORKDIR/data/train.jsonl`` once; process 0 builds and the others wait, so every process reads identical records.
+Every record is validated before anything is compiled: a malformed line stops the run with ``file:line: field: ...``
+unless ``data.skip_bad_records``, in which case the skips are counted and logged.
+"""
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any
+
+import jax
+from jax.experimental import multihost_utils
+
+from xalign_jax.data import recipes, tokenize
+from xalign_jax.data.records import read_records
+
+log = logging.getLogger(__name__)
+
+
+def training_file(config: Any, workdir: pathlib.Path) -> pathlib.Path:
+    """The records file to train on, building the default recipe into the workdir when none is configured."""
+    if config.data.train_file:
+        return pathlib.Path(config.data.train_file)
+    path = pathlib.Path(workdir) / "data" / "train.jsonl"
+    if jax.process_index() == 0 and not path.exists():
+        summary = recipes.build_default_training_set(
+            config.data.data_dir, path, languages=tuple(config.data.recipe_languages),
+            num_records=config.data.recipe_records, seed=config.train.seed)
+        log.info("built the default training set %s:\n%s", path, summary)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("training set built")
+    return path
+
+
+def load_training_examples(config: Any, tokenizer: Any, workdir: pathlib.Path) -> tokenize.TokenizedCorpus:
+    """Validated, tokenized examples of the training file (counts of anything dropped are in ``.report``)."""
+    path = training_file(config, workdir)
+    records, report = read_records(path, skip_bad=config.data.skip_bad_records)
+    log.info("records: %s", report)
+    corpus = tokenize.tokenize_corpus(records, tokenizer, config.data)
+    log.info("tokenized: %s", corpus.report)
+    return corpus
