@@ -1,0 +1,187 @@
+"""AFP records -> token ids: the CLM example with its supervised-token mask, and the two contrastive sentences.
+
+Prompt masking (``prompt_masking``):
+  * ``offsets`` (default): the clm_text is tokenized once with character offsets. A token is supervised iff it
+    contains at least one answer character, i.e. it ends after ``clm_prompt_len`` (or, zero-width, sits at or after
+    it). A token straddling the prompt/answer boundary therefore IS supervised: it carries answer characters, so no
+    answer character is ever left unsupervised, at the price of one prompt character (usually the space after
+    "Answer in X:") inside a supervised token. Special tokens added by the tokenizer (BOS) are never supervised.
+  * ``reference``: AFP_SPEC §1.3/§7.9. The prompt prefix is tokenized separately, the common token prefix of the
+    two tokenizations is masked, and every BOS/EOS id is supervised wherever it occurs (even inside the prompt).
+
+Special tokens follow the tokenizer's own ``add_special_tokens=True`` convention (AFP_SPEC §6.2: XGLM prepends
+``</s>``, Llama/Gemma ``<s>``/``<bos>``, BLOOM nothing). Our choice, configurable by ``append_eos``: one EOS closes
+every CLM example and is supervised, so the model learns to stop after an answer (a tokenizer that already closes
+with EOS is not given a second one).
+
+Truncation to ``seq_len`` (one packed row): an example whose answer is cut away entirely is dropped and counted
+(training on a prompt alone would teach nothing and the reference silently keeps such prompts, §7.8). An answer cut
+partially keeps what remains, WITHOUT the closing EOS (the model must not learn to stop mid-answer); counted too.
+Contrastive sentences are tokenized raw with the default special tokens and cut to the largest bucket (counted).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from xalign_jax.data.records import AFPRecord
+
+log = logging.getLogger(__name__)
+
+MASKING_MODES = ("offsets", "reference")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizedExample:
+    """One record's token ids. ``clm_ids``/``clm_labels`` are None when its CLM example was dropped."""
+    sent0_ids: np.ndarray            # int32 [n0]
+    sent1_ids: np.ndarray            # int32 [n1]
+    clm_ids: np.ndarray | None       # int32 [n]
+    clm_labels: np.ndarray | None    # bool [n]: True = supervised (predicted by the previous token)
+
+
+@dataclasses.dataclass
+class TokenizeReport:
+    """Counts of everything kept, cut and dropped; ``str()`` is the one-line summary the trainer logs."""
+    records: int = 0
+    clm_kept: int = 0
+    clm_dropped_answer_truncated: int = 0
+    clm_answer_partially_truncated: int = 0
+    clm_tokens: int = 0
+    supervised_tokens: int = 0
+    contrastive_sentences_truncated: int = 0
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        return (f"{self.records} records: {self.clm_kept} CLM examples kept "
+                f"({self.clm_tokens} tokens, {self.supervised_tokens} supervised), "
+                f"{self.clm_dropped_answer_truncated} dropped because truncation cut the whole answer away, "
+                f"{self.clm_answer_partially_truncated} with the answer partially truncated; "
+                f"{self.contrastive_sentences_truncated} contrastive sentences truncated; {self.seconds:.1f}s")
+
+
+@dataclasses.dataclass
+class TokenizedCorpus:
+    examples: list[TokenizedExample]
+    report: TokenizeReport
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+def special_ids(tokenizer: Any) -> tuple[int | None, int | None, int]:
+    """(bos, eos, pad) ids; pad falls back to eos, then 0 (pad positions are masked, the value never matters)."""
+    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    if pad is None:
+        pad = eos if eos is not None else 0
+    return bos, eos, pad
+
+
+def offsets_label_mask(offsets: Sequence[tuple[int, int]], special: Sequence[int], prompt_len: int) -> np.ndarray:
+    """Supervised iff a non-special token holds an answer character (ends after, or zero-width at/after, the prompt)."""
+    starts = np.asarray([o[0] for o in offsets], dtype=np.int64)
+    ends = np.asarray([o[1] for o in offsets], dtype=np.int64)
+    answer = (ends > prompt_len) | ((starts == ends) & (starts >= prompt_len))
+    return answer & ~np.asarray(special, dtype=bool)
+
+
+def reference_label_mask(ids: Sequence[int], prompt_ids: Sequence[int], prompt_len: int,
+                         bos: int | None, eos: int | None) -> np.ndarray:
+    """The reference rule (AFP_SPEC §1.3): mask the common token prefix with the prompt, then OR in every BOS/EOS."""
+    ids = np.asarray(ids, dtype=np.int64)
+    masked = 0
+    if prompt_len > 0:
+        limit = min(len(ids), len(prompt_ids))
+        differs = np.nonzero(ids[:limit] != np.asarray(prompt_ids[:limit], dtype=np.int64))[0]
+        masked = int(differs[0]) if differs.size else limit
+    labels = np.arange(len(ids)) >= masked
+    for special in (bos, eos):
+        if special is not None:
+            labels |= ids == special
+    return labels
+
+
+def _close_with_eos(ids: list[int], labels: np.ndarray, special: Sequence[int], eos: int) -> tuple[list[int], np.ndarray]:
+    """Append a supervised EOS, or supervise the tokenizer's own closing EOS if it already added one."""
+    if ids and ids[-1] == eos and special[-1]:
+        labels = labels.copy()
+        labels[-1] = True
+        return ids, labels
+    return ids + [eos], np.append(labels, True)
+
+
+def tokenize_clm(records: Sequence[AFPRecord], tokenizer: Any, *, seq_len: int, mode: str = "offsets",
+                 append_eos: bool = True, report: TokenizeReport | None = None
+                 ) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """(ids int32, labels bool) per record, or None where truncation cut the whole answer away."""
+    if mode not in MASKING_MODES:
+        raise ValueError(f"data.prompt_masking: {mode!r} is not one of {MASKING_MODES}")
+    report = report if report is not None else TokenizeReport()
+    bos, eos, _ = special_ids(tokenizer)
+    if append_eos and eos is None:
+        raise ValueError("data.append_eos: the tokenizer has no eos_token; set append_eos=False or give it one")
+    texts = [r.clm_text for r in records]
+    enc = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=(mode == "offsets"),
+                    return_special_tokens_mask=True, verbose=False)
+    if mode == "reference":
+        prompts = tokenizer([r.prompt for r in records], add_special_tokens=True, verbose=False)["input_ids"]
+    out: list[tuple[np.ndarray, np.ndarray] | None] = []
+    for i, record in enumerate(records):
+        ids, special = list(enc["input_ids"][i]), enc["special_tokens_mask"][i]
+        if mode == "offsets":
+            labels = offsets_label_mask(enc["offset_mapping"][i], special, record.clm_prompt_len)
+        else:
+            labels = reference_label_mask(ids, prompts[i], record.clm_prompt_len, bos, eos)
+        if append_eos:
+            ids, labels = _close_with_eos(ids, labels, special, eos)
+        out.append(_fit(ids, labels, seq_len, report))
+    return out
+
+
+def _fit(ids: list[int], labels: np.ndarray, seq_len: int, report: TokenizeReport):
+    """Truncate to one row and count what happened."""
+    kept_ids, kept_labels = np.asarray(ids[:seq_len], np.int32), labels[:seq_len]
+    if len(ids) > seq_len:
+        if not kept_labels.any():
+            report.clm_dropped_answer_truncated += 1
+            return None
+        report.clm_answer_partially_truncated += 1
+    report.clm_kept += 1
+    report.clm_tokens += len(kept_ids)
+    report.supervised_tokens += int(kept_labels.sum())
+    return kept_ids, kept_labels
+
+
+def tokenize_sentences(sentences: Sequence[str], tokenizer: Any, *, max_len: int, field: str,
+                       report: TokenizeReport | None = None) -> list[np.ndarray]:
+    """Raw sentences with the default special tokens, cut to ``max_len`` tokens (cuts are counted)."""
+    report = report if report is not None else TokenizeReport()
+    out = []
+    for i, ids in enumerate(tokenizer(list(sentences), add_special_tokens=True, verbose=False)["input_ids"]):
+        if not ids:
+            raise ValueError(f"record {i}: {field}: {sentences[i]!r} tokenizes to no tokens (nothing to pool)")
+        if len(ids) > max_len:
+            report.contrastive_sentences_truncated += 1
+        out.append(np.asarray(ids[:max_len], np.int32))
+    return out
+
+
+def tokenize_corpus(records: Sequence[AFPRecord], tokenizer: Any, data_cfg: Any) -> TokenizedCorpus:
+    """Every record tokenized once, up front (a few thousand records take about a second with a fast tokenizer)."""
+    start = time.perf_counter()
+    report = TokenizeReport(records=len(records))
+    log.info("tokenizing %d records", len(records))
+    clm = tokenize_clm(records, tokenizer, seq_len=int(data_cfg.seq_len), mode=str(data_cfg.prompt_masking),
+                       append_eos=bool(data_cfg.append_eos), report=report)
+    max_len = int(max(data_cfg.cl_buckets))
+    sent0 = tokenize_sentences([r.sent0 for r in records], tokenizer, max_len=max_len, field="sent0", report=report)
+    sent1 = tokenize_sentences([r.sent1 for r in records], tokenizer, max_len=max_len, field="sent1", report=report)
+    examples = [TokenizedExample(s0, s1, *(c if c is not None else (None, None)))
+                for s0, s1, c in zip(sent0, sent1, clm)]
+    report.seconds = time.perf_counter() - start
+    return TokenizedCorpus(examples, report, pad_id=special_ids(tokenizer)[2])
