@@ -1,0 +1,84 @@
+"""Alignment metrics against plain NumPy / scikit-learn, real parallel data, and the PCA plots."""
+import numpy as np
+import pytest
+from sklearn.decomposition import PCA
+
+from xalign_jax.evaluation import alignment, compare, report
+
+
+def _naive_metrics(src, tgt):
+    n = len(src)
+    cos = np.array([[a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) for b in tgt] for a in src])
+    off = [cos[i, j] for i in range(n) for j in range(n) if i != j]
+    return {"retrieval_x2en": np.mean([np.argmax(cos[i]) == i for i in range(n)]),
+            "retrieval_en2x": np.mean([np.argmax(cos[:, j]) == j for j in range(n)]),
+            "cosine_true_pairs": np.mean(np.diag(cos)), "cosine_random_pairs": np.mean(off), "pairs": n}
+
+
+def test_pair_metrics_match_a_naive_computation():
+    rng = np.random.default_rng(0)
+    src = rng.normal(size=(40, 16))
+    tgt = src + rng.normal(scale=1.5, size=src.shape)
+    ours, naive = alignment.pair_metrics(src, tgt), _naive_metrics(src, tgt)
+    for key, value in naive.items():
+        assert ours[key] == pytest.approx(value, abs=1e-12), key
+    assert 0 < ours["retrieval_x2en"] < 1      # a discriminating example, neither trivial nor hopeless
+
+
+def test_centring_removes_a_shared_direction():
+    """Raw cosines near 1 for every pair (one dominant direction) hide the pairing that centring reveals."""
+    rng = np.random.default_rng(1)
+    signal = rng.normal(size=(50, 8))
+    shared = np.full(8, 40.0)
+    metrics = alignment.alignment_metrics(signal + shared + 0.1 * rng.normal(size=signal.shape),
+                                          signal + shared + 5.0 + 0.1 * rng.normal(size=signal.shape))
+    assert metrics["raw"]["cosine_random_pairs"] > 0.97
+    assert metrics["centred"]["cosine_random_pairs"] < 0.1
+    assert metrics["centred"]["retrieval_x2en"] == 1.0
+    naive = _naive_metrics(signal - signal.mean(0), signal - signal.mean(0))
+    assert naive["retrieval_x2en"] == 1.0
+
+
+def test_projection_matches_sklearn_pca():
+    rng = np.random.default_rng(2)
+    vectors = {"en": rng.normal(size=(30, 6)), "zh": rng.normal(loc=1.0, size=(20, 6))}
+    ours = alignment.project_2d(vectors)
+    expected = PCA(n_components=2).fit_transform(np.concatenate([vectors["en"], vectors["zh"]]))
+    got = np.concatenate([np.asarray(ours["en"]), np.asarray(ours["zh"])])
+    for axis in range(2):   # components are defined up to sign
+        sign = np.sign(got[:, axis] @ expected[:, axis])
+        np.testing.assert_allclose(sign * got[:, axis], expected[:, axis], atol=1e-4)
+
+
+@pytest.mark.parametrize("source,language,rows", [("flores", "zh", 204), ("flores", "sw", 204),
+                                                  ("tatoeba", "zh", 1000)])
+def test_real_parallel_pairs_load(shared_data, source, language, rows):
+    xx, en = alignment.load_pairs(source, language, shared_data)
+    assert len(xx) == len(en) == rows
+    assert alignment.load_pairs(source, language, shared_data, limit=10)[0] == xx[:10]
+
+
+def test_flores_pairs_are_translations_by_index_id(shared_data):
+    xx, en = alignment.load_pairs("flores", "de", shared_data)
+    english = (shared_data / "sib200_flores/eng_Latn/test.tsv").read_text(encoding="utf-8").splitlines()[1]
+    assert en[0] == english.split("\t", 2)[2]
+    assert xx[0] != en[0]
+
+
+def test_plots_and_before_after_table(tmp_path):
+    rng = np.random.default_rng(3)
+    projection = {"flores/avg-1": alignment.project_2d({"en": rng.normal(size=(10, 4)),
+                                                        "zh": rng.normal(size=(10, 4))})}
+    metrics = alignment.alignment_metrics(rng.normal(size=(10, 4)), rng.normal(size=(10, 4)))
+    before = {"tasks": {"pawsx_en_s0_i0": 0.5, "avg_zero": 0.5},
+              "alignment": {"metrics": {"flores/zh/avg-1": metrics}, "projection": projection}}
+    after = {"tasks": {"pawsx_en_s0_i0": 0.6, "avg_zero": 0.6},
+             "alignment": {"metrics": {"flores/zh/avg-1": metrics}, "projection": projection}}
+    table = compare.write_before_after(before, after, tmp_path / "before_after.md")
+    assert table["pawsx_en_s0_i0"]["delta"] == pytest.approx(0.1)
+    assert table["flores/zh/avg-1/raw/retrieval_x2en"]["delta"] == 0.0
+    assert "| avg_zero | 0.5000 | 0.6000 | +0.1000 |" in (tmp_path / "before_after.md").read_text()
+    png = tmp_path / "pca_before_after_flores_avg-1.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report.plot_projections(projection, tmp_path / "single.png")
+    assert (tmp_path / "single.png").stat().st_size > 1000

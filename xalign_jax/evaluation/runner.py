@@ -1,0 +1,157 @@
+"""What the trainer and ``main.py`` call: few-shot accuracy over a task grid, and representation alignment.
+
+``evaluate_tasks`` runs every (task, language, shots, seed) of the config with ONE scorer (one compiled function per
+bucket length for the whole grid), returning accuracies under the reference's metric keys
+``{task}_{lang}_s{shots}_i{seed}`` plus ``avg_zero`` / ``avg_all`` (AFP_SPEC §3.1). Zero-shot runs once whatever
+the number of seeds (the reference's duplicate zero-shot run, §7.12, is not reproduced). ``split="dev"`` evaluates
+the dev parts (model selection), ``"test"`` the test parts (final numbers).
+"""
+from __future__ import annotations
+
+import logging
+import pathlib
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from xalign_jax.evaluation import alignment as align_lib
+from xalign_jax.evaluation import fewshot, tasks, templates
+from xalign_jax.evaluation.report import summarise, write_eval_outputs  # noqa: F401  (re-exported API)
+from xalign_jax.evaluation.scorer import DEFAULT_BUCKETS, Scorer, compile_count, encode_prompts
+
+log = logging.getLogger(__name__)
+
+SCORING_MODES = ("reference", "completion", "completion_per_token", "completion_per_char")
+SPLITS = {"test": "test", "dev": "dev"}
+
+
+def default_eval_config() -> ml_collections.ConfigDict:
+    """Defaults = the reference's shipped setting extended to the five tasks (en + zh, English prompts)."""
+    return ml_collections.ConfigDict({
+        "enabled": False, "before_training": False, "after_training": False,
+        "tasks": ("xnli", "pawsx", "xcopa", "xstorycloze", "xwinograd"),
+        "languages": "en,zh",          # comma list, or "all" = every language whose files exist, per task
+        "shots": (0, 5),
+        "seeds": (0,),
+        "scoring": "reference",        # one of SCORING_MODES; every mode is computed and reported in "details"
+        "prompt_language": "en",       # "en": English template + demos for every language (reference); "same"
+        "per_item_demos": False,       # True: a separate demo sample per item (seeded by seed and item key)
+        "templates": {"xnli": "xglm", "pawsx": "f3", "xcopa": "reference", "xstorycloze": "reference",
+                      "xwinograd": "reference"},
+        "max_items": 0,                # per (task, language) on the test split; 0 = all
+        "dev_max_items": 200,          # per (task, language) on the dev split (in-training selection)
+        "data_dir": "",                # "" = <repo>/../shared/data
+        "batch_rows": 8,
+        "buckets": DEFAULT_BUCKETS,
+        "logits_budget_mb": 256,       # fp32 logits per vocabulary chunk
+        "predictions": False,          # keep per-item candidate scores (written as predictions.jsonl)
+        "alignment": {
+            "enabled": True, "sources": ("flores",), "languages": ("zh",), "poolers": ("last-1", "avg-1"),
+            "max_pairs": 200, "split": "test", "data_dir": "", "plot": True, "batch_rows": 16,
+        },
+    })
+
+
+def _languages(task: str, wanted: str, data_dir: pathlib.Path) -> list[str]:
+    present = tasks.available_languages(task, data_dir)
+    if wanted == "all":
+        return present
+    chosen = [lang.strip() for lang in wanted.split(",") if lang.strip()]
+    return [lang for lang in chosen if lang in present]
+
+
+def _grid(cfg: ml_collections.ConfigDict) -> list[tuple[int, int]]:
+    """(shots, seed) pairs: zero-shot once, k-shot once per seed."""
+    return sorted({(k, 0 if k == 0 else s) for k in cfg.shots for s in cfg.seeds})
+
+
+def _prompt_language(cfg, language: str) -> str:
+    return language if cfg.prompt_language == "same" else cfg.prompt_language
+
+
+def _run_one(scorer: Scorer, tokenizer, cfg, task: str, language: str, items, pool, shots: int, seed: int,
+             params) -> dict[str, Any]:
+    """Accuracy of every scoring mode on ``items`` (and per-item candidate scores when configured)."""
+    prompt_language = _prompt_language(cfg, language)
+    template = templates.get_template(task, prompt_language, cfg.templates.get(task, ""))
+    connector = fewshot.connector_text(template, tokenizer.eos_token)
+    shared = None if cfg.per_item_demos else fewshot.select_demos(pool, shots, seed)
+    prompts, owners = [], []
+    for index, item in enumerate(items):
+        demos = shared if shared is not None and item.key not in {d.key for d in shared} else \
+            fewshot.select_demos(pool, shots, seed, exclude_key=item.key, per_item=cfg.per_item_demos)
+        for prompt in fewshot.build_prompts(template, item, fewshot.render_demos(template, demos, connector)):
+            prompts.append(prompt)
+            owners.append(index)
+    scores = scorer.score(encode_prompts(tokenizer, prompts), params=params)
+    by_mode = {"reference": scores.reference, "completion": scores.completion,
+               "completion_per_token": scores.completion / np.maximum(scores.num_tokens, 1),
+               "completion_per_char": scores.completion / np.maximum(scores.num_chars, 1)}
+    owners = np.asarray(owners)
+    gold = np.array([item.label for item in items])
+    detail = {"task": task, "language": language, "shots": shots, "seed": seed, "items": len(items),
+              "rows": len(prompts), "template": f"{template.task}/{template.name}/{template.language}",
+              "prompt_language": prompt_language, "connector": connector, "accuracy": {}}
+    predictions = {}
+    for mode, values in by_mode.items():
+        predictions[mode] = np.array([int(np.argmax(values[owners == i])) for i in range(len(items))])
+        detail["accuracy"][mode] = float(np.mean(predictions[mode] == gold))
+    if cfg.predictions:
+        detail["predictions"] = [
+            {"source": item.source, "gold": item.label, "prediction": int(predictions[cfg.scoring][i]),
+             "scores": {mode: values[owners == i].round(6).tolist() for mode, values in by_mode.items()}}
+            for i, item in enumerate(items)]
+    return detail
+
+
+def evaluate_tasks(model: Any, tokenizer: Any, eval_cfg: ml_collections.ConfigDict, *, split: str = "test",
+                   params=None, mesh=None, progress: bool = True) -> dict[str, Any]:
+    """Accuracy per (task, language, shots, seed) on ``split`` ("test" or "dev"), with avg_zero / avg_all."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: expected one of {sorted(SPLITS)}")
+    if eval_cfg.scoring not in SCORING_MODES:
+        raise ValueError(f"scoring {eval_cfg.scoring!r}: expected one of {SCORING_MODES}")
+    data_dir = pathlib.Path(eval_cfg.data_dir or tasks.default_data_dir())
+    limit = eval_cfg.max_items if split == "test" else eval_cfg.dev_max_items
+    scorer = Scorer(model, batch_rows=eval_cfg.batch_rows, buckets=eval_cfg.buckets, mesh=mesh,
+                    logits_budget_bytes=int(eval_cfg.logits_budget_mb) << 20,
+                    pad_id=tokenizer.pad_token_id or 0)
+    compiles_before, started, details = compile_count(), time.perf_counter(), []
+    for task in eval_cfg.tasks:
+        for language in _languages(task, eval_cfg.languages, data_dir):
+            items = tasks.load_part(task, language, SPLITS[split], data_dir)
+            items = items[:limit] if limit else items
+            pool = tasks.load_part(task, _prompt_language(eval_cfg, language), "demo", data_dir)
+            for shots, seed in _grid(eval_cfg):
+                detail = _run_one(scorer, tokenizer, eval_cfg, task, language, items, pool, shots, seed, params)
+                details.append(detail)
+                if progress:
+                    log.info("eval %s %s %s s%d i%d: %d items, %d rows, acc %.4f (%s)", split, task, language,
+                             shots, seed, detail["items"], detail["rows"], detail["accuracy"][eval_cfg.scoring],
+                             eval_cfg.scoring)
+    return summarise(details, eval_cfg.scoring, split=split, compiles=compile_count() - compiles_before,
+                     seconds=time.perf_counter() - started)
+
+
+def evaluate_alignment(model: Any, tokenizer: Any, align_cfg: ml_collections.ConfigDict, *,
+                       params=None) -> dict[str, Any]:
+    """Retrieval / cosine metrics per (source, language, pooler), plus 2-D projections for the plot."""
+    if not align_cfg.enabled:
+        return {}
+    data_dir = pathlib.Path(align_cfg.data_dir or tasks.default_data_dir())
+    out: dict[str, Any] = {"metrics": {}, "projection": {}}
+    for pooler in align_cfg.poolers:
+        for source in align_cfg.sources:
+            english_vectors = {}
+            for language in align_cfg.languages:
+                xx, en = align_lib.load_pairs(source, language, data_dir, split=align_cfg.split,
+                                              limit=align_cfg.max_pairs)
+                embed = [align_lib.embed_sentences(model, tokenizer, texts, pooler, params=params,
+                                                   batch_rows=align_cfg.batch_rows) for texts in (xx, en)]
+                out["metrics"][f"{source}/{language}/{pooler}"] = align_lib.alignment_metrics(*embed)
+                english_vectors.setdefault("en", embed[1])
+                english_vectors[language] = embed[0]
+            out["projection"][f"{source}/{pooler}"] = align_lib.project_2d(english_vectors)
+    return out
