@@ -1,0 +1,212 @@
+"""Packing by hand, and the batch pipeline on real tokenized Alpaca: counts, determinism, resume, multi-host slices."""
+from __future__ import annotations
+
+import collections
+import json
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from tests.test_tokenize import alpaca_records, data_cfg, xlmr_tokenizer
+from xalign_jax.data import packing, pipeline, tokenize
+
+PAD = 0
+
+
+def hand_examples():
+    """Three examples: ids are 10*example + position, labels mark the 'answer' tokens."""
+    ids = [np.array([10, 11, 12], np.int32), np.array([20, 21, 22, 23], np.int32), np.array([30, 31], np.int32)]
+    labels = [np.array([0, 1, 1], bool), np.array([0, 0, 1, 1], bool), np.array([1, 1], bool)]
+    return ids, labels
+
+
+def test_segment_packing_by_hand():
+    ids, labels = hand_examples()
+    plan, left = packing.plan_segments([[0, 0], [1, 0], [2, 0]], [3, 4, 2], rows=2, seq_len=6)
+    assert plan == [[(0, 0, 3), (2, 0, 2)], [(1, 0, 4)]] and left == []   # first fit: example 2 back-fills row 0
+    rows = packing.fill_rows(plan, ids, labels, seq_len=6, pad_id=PAD, one_segment_per_row=False)
+    np.testing.assert_array_equal(rows["clm_ids"], [[10, 11, 12, 30, 31, 0], [20, 21, 22, 23, 0, 0]])
+    np.testing.assert_array_equal(rows["clm_segment_ids"], [[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 0, 0]])
+    np.testing.assert_array_equal(rows["clm_positions"], [[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 0, 0]])
+    np.testing.assert_array_equal(rows["clm_targets"], [[11, 12, 0, 31, 0, 0], [21, 22, 23, 0, 0, 0]])
+    np.testing.assert_array_equal(rows["clm_weights"], [[1, 1, 0, 1, 0, 0], [0, 1, 1, 0, 0, 0]])
+
+
+def test_segment_packing_carries_what_does_not_fit():
+    plan, left = packing.plan_segments([[0, 0], [1, 0], [2, 0]], [3, 4, 2], rows=1, seq_len=6)
+    assert plan == [[(0, 0, 3), (2, 0, 2)]] and left == [[1, 0]]
+
+
+def test_reference_stream_packing_by_hand():
+    """One stream, one segment per row, positions across examples, the tail carried (the reference drops it)."""
+    ids, labels = hand_examples()
+    plan, left = packing.plan_stream([[0, 0], [1, 0], [2, 0]], [3, 4, 2], rows=1, seq_len=5)
+    assert plan == [[(0, 0, 3), (1, 0, 2)]] and left == [[1, 2], [2, 0]]
+    rows = packing.fill_rows(plan, ids, labels, seq_len=5, pad_id=PAD, one_segment_per_row=True)
+    np.testing.assert_array_equal(rows["clm_ids"], [[10, 11, 12, 20, 21]])
+    np.testing.assert_array_equal(rows["clm_segment_ids"], [[1, 1, 1, 1, 1]])
+    np.testing.assert_array_equal(rows["clm_positions"], [[0, 1, 2, 3, 4]])
+    np.testing.assert_array_equal(rows["clm_targets"], [[11, 12, 20, 21, 0]])
+    np.testing.assert_array_equal(rows["clm_weights"], [[1, 1, 0, 0, 0]])
+    plan, left = packing.plan_stream(left, [3, 4, 2], rows=2, seq_len=3)     # next step: the tail, then padding
+    assert plan == [[(1, 2, 4), (2, 0, 1)], [(2, 1, 2)]] and left == []
+    rows = packing.fill_rows(plan, ids, labels, seq_len=3, pad_id=PAD, one_segment_per_row=True)
+    np.testing.assert_array_equal(rows["clm_ids"], [[22, 23, 30], [31, 0, 0]])
+    np.testing.assert_array_equal(rows["clm_segment_ids"], [[1, 1, 1], [1, 0, 0]])
+
+
+@pytest.fixture(scope="module")
+def corpus(shared_data):
+    records = alpaca_records(shared_data, 300)
+    return tokenize.tokenize_corpus(records, xlmr_tokenizer(), data_cfg(seq_len=128, cl_buckets=(16, 32, 64)))
+
+
+def cfgs(packing_mode="segments", batch_size=8, clm_rows=8, micro_batches=1):
+    data = data_cfg(seq_len=128, clm_rows=clm_rows, cl_buckets=(16, 32, 64), packing=packing_mode)
+    train = ml_collections.ConfigDict(dict(batch_size=batch_size, micro_batches=micro_batches))
+    return data, train
+
+
+def take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def assert_batches_equal(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+def placed_spans(batch):
+    """(row, segment) -> ids of every packed segment in a batch."""
+    out = {}
+    for r, (ids, seg) in enumerate(zip(batch["clm_ids"], batch["clm_segment_ids"])):
+        for s in np.unique(seg[seg > 0]):
+            out[(r, int(s))] = ids[seg == s]
+    return out
+
+
+@pytest.mark.parametrize("mode", ["segments", "reference"])
+def test_batch_contract_shapes_and_dtypes(corpus, mode):
+    data, train = cfgs(mode)
+    batch = next(pipeline.make_batches(corpus, data, train, seed=0))
+    length = batch["sent0_ids"].shape[1]
+    assert length in (16, 32, 64)
+    for name in ("sent0_ids", "sent0_mask", "sent1_ids", "sent1_mask"):
+        assert batch[name].shape == (8, length) and batch[name].dtype == np.int32
+    for name in ("clm_ids", "clm_positions", "clm_segment_ids", "clm_targets"):
+        assert batch[name].shape == (8, 128) and batch[name].dtype == np.int32
+    assert batch["clm_weights"].dtype == np.float32
+    assert (batch["sent0_mask"].sum(1) > 0).all() and (batch["sent0_mask"][:, 0] == 1).all()   # right padded
+
+
+def test_every_clm_example_is_packed_whole_exactly_once(corpus):
+    """Segments mode: each drawn record's CLM example appears once, unbroken, in some step; counts add up."""
+    data, train = cfgs(batch_size=16, clm_rows=12)       # tight rows: examples must be carried to later steps
+    iterator = pipeline.make_batches(corpus, data, train, seed=3)
+    want = collections.Counter()
+    seen = collections.Counter()
+    steps = 40
+    for _ in range(steps):
+        batch = next(iterator)
+        for ids in placed_spans(batch).values():
+            seen[tuple(ids)] += 1
+    state = iterator.get_state()
+    assert iterator.carried > 0
+    order = np.concatenate([np.random.default_rng([3, e]).permutation(len(corpus)) for e in range(state["epoch"] + 1)])
+    drawn = order[:steps * 16]
+    waiting = {i for i, _ in state["queue"]}
+    for i in drawn:
+        example = corpus.examples[i]
+        if example.clm_ids is not None and i not in waiting:
+            want[tuple(example.clm_ids)] += 1
+    assert seen == want
+    assert sum(seen.values()) + len(waiting) == sum(corpus.examples[i].clm_ids is not None for i in drawn)
+
+
+def test_reference_mode_streams_every_token_once(corpus):
+    data, train = cfgs("reference", batch_size=8, clm_rows=5)
+    iterator = pipeline.make_batches(corpus, data, train, seed=1)
+    batches = take(iterator, 10)
+    stream = np.concatenate([b["clm_ids"][b["clm_segment_ids"] > 0] for b in batches])
+    order = np.random.default_rng([1, 0]).permutation(len(corpus))[:80]
+    expected = np.concatenate([corpus.examples[i].clm_ids for i in order if corpus.examples[i].clm_ids is not None])
+    pending = sum(corpus.examples[i].clm_ids.size - start for i, start in iterator.get_state()["queue"])
+    np.testing.assert_array_equal(stream, expected[:expected.size - pending])
+    positions = batches[0]["clm_positions"][0]
+    np.testing.assert_array_equal(positions, np.arange(128))      # positions run across examples
+
+
+def test_epochs_visit_every_record_once_across_step_boundaries(corpus):
+    data, train = cfgs(batch_size=8)                      # 300 records: epochs end in the middle of a step
+    batches = take(pipeline.make_batches(corpus, data, train, seed=5), 75)     # 600 records = two epochs
+    seen = [tuple(ids[mask == 1]) for b in batches for ids, mask in zip(b["sent0_ids"], b["sent0_mask"])]
+    every = collections.Counter(tuple(e.sent0_ids) for e in corpus.examples)
+    assert collections.Counter(seen[:300]) == every and collections.Counter(seen[300:]) == every
+    assert seen[:300] != seen[300:]                       # epoch 1 is reshuffled
+
+
+@pytest.mark.parametrize("mode", ["segments", "reference"])
+def test_deterministic_and_resume_gives_identical_batches(corpus, mode):
+    data, train = cfgs(mode, batch_size=16, clm_rows=12)
+    straight = take(pipeline.make_batches(corpus, data, train, seed=7), 30)
+    assert_batches_equal(straight, take(pipeline.make_batches(corpus, data, train, seed=7), 30))
+    first = pipeline.make_batches(corpus, data, train, seed=7)
+    head = take(first, 10)
+    while not first.get_state()["queue"]:                  # resume with examples waiting in the carry queue
+        head.append(next(first))
+    saved = json.loads(json.dumps(first.get_state()))        # through JSON, as the checkpoint stores it
+    resumed = pipeline.make_batches(corpus, data, train, seed=7)
+    resumed.set_state(saved)
+    assert_batches_equal(straight, head + take(resumed, 30 - len(head)))
+    assert resumed.tokens_seen == pipeline.make_batches(corpus, data, train, seed=7).tokens_seen + sum(
+        int(b["sent0_mask"].sum() + b["sent1_mask"].sum() + (b["clm_segment_ids"] > 0).sum()) for b in straight)
+    other = take(pipeline.make_batches(corpus, data, train, seed=8), 1)[0]
+    assert not np.array_equal(other["clm_ids"], straight[0]["clm_ids"])
+
+
+def test_state_from_another_config_is_refused(corpus):
+    data, train = cfgs()
+    state = pipeline.make_batches(corpus, data, train, seed=0).get_state()
+    with pytest.raises(ValueError, match="seed"):
+        pipeline.make_batches(corpus, data, train, seed=1).set_state(state)
+
+
+@pytest.mark.parametrize("mode", ["segments", "reference"])
+def test_process_slices_union_is_the_global_batch(corpus, mode):
+    data, train = cfgs(mode, batch_size=16, clm_rows=12)
+    whole = take(pipeline.make_batches(corpus, data, train, seed=2), 6)
+    parts = [take(pipeline.make_batches(corpus, data, train, seed=2, process_index=p, process_count=2), 6)
+             for p in range(2)]
+    for step, batch in enumerate(whole):
+        for key in batch:
+            joined = np.concatenate([parts[0][step][key], parts[1][step][key]])
+            np.testing.assert_array_equal(joined, batch[key], err_msg=f"step {step} {key}")
+
+
+def test_divisibility_and_capacity_errors_name_the_key(corpus):
+    data, train = cfgs(batch_size=6, clm_rows=8)
+    with pytest.raises(ValueError, match="train.batch_size: 6 is not divisible by process_count"):
+        pipeline.make_batches(corpus, data, train, seed=0, process_count=4)
+    data, train = cfgs(batch_size=8, clm_rows=6, micro_batches=4)
+    with pytest.raises(ValueError, match="data.clm_rows: 6"):
+        pipeline.make_batches(corpus, data, train, seed=0)
+    data, train = cfgs(batch_size=64, clm_rows=2)
+    with pytest.raises(ValueError, match="data.clm_rows: 2 rows of 128 tokens cannot absorb"):
+        pipeline.make_batches(corpus, data, train, seed=0)
+
+
+def test_to_global_places_the_batch_on_the_mesh(corpus):
+    data, train = cfgs(batch_size=8, clm_rows=8)
+    batch = next(pipeline.make_batches(corpus, data, train, seed=0))
+    mesh = jax.make_mesh((4, 2, 1), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    arrays = pipeline.to_global(batch, mesh)
+    for key, value in batch.items():
+        assert arrays[key].shape == value.shape
+        assert len(arrays[key].sharding.device_set) == 8
+        assert arrays[key].addressable_shards[0].data.shape[0] == value.shape[0] // 8
+        np.testing.assert_array_equal(np.asarray(arrays[key]), value)

@@ -1,0 +1,89 @@
+"""Packing tokenized CLM examples into fixed [rows, seq_len] arrays: planning (which tokens go where) and filling.
+
+Planning works on lengths only, so every process can plan the GLOBAL step identically and cheaply, then fill only
+its own rows. A plan row is a list of ``(example, start, stop)`` token spans.
+
+Two modes (``data.packing``):
+  * ``segments`` (default): whole examples placed first-fit in queue order; each example is its own segment (ids
+    1..n per row, 0 = padding), positions restart at 0, attention never crosses segments, and the last token of a
+    segment predicts nothing. Examples that fit no row this step stay in the queue for the next one.
+  * ``reference``: AFP_SPEC §1.3/§7.8, the reference's ``group_texts``: the queue is one token stream cut into rows;
+    one segment per row, positions run across examples, an example may continue in the next row. Unlike the
+    reference, the remainder that does not fill a row is not dropped: it carries over to the next step (the last
+    row of a step is padded when the stream runs dry, which under causal attention equals the reference's shorter
+    row).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+PACKING_MODES = ("segments", "reference")
+Span = tuple[int, int, int]          # (example index, first token, one past the last token)
+Pending = list[list[int]]            # the carry queue: [example index, first token not yet packed]
+
+
+def plan_segments(queue: Pending, lengths: Sequence[int], rows: int, seq_len: int) -> tuple[list[list[Span]], Pending]:
+    """First-fit in queue order: each whole example goes to the first row with room; the rest stays queued."""
+    plan: list[list[Span]] = [[] for _ in range(rows)]
+    room = [seq_len] * rows
+    left: Pending = []
+    for example, start in queue:
+        size = lengths[example] - start
+        row = next((r for r in range(rows) if room[r] >= size), None)
+        if row is None:
+            left.append([example, start])
+            continue
+        plan[row].append((example, start, lengths[example]))
+        room[row] -= size
+    return plan, left
+
+
+def plan_stream(queue: Pending, lengths: Sequence[int], rows: int, seq_len: int) -> tuple[list[list[Span]], Pending]:
+    """The reference's concatenation: fill rows in order from one stream; a split example's tail stays queued."""
+    plan: list[list[Span]] = [[] for _ in range(rows)]
+    row, room = 0, seq_len
+    for position, (example, start) in enumerate(queue):
+        while start < lengths[example]:
+            if row == rows:
+                return plan, [[example, start]] + [list(item) for item in queue[position + 1:]]
+            take = min(room, lengths[example] - start)
+            plan[row].append((example, start, start + take))
+            start, room = start + take, room - take
+            if room == 0:
+                row, room = row + 1, seq_len
+    return plan, []
+
+
+PLANNERS = {"segments": plan_segments, "reference": plan_stream}
+
+
+def fill_rows(plan: Sequence[Sequence[Span]], ids: Sequence[np.ndarray], labels: Sequence[np.ndarray], *,
+              seq_len: int, pad_id: int, one_segment_per_row: bool) -> dict[str, np.ndarray]:
+    """clm_ids/positions/segment_ids/targets/weights [rows, seq_len] for a plan (shifted targets within segments)."""
+    rows = len(plan)
+    out = {"clm_ids": np.full((rows, seq_len), pad_id, np.int32),
+           "clm_positions": np.zeros((rows, seq_len), np.int32),
+           "clm_segment_ids": np.zeros((rows, seq_len), np.int32),
+           "clm_targets": np.full((rows, seq_len), pad_id, np.int32),
+           "clm_weights": np.zeros((rows, seq_len), np.float32)}
+    for r, spans in enumerate(plan):
+        segments = _segments(spans, ids, labels, one_segment_per_row)
+        offset = 0
+        for number, (seg_ids, seg_labels) in enumerate(segments, start=1):
+            end = offset + len(seg_ids)
+            out["clm_ids"][r, offset:end] = seg_ids
+            out["clm_positions"][r, offset:end] = np.arange(len(seg_ids))
+            out["clm_segment_ids"][r, offset:end] = number
+            out["clm_targets"][r, offset:end - 1] = seg_ids[1:]
+            out["clm_weights"][r, offset:end - 1] = seg_labels[1:]
+            offset = end
+    return out
+
+
+def _segments(spans: Sequence[Span], ids, labels, one_segment_per_row: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    pieces = [(ids[e][a:b], labels[e][a:b]) for e, a, b in spans]
+    if one_segment_per_row and pieces:
+        return [(np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces]))]
+    return pieces

@@ -1,0 +1,203 @@
+"""Deterministic, resumable training batches: this process's slice of every global step, then global jax Arrays.
+
+Per step the iterator draws the next B records of an endless stream of epoch permutations (epoch e is shuffled by
+``(seed, e)``; a step may span an epoch boundary, so no record is ever skipped). The records' contrastive pairs
+fill ``sent0_*``/``sent1_*`` (right padded to the smallest bucket that fits the global batch, so shapes are static
+per bucket). Their CLM examples join a carry queue which is packed into R rows of T tokens (``packing.py``);
+whatever does not fit waits for the next step, so nothing is dropped. The queue cannot grow without bound: a
+configuration whose B records bring more tokens on average than R*T is refused up front.
+
+Every process plans the whole global step from token counts alone (cheap and identical everywhere) and materialises
+only its contiguous block of records and rows, which is what ``jax.make_array_from_process_local_data`` expects
+for a batch sharded over ('data', 'fsdp'). Plain numpy with an explicit JSON state rather than grain: the carry
+queue is state that a grain ``MapDataset`` pipeline cannot express without a custom iterator anyway, and with the
+whole corpus tokenized up front, batching is a handful of numpy copies per step.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from xalign_jax.data import packing
+from xalign_jax.data.tokenize import TokenizedCorpus
+
+log = logging.getLogger(__name__)
+STATE_VERSION = 1
+
+
+def _check_divisible(batch_size: int, clm_rows: int, process_count: int, micro_batches: int) -> None:
+    shards = process_count * micro_batches
+    for key, value in (("train.batch_size", batch_size), ("data.clm_rows", clm_rows)):
+        if value % shards:
+            raise ValueError(f"config {key}: {value} is not divisible by process_count * train.micro_batches = "
+                             f"{process_count} * {micro_batches}")
+
+
+def _check_capacity(corpus: TokenizedCorpus, batch_size: int, clm_rows: int, seq_len: int) -> None:
+    """Refuse a step shape whose CLM rows cannot, on average, absorb the CLM tokens its records bring."""
+    lengths = [len(e.clm_ids) for e in corpus.examples if e.clm_ids is not None]
+    if not lengths:
+        raise ValueError("the corpus has no CLM example left after truncation (see its report): nothing to train on")
+    if max(lengths) > seq_len:
+        raise ValueError(f"config data.seq_len: {seq_len} is shorter than a tokenized CLM example ({max(lengths)} "
+                         "tokens); tokenize with the same data config")
+    demand = sum(lengths) / len(corpus) * batch_size
+    if demand > clm_rows * seq_len:
+        need = int(np.ceil(demand / seq_len))
+        raise ValueError(f"config data.clm_rows: {clm_rows} rows of {seq_len} tokens cannot absorb the {demand:.0f} "
+                         f"CLM tokens {batch_size} records bring per step on average (the carry queue would grow "
+                         f"without bound); use at least {need} rows or a smaller train.batch_size")
+
+
+def pick_bucket(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds ``length`` tokens."""
+    for bucket in sorted(buckets):
+        if length <= bucket:
+            return int(bucket)
+    raise ValueError(f"config data.cl_buckets: a {length}-token sentence exceeds the largest bucket {max(buckets)}; "
+                     "tokenize with the same data config")
+
+
+def pad_right(sequences: Sequence[np.ndarray], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, mask) int32 [n, length], right padded."""
+    ids = np.full((len(sequences), length), pad_id, np.int32)
+    mask = np.zeros((len(sequences), length), np.int32)
+    for i, seq in enumerate(sequences):
+        ids[i, :len(seq)] = seq
+        mask[i, :len(seq)] = 1
+    return ids, mask
+
+
+class BatchIterator:
+    """Endless iterator of this process's local batch slices; ``get_state``/``set_state`` make it resumable."""
+
+    def __init__(self, corpus: TokenizedCorpus, data_cfg: Any, train_cfg: Any, *, seed: int,
+                 process_index: int = 0, process_count: int = 1):
+        self.corpus = corpus
+        self.batch_size, self.rows, self.seq_len = int(train_cfg.batch_size), int(data_cfg.clm_rows), int(data_cfg.seq_len)
+        self.buckets = tuple(int(b) for b in data_cfg.cl_buckets)
+        self.mode = str(data_cfg.packing)
+        if self.mode not in packing.PACKING_MODES:
+            raise ValueError(f"config data.packing: {self.mode!r} is not one of {packing.PACKING_MODES}")
+        _check_divisible(self.batch_size, self.rows, process_count, int(train_cfg.micro_batches))
+        _check_capacity(corpus, self.batch_size, self.rows, self.seq_len)
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} is outside 0..{process_count - 1}")
+        self.seed, self.process_index, self.process_count = int(seed), process_index, process_count
+        self._clm_lengths = [0 if e.clm_ids is None else len(e.clm_ids) for e in corpus.examples]
+        self._sent_lengths = [max(len(e.sent0_ids), len(e.sent1_ids)) for e in corpus.examples]
+        self._permutations: dict[int, np.ndarray] = {}
+        self._state = {"epoch": 0, "cursor": 0, "step": 0, "queue": [], "tokens_seen": 0, "carried": 0}
+
+    # ------------------------------------------------------------------------------------------------ state
+    def _fingerprint(self) -> dict:
+        return {"version": STATE_VERSION, "records": len(self.corpus), "seed": self.seed,
+                "batch_size": self.batch_size, "clm_rows": self.rows, "seq_len": self.seq_len, "packing": self.mode}
+
+    def get_state(self) -> dict:
+        """JSON-serialisable position: identical on every process (the global plan), so any process may save it."""
+        return {**self._fingerprint(), **{k: (list(map(list, v)) if k == "queue" else v)
+                                          for k, v in self._state.items()}}
+
+    def set_state(self, state: dict) -> None:
+        expected = self._fingerprint()
+        mismatched = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
+        if mismatched:
+            raise ValueError(f"data state does not belong to this corpus/config (saved, now): {mismatched}")
+        self._state = {k: state[k] for k in self._state}
+        self._state["queue"] = [list(item) for item in state["queue"]]
+
+    @property
+    def tokens_seen(self) -> int:
+        """Real (non-pad) tokens of all global batches so far, contrastive and CLM."""
+        return self._state["tokens_seen"]
+
+    @property
+    def step(self) -> int:
+        return self._state["step"]
+
+    @property
+    def carried(self) -> int:
+        """How many times a CLM example had to wait for a later step (0 when every step's examples fit)."""
+        return self._state["carried"]
+
+    # ------------------------------------------------------------------------------------------------ batches
+    def __iter__(self):
+        return self
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch not in self._permutations:
+            self._permutations = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.corpus))}
+        return self._permutations[epoch]
+
+    def _draw_records(self) -> list[int]:
+        """The next B record indices of the endless epoch stream; advances epoch/cursor."""
+        drawn: list[int] = []
+        while len(drawn) < self.batch_size:
+            order = self._permutation(self._state["epoch"])
+            take = order[self._state["cursor"]:self._state["cursor"] + self.batch_size - len(drawn)]
+            drawn.extend(int(i) for i in take)
+            self._state["cursor"] += len(take)
+            if self._state["cursor"] == len(order):
+                self._state["epoch"] += 1
+                self._state["cursor"] = 0
+        return drawn
+
+    def _local(self, total: int) -> slice:
+        size = total // self.process_count
+        return slice(self.process_index * size, (self.process_index + 1) * size)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        records = self._draw_records()
+        queue = self._state["queue"] + [[i, 0] for i in records if self._clm_lengths[i]]
+        plan, left = packing.PLANNERS[self.mode](queue, self._clm_lengths, self.rows, self.seq_len)
+        length = pick_bucket(max(self._sent_lengths[i] for i in records), self.buckets)
+        batch = self._contrastive(records[self._local(self.batch_size)], length)
+        examples = self.corpus.examples
+        batch.update(packing.fill_rows(
+            plan[self._local(self.rows)], [e.clm_ids for e in examples], [e.clm_labels for e in examples],
+            seq_len=self.seq_len, pad_id=self.corpus.pad_id, one_segment_per_row=self.mode == "reference"))
+        self._advance(records, plan, left)
+        return batch
+
+    def _contrastive(self, records: list[int], length: int) -> dict[str, np.ndarray]:
+        batch = {}
+        for name in ("sent0", "sent1"):
+            sequences = [getattr(self.corpus.examples[i], f"{name}_ids") for i in records]
+            batch[f"{name}_ids"], batch[f"{name}_mask"] = pad_right(sequences, length, self.corpus.pad_id)
+        return batch
+
+    def _advance(self, records: list[int], plan: list[list[packing.Span]], left: packing.Pending) -> None:
+        examples = self.corpus.examples
+        sent_tokens = sum(len(examples[i].sent0_ids) + len(examples[i].sent1_ids) for i in records)
+        clm_tokens = sum(stop - start for spans in plan for _, start, stop in spans)
+        state = self._state
+        if len(left) > 2 * self.batch_size and len(state["queue"]) <= 2 * self.batch_size:
+            log.warning("step %d: %d CLM examples wait for later steps (data.clm_rows=%d may be tight)",
+                        state["step"], len(left), self.rows)
+        state.update(step=state["step"] + 1, queue=left, tokens_seen=state["tokens_seen"] + sent_tokens + clm_tokens,
+                     carried=state["carried"] + len(left))
+
+
+def make_batches(corpus: TokenizedCorpus, data_cfg: Any, train_cfg: Any, *, seed: int, process_index: int = 0,
+                 process_count: int = 1) -> BatchIterator:
+    """The trainer's entry point: an endless, resumable iterator of this process's local batch slices."""
+    return BatchIterator(corpus, data_cfg, train_cfg, seed=seed, process_index=process_index,
+                         process_count=process_count)
+
+
+def _batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+    try:
+        from xalign_jax.sharding import batch_sharding
+    except ImportError:
+        return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+    return batch_sharding(mesh)
+
+
+def to_global(host_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """Each process's local slice -> global arrays sharded over ('data', 'fsdp') along the batch axis."""
+    sharding = _batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in host_batch.items()}
