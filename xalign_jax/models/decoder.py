@@ -1,0 +1,305 @@
+"""The one decoder every family runs: embed -> scan(blocks) -> final norm -> (tied or untied) head.
+
+Parameters live in a flat table (``param_specs``) with logical axis names; per-layer parameters are stacked on a
+leading ``layers`` axis and the blocks run under ``jax.lax.scan`` + ``jax.checkpoint`` with a named remat policy,
+so compile time stays flat in depth. ``num_layers=k`` slices the stack so a contrastive pass that pools layer k runs
+only k blocks. The module is a plain parameter container: ``nnx.split(model, nnx.Param)`` gives the trainable state
+and the forward is a pure function of it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from xalign_jax.models import layers
+from xalign_jax.models.config import ModelConfig
+
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "everything": jax.checkpoint_policies.everything_saveable,
+}
+BLOCK_PREFIX = "blocks."
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    shape: tuple[int, ...]
+    axes: tuple[str, ...]          # logical axis names, one per dimension
+    init: str                      # normal | zeros | ones
+
+
+class DecoderOutput(NamedTuple):
+    logits: jax.Array | None                    # [B, T, V] fp32, None when not asked for or stopped early
+    hidden_states: tuple[jax.Array, ...] | None  # HF convention (see Decoder.__call__)
+    last_hidden_state: jax.Array                 # final-normed output, or the residual after block k
+
+
+def param_specs(cfg: ModelConfig) -> dict[str, ParamSpec]:
+    """Every parameter of ``cfg``'s model: shape, logical axes and initialiser."""
+    d, h, kv, hd, f, n = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size,
+                          cfg.num_layers)
+    norm_init = "zeros" if cfg.norm == "rmsnorm_plus_one" else "ones"
+    specs = {"embed": ParamSpec((cfg.vocab_size, d), ("vocab", "embed"), "normal")}
+    if cfg.embed_norm:
+        specs.update(_norm_specs("embed_norm", (), d, cfg, norm_init))
+    block = {
+        "q": ParamSpec((d, h, hd), ("embed", "heads", "head_dim"), "normal"),
+        "k": ParamSpec((d, kv, hd), ("embed", "kv_heads", "head_dim"), "normal"),
+        "v": ParamSpec((d, kv, hd), ("embed", "kv_heads", "head_dim"), "normal"),
+        "o": ParamSpec((h, hd, d), ("heads", "head_dim", "embed"), "normal"),
+        "up": ParamSpec((d, f), ("embed", "mlp"), "normal"),
+        "down": ParamSpec((f, d), ("mlp", "embed"), "normal"),
+    }
+    if cfg.gated_mlp:
+        block["gate"] = ParamSpec((d, f), ("embed", "mlp"), "normal")
+    if cfg.qkv_bias:
+        block["q_bias"] = ParamSpec((h, hd), ("heads", "head_dim"), "zeros")
+        block["k_bias"] = ParamSpec((kv, hd), ("kv_heads", "head_dim"), "zeros")
+        block["v_bias"] = ParamSpec((kv, hd), ("kv_heads", "head_dim"), "zeros")
+    if cfg.out_bias:
+        block["o_bias"] = ParamSpec((d,), ("embed",), "zeros")
+    if cfg.mlp_bias:
+        block["up_bias"] = ParamSpec((f,), ("mlp",), "zeros")
+        block["down_bias"] = ParamSpec((d,), ("embed",), "zeros")
+    if cfg.qk_norm:
+        block["q_norm"] = ParamSpec((hd,), ("head_dim",), norm_init)
+        block["k_norm"] = ParamSpec((hd,), ("head_dim",), norm_init)
+    names = ["attn_norm", "mlp_norm"] + (["post_attn_norm", "post_mlp_norm"] if cfg.sandwich_norms else [])
+    for name in names:
+        block.update(_norm_specs(name, (), d, cfg, norm_init))
+    for name, spec in block.items():
+        specs[BLOCK_PREFIX + name] = ParamSpec((n,) + spec.shape, ("layers",) + spec.axes, spec.init)
+    specs.update(_norm_specs("final_norm", (), d, cfg, norm_init))
+    if not cfg.tie_word_embeddings:
+        specs["lm_head"] = ParamSpec((d, cfg.vocab_size), ("embed", "vocab"), "normal")
+    return specs
+
+
+def _norm_specs(name: str, lead: tuple, d: int, cfg: ModelConfig, init: str) -> dict[str, ParamSpec]:
+    specs = {name: ParamSpec(lead + (d,), ("norm",), init)}
+    if cfg.norm == "layernorm":
+        specs[name + "_bias"] = ParamSpec(lead + (d,), ("norm",), "zeros")
+    return specs
+
+
+def initial_value(spec: ParamSpec, key: jax.Array, dtype: jnp.dtype, std: float = 0.02) -> jax.Array:
+    if spec.init == "normal":
+        return (std * jax.random.normal(key, spec.shape, jnp.float32)).astype(dtype)
+    return (jnp.ones if spec.init == "ones" else jnp.zeros)(spec.shape, dtype)
+
+
+class _ParamGroup(nnx.Module):
+    """A named group of parameters (the stacked blocks, or the top level)."""
+
+    def __init__(self, arrays: Mapping[str, jax.Array], specs: Mapping[str, ParamSpec]):
+        self.names = tuple(sorted(arrays))
+        for name in self.names:
+            setattr(self, name, nnx.Param(arrays[name], logical_axes=specs[name].axes))
+
+    def values(self, dtype: jnp.dtype, skip: tuple[str, ...] = ()) -> dict[str, jax.Array]:
+        return {name: getattr(self, name)[...].astype(dtype) for name in self.names if name not in skip}
+
+
+class Decoder(nnx.Module):
+    """A decoder-only LM; build it with ``init_model`` or ``from_pretrained``, not directly."""
+
+    def __init__(self, config: ModelConfig, arrays: Mapping[str, jax.Array]):
+        specs = param_specs(config)
+        missing = sorted(set(specs) - set(arrays))
+        if missing:
+            raise ValueError(f"missing parameters for {config.family}: {missing}")
+        self.config = config
+        top = {k: v for k, v in arrays.items() if not k.startswith(BLOCK_PREFIX)}
+        blocks = {k[len(BLOCK_PREFIX):]: v for k, v in arrays.items() if k.startswith(BLOCK_PREFIX)}
+        self.top = _ParamGroup(top, specs)
+        self.blocks = _ParamGroup(blocks, {k: specs[BLOCK_PREFIX + k] for k in blocks})
+
+    def arrays(self) -> dict[str, jax.Array]:
+        """Flat ``{name: array}`` in param dtype (the export and sharding view)."""
+        out = {k: getattr(self.top, k)[...] for k in self.top.names}
+        out.update({BLOCK_PREFIX + k: getattr(self.blocks, k)[...] for k in self.blocks.names})
+        return out
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
+                 positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
+                 output_hidden_states: bool = False, num_layers: int | None = None, compute_logits: bool = True,
+                 dropout_rng: jax.Array | None = None) -> DecoderOutput:
+        """Run the model.
+
+        ``attention_mask`` [B,T] (1 real, 0 pad; left or right padding); ``positions`` default to the mask-derived
+        ``cumsum(mask) - 1``; ``segment_ids`` make attention block-diagonal for packed rows (pass positions that
+        restart per segment). ``hidden_states`` follow HF: index 0 the embedding output, index i the residual after
+        block i, the last index the final-norm output. ``num_layers=k`` stops after block k: ``last_hidden_state``
+        is then HF's ``hidden_states[k]`` and no logits are computed.
+        """
+        cfg = self.config
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if positions is None:
+            positions = layers.positions_from_mask(attention_mask)
+        depth = cfg.num_layers if num_layers is None else num_layers
+        if not 0 <= depth <= cfg.num_layers:
+            raise ValueError(f"num_layers={num_layers} outside [0, {cfg.num_layers}]")
+        dtype = jnp.dtype(cfg.dtype)
+        top = self.top.values(dtype, skip=("embed", "lm_head"))   # the head casts per chunk
+        rng_embed, rng_blocks = jax.random.split(dropout_rng) if dropout_rng is not None else (None, None)
+        embedded = _embed(cfg, top, self.top.embed[...], input_ids, positions, rng_embed)
+        context = _attention_context(cfg, attention_mask, positions, segment_ids)
+        blocks = jax.tree.map(lambda x: x[:depth], self.blocks.values(dtype))
+        hidden, per_block = _run_blocks(cfg, blocks, embedded, context, rng_blocks, output_hidden_states)
+        stopped_early = depth < cfg.num_layers
+        if not stopped_early:
+            hidden = layers.normalize(hidden, top["final_norm"], top.get("final_norm_bias"), cfg.norm, cfg.norm_eps)
+        states = None
+        if output_hidden_states:   # HF: embeddings, residual after blocks 1..k-1, then the (normed) output
+            states = (embedded,) + tuple(per_block[i] for i in range(depth - 1)) + ((hidden,) if depth else ())
+        logits = self.logits(hidden) if compute_logits and not stopped_early else None
+        return DecoderOutput(logits, states, hidden)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Final-normed hidden [..., D] -> fp32 vocabulary logits (the chunked CE and the scorer call this)."""
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        if cfg.tie_word_embeddings:
+            weight = self.top.embed[...].astype(dtype)
+            out = jnp.einsum("...d,vd->...v", hidden.astype(dtype), weight, preferred_element_type=jnp.float32)
+        else:
+            weight = self.top.lm_head[...].astype(dtype)
+            out = jnp.einsum("...d,dv->...v", hidden.astype(dtype), weight, preferred_element_type=jnp.float32)
+        if cfg.final_logit_softcap:
+            out = jnp.tanh(out / cfg.final_logit_softcap) * cfg.final_logit_softcap
+        return out
+
+
+def _embed(cfg: ModelConfig, top: dict, table: jax.Array, input_ids: jax.Array, positions: jax.Array,
+           rng: jax.Array | None) -> jax.Array:
+    dtype = jnp.dtype(cfg.dtype)
+    hidden = jnp.take(table, input_ids, axis=0).astype(dtype)
+    if cfg.embed_scale:   # HF casts sqrt(d) to the compute dtype first (it matters in bf16)
+        hidden = hidden * jnp.asarray(cfg.hidden_size ** 0.5, dtype)
+    if cfg.positions == "sinusoidal":
+        hidden = hidden + layers.sinusoidal(positions + cfg.position_offset, cfg.hidden_size).astype(dtype)
+    if cfg.embed_norm:
+        hidden = layers.normalize(hidden, top["embed_norm"], top["embed_norm_bias"], cfg.norm, cfg.norm_eps)
+    return layers.dropout(hidden, cfg.dropout, rng)
+
+
+def _attention_context(cfg: ModelConfig, mask: jax.Array, positions: jax.Array,
+                       segment_ids: jax.Array | None) -> dict[str, jax.Array]:
+    """Everything attention needs that does not depend on the layer's weights, computed once per call."""
+    context = {"mask": layers.attention_mask(mask, segment_ids, 0)}
+    if cfg.sliding_window and any(cfg.layer_is_sliding):
+        context["local_mask"] = layers.attention_mask(mask, segment_ids, cfg.sliding_window)
+    if cfg.positions == "alibi":
+        context["bias"] = layers.alibi_bias(positions, cfg.num_heads)
+    if cfg.positions == "rope":
+        context["rope"] = layers.rope_tables(positions, cfg.rope_inv_freq)
+        if cfg.rope_local_inv_freq:
+            context["local_rope"] = layers.rope_tables(positions, cfg.rope_local_inv_freq)
+    return context
+
+
+def _run_blocks(cfg: ModelConfig, blocks: dict, hidden: jax.Array, context: dict, rng: jax.Array | None,
+                collect: bool) -> tuple[jax.Array, jax.Array | None]:
+    """Scan the (already sliced) stacked blocks; the per-block residuals come back stacked when ``collect``."""
+    depth = next(iter(blocks.values())).shape[0]
+    sliding = jnp.asarray((cfg.layer_is_sliding or (False,) * cfg.num_layers)[:depth], bool)
+
+    def body(h, xs):
+        params, is_sliding, index = xs
+        layer_rng = None if rng is None else jax.random.fold_in(rng, index)
+        h = _block(cfg, params, h, context, is_sliding, layer_rng)
+        return h, (h if collect else None)
+
+    if cfg.remat_policy != "none":
+        if cfg.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"unknown remat_policy {cfg.remat_policy!r}; choose none or {sorted(REMAT_POLICIES)}")
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
+    return jax.lax.scan(body, hidden, (blocks, sliding, jnp.arange(depth)))
+
+
+def _block(cfg: ModelConfig, p: dict, h: jax.Array, context: dict, is_sliding: jax.Array,
+           rng: jax.Array | None) -> jax.Array:
+    rngs = jax.random.split(rng, 4) if rng is not None else (None,) * 4
+    x = layers.normalize(h, p["attn_norm"], p.get("attn_norm_bias"), cfg.norm, cfg.norm_eps)
+    attn = _self_attention(cfg, p, x, context, is_sliding, rngs[0])
+    if cfg.sandwich_norms:
+        attn = layers.normalize(attn, p["post_attn_norm"], None, cfg.norm, cfg.norm_eps)
+    h = h + layers.dropout(attn, cfg.dropout, rngs[1])
+    x = layers.normalize(h, p["mlp_norm"], p.get("mlp_norm_bias"), cfg.norm, cfg.norm_eps)
+    mlp = _mlp(cfg, p, x, rngs[2])
+    if cfg.sandwich_norms:
+        mlp = layers.normalize(mlp, p["post_mlp_norm"], None, cfg.norm, cfg.norm_eps)
+    return h + layers.dropout(mlp, cfg.dropout, rngs[3])
+
+
+def _project(x: jax.Array, weight: jax.Array, bias: jax.Array | None) -> jax.Array:
+    out = jnp.einsum("btd,dhk->bthk", x, weight)
+    return out if bias is None else out + bias
+
+
+def _self_attention(cfg: ModelConfig, p: dict, x: jax.Array, context: dict, is_sliding: jax.Array,
+                    rng: jax.Array | None) -> jax.Array:
+    q = _project(x, p["q"], p.get("q_bias"))
+    k = _project(x, p["k"], p.get("k_bias"))
+    v = _project(x, p["v"], p.get("v_bias"))
+    if cfg.qk_norm:
+        q = layers.normalize(q, p["q_norm"], None, cfg.norm, cfg.norm_eps)
+        k = layers.normalize(k, p["k_norm"], None, cfg.norm, cfg.norm_eps)
+    if "rope" in context:
+        cos, sin = context["rope"]
+        if "local_rope" in context:
+            cos, sin = (jnp.where(is_sliding, local, full) for local, full in zip(context["local_rope"], (cos, sin)))
+        q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
+    mask = context["mask"]
+    if "local_mask" in context:
+        mask = jnp.where(is_sliding, context["local_mask"], mask)
+    if cfg.attention_impl == "xla":
+        out = layers.attention(q, k, v, mask, scale=cfg.scale, bias=context.get("bias"),
+                               softcap=cfg.attn_logit_softcap, probs_dropout=cfg.attention_dropout, rng=rng)
+    else:
+        out = _fused_attention(cfg, q, k, v, mask, context.get("bias"))
+    out = jnp.einsum("bthk,hkd->btd", out, p["o"])
+    return out if "o_bias" not in p else out + p["o_bias"]
+
+
+def _fused_attention(cfg: ModelConfig, q, k, v, mask, bias) -> jax.Array:
+    """``jax.nn.dot_product_attention`` with the configured implementation (``cudnn`` on GPU, ``dot_product``
+    = its XLA implementation, the same call path that CPU tests check)."""
+    if cfg.attn_logit_softcap or cfg.attention_dropout:
+        raise ValueError("attention_impl other than 'xla' supports neither logit soft-capping nor attention dropout")
+    implementation = {"cudnn": "cudnn", "dot_product": "xla"}.get(cfg.attention_impl)
+    if implementation is None:
+        raise ValueError(f"unknown attention_impl {cfg.attention_impl!r}; choose xla, dot_product or cudnn")
+    return jax.nn.dot_product_attention(q, k, v, bias=None if bias is None else bias.astype(q.dtype),
+                                        mask=mask, scale=cfg.scale, implementation=implementation)
+
+
+def _mlp(cfg: ModelConfig, p: dict, x: jax.Array, rng: jax.Array | None) -> jax.Array:
+    up = x @ p["up"] + p.get("up_bias", 0)
+    inner = layers.activation(cfg.mlp, x @ p["gate"]) * up if cfg.gated_mlp else layers.activation(cfg.mlp, up)
+    inner = layers.dropout(inner, cfg.activation_dropout, rng)
+    return inner @ p["down"] + p.get("down_bias", 0)
+
+
+def init_model(config: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None = None,
+               std: float = 0.02) -> Decoder:
+    """A randomly initialised model (demo configs, tests), created directly in the mesh's parameter shardings."""
+    from xalign_jax import sharding
+    specs = param_specs(config)
+    dtype = jnp.dtype(config.param_dtype)
+    out_shardings = sharding.param_shardings(specs, mesh) if mesh is not None else None
+
+    @functools.partial(jax.jit, out_shardings=out_shardings)
+    def make(key):
+        keys = dict(zip(specs, jax.random.split(key, len(specs))))
+        return {name: initial_value(spec, keys[name], dtype, std) for name, spec in specs.items()}
+
+    return Decoder(config, make(jax.random.PRNGKey(seed)))

@@ -1,0 +1,150 @@
+"""Pure, jit-friendly building blocks shared by every family: norms, position schemes, attention, MLPs.
+
+Numerics follow the HF implementations the parity tests compare against: norms and softmax in fp32, matmuls in
+the compute dtype with fp32 accumulation, RoPE angles in fp32.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MASKED = -1e30   # finite, so a fully masked (padding) query row gives a uniform softmax instead of NaN
+
+
+def normalize(x: jax.Array, scale: jax.Array, bias: jax.Array | None, kind: str, eps: float) -> jax.Array:
+    """LayerNorm / RMSNorm / Gemma's RMSNorm with (1 + w), statistics in fp32, result in ``x.dtype``."""
+    x32 = x.astype(jnp.float32)
+    if kind == "layernorm":
+        centred = x32 - x32.mean(-1, keepdims=True)
+        y = centred * jax.lax.rsqrt((centred * centred).mean(-1, keepdims=True) + eps)
+        y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        return y.astype(x.dtype)
+    y = x32 * jax.lax.rsqrt((x32 * x32).mean(-1, keepdims=True) + eps)
+    if kind == "rmsnorm_plus_one":
+        return (y * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
+    if kind == "rmsnorm":   # Llama casts the normalised value back before the weight multiply
+        return scale.astype(x.dtype) * y.astype(x.dtype)
+    raise ValueError(f"unknown norm kind {kind!r}")
+
+
+def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
+    """0-based positions of the real tokens, correct for left and right padding (padding gets 0 or the last)."""
+    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def rope_inv_freq(head_dim: int, params: dict) -> tuple[float, ...]:
+    """Inverse frequencies for HF ``rope_parameters`` (types default, linear, llama3), computed once in NumPy."""
+    base = float(params.get("rope_theta", 10000.0))
+    inv = 1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim)
+    kind = params.get("rope_type", params.get("type", "default")) or "default"
+    if kind == "linear":
+        inv = inv / params["factor"]
+    elif kind == "llama3":
+        inv = _llama3_scaling(inv, params)
+    elif kind != "default":
+        raise ValueError(f"unsupported rope_type {kind!r} (supported: default, linear, llama3)")
+    return tuple(float(f) for f in inv.astype(np.float32))
+
+
+def _llama3_scaling(inv: np.ndarray, params: dict) -> np.ndarray:
+    factor, low, high = params["factor"], params["low_freq_factor"], params["high_freq_factor"]
+    old_len = params["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > old_len / low, inv / factor, inv)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_tables(positions: jax.Array, inv_freq: tuple[float, ...]) -> tuple[jax.Array, jax.Array]:
+    """cos, sin of shape [B, T, head_dim/2] in fp32."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """HF's rotate-half convention on x [B, T, heads, head_dim]."""
+    x32 = x.astype(jnp.float32)
+    first, second = jnp.split(x32, 2, axis=-1)
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    return jnp.concatenate([first * cos - second * sin, second * cos + first * sin], -1).astype(x.dtype)
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+    """BLOOM's per-head slopes, including its rule for a head count that is not a power of two."""
+    closest = 2 ** math.floor(math.log2(num_heads))
+    base = 2.0 ** (-(2.0 ** -(math.log2(closest) - 3)))
+    slopes = base ** np.arange(1, closest + 1)
+    if closest != num_heads:
+        extra_base = 2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3)))
+        extra = min(closest, num_heads - closest)
+        slopes = np.concatenate([slopes, extra_base ** np.arange(1, 1 + 2 * extra, 2)])
+    return slopes.astype(np.float32)
+
+
+def alibi_bias(positions: jax.Array, num_heads: int) -> jax.Array:
+    """[B, H, 1, S] additive bias slope_h * key_position (softmax makes it relative); positions from the mask."""
+    slopes = jnp.asarray(alibi_slopes(num_heads))
+    return slopes[None, :, None, None] * positions.astype(jnp.float32)[:, None, None, :]
+
+
+def sinusoidal(positions: jax.Array, dim: int) -> jax.Array:
+    """fairseq sinusoidal embeddings (sin and cos halves concatenated, not interleaved), [B, T, dim] fp32."""
+    half = dim // 2
+    freq = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(10000.0) / (half - 1)))
+    angles = positions.astype(jnp.float32)[..., None] * freq
+    table = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], -1)
+    return jnp.pad(table, [(0, 0), (0, 0), (0, dim % 2)])
+
+
+def attention_mask(attention_mask_2d: jax.Array, segment_ids: jax.Array | None, window: int) -> jax.Array:
+    """Boolean [B, 1, T, T]: causal, keys that are real tokens, same segment, and (window > 0) q - k < window."""
+    length = attention_mask_2d.shape[-1]
+    q_idx = jnp.arange(length)[:, None]
+    k_idx = jnp.arange(length)[None, :]
+    allowed = (k_idx <= q_idx)[None, None]
+    allowed = allowed & (attention_mask_2d[:, None, None, :] > 0)
+    if segment_ids is not None:
+        allowed = allowed & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+    if window:
+        allowed = allowed & ((q_idx - k_idx) < window)[None, None]
+    return allowed
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    if rng is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, scale: float,
+              bias: jax.Array | None = None, softcap: float = 0.0, probs_dropout: float = 0.0,
+              rng: jax.Array | None = None) -> jax.Array:
+    """Grouped-query attention. q [B,T,H,d], k/v [B,S,KV,d], mask [B,1,T,S], bias [B,H,1|T,S] -> [B,T,H,d]."""
+    batch, length, heads, dim = q.shape
+    kv_heads = k.shape[2]
+    grouped = q.reshape(batch, length, kv_heads, heads // kv_heads, dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", grouped, k, preferred_element_type=jnp.float32) * scale
+    if softcap:
+        scores = jnp.tanh(scores / softcap) * softcap
+    if bias is not None:
+        scores = scores + bias.reshape(batch, kv_heads, heads // kv_heads, *bias.shape[2:])
+    scores = jnp.where(mask[:, :, None], scores, MASKED)
+    probs = dropout(jax.nn.softmax(scores, axis=-1), probs_dropout, rng).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(batch, length, heads, dim).astype(q.dtype)
+
+
+def activation(kind: str, x: jax.Array) -> jax.Array:
+    if kind in ("gelu_tanh", "geglu_tanh"):
+        return jax.nn.gelu(x, approximate=True)
+    if kind == "gelu":
+        return jax.nn.gelu(x, approximate=False)
+    if kind == "swiglu":
+        return jax.nn.silu(x)
+    raise ValueError(f"unknown MLP kind {kind!r}")
