@@ -20,7 +20,7 @@ from xalign_jax.models import families
 from xalign_jax.models.config import ModelConfig
 from xalign_jax.models.decoder import BLOCK_PREFIX, Decoder, ParamSpec, param_specs
 from xalign_jax.models.families import TensorMap
-from xalign_jax.models.safetensors_io import SafetensorsFile, plan_shards, write_file
+from xalign_jax.models.safetensors_io import SHARD_BYTES, SafetensorsFile, plan_shards, write_file
 
 log = logging.getLogger(__name__)
 INDEX_FILE = "model.safetensors.index.json"
@@ -238,13 +238,13 @@ def export_tensors(model: Decoder) -> dict[str, tuple[list[TensorMap], Any]]:
     return {name: (entries, lambda entries=entries: value(entries)) for name, entries in grouped.items()}
 
 
-def save_pretrained(model: Decoder, out_dir: str | os.PathLike) -> pathlib.Path:
+def save_pretrained(model: Decoder, out_dir: str | os.PathLike, max_shard_bytes: int = SHARD_BYTES) -> pathlib.Path:
     """Write config.json + safetensors (sharded with an index above 2 GiB) that transformers loads; process 0
     writes, every process takes part in gathering sharded parameters."""
     out = pathlib.Path(out_dir)
     tensors = export_tensors(model)
     sizes = {name: 4 * int(np.prod(_hf_shape(entries, model))) for name, (entries, _) in tensors.items()}
-    shards = plan_shards(sizes)
+    shards = plan_shards(sizes, max_shard_bytes)
     is_main = jax.process_index() == 0
     if is_main:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,102 @@
+"""HF export round trip through transformers, and the errors bad checkpoints give."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from tests.tiny_models import make_tiny_hf_model
+from xalign_jax import models
+from xalign_jax.models import safetensors_io
+
+IDS = np.array([[5, 9, 17, 33, 2, 101, 7]])
+
+
+def torch_logits(directory) -> np.ndarray:
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor(IDS, dtype=torch.long)).logits.numpy()
+
+
+@pytest.mark.parametrize("name", ["bloom", "xglm", "llama3", "gemma3"])
+def test_export_loads_in_transformers_with_the_same_logits(tmp_path, name):
+    make_tiny_hf_model(name, tmp_path / "src")
+    model = models.from_pretrained(tmp_path / "src")
+    models.save_pretrained(model, tmp_path / "out")
+    np.testing.assert_allclose(torch_logits(tmp_path / "out"), np.asarray(model(IDS).logits), atol=1e-4, rtol=0)
+
+
+def test_untied_head_is_its_own_parameter_and_exports_untied(tmp_path):
+    make_tiny_hf_model("gemma3", tmp_path / "src")
+    model = models.from_pretrained(tmp_path / "src", untie_lm_head=True)
+    tied_logits = np.asarray(model(IDS).logits)
+    model.top.lm_head[...] = model.top.lm_head[...] * 1.5    # training moves the head away from the embedding
+    models.save_pretrained(model, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["tie_word_embeddings"] is False
+    exported = torch_logits(tmp_path / "out")
+    np.testing.assert_allclose(exported, np.asarray(model(IDS).logits), atol=1e-4, rtol=0)
+    assert np.abs(exported - tied_logits).max() > 1e-2
+
+
+def test_sharded_export_writes_an_index_transformers_reads(tmp_path):
+    make_tiny_hf_model("llama", tmp_path / "src")
+    model = models.from_pretrained(tmp_path / "src")
+    models.save_pretrained(model, tmp_path / "out", max_shard_bytes=40_000)
+    assert len(list((tmp_path / "out").glob("model-*-of-*.safetensors"))) > 1
+    reloaded = models.from_pretrained(tmp_path / "out")
+    np.testing.assert_array_equal(np.asarray(reloaded(IDS).logits), np.asarray(model(IDS).logits))
+    np.testing.assert_allclose(torch_logits(tmp_path / "out"), np.asarray(model(IDS).logits), atol=1e-4, rtol=0)
+
+
+def test_bf16_checkpoints_are_read_without_torch(tmp_path):
+    reference = make_tiny_hf_model("llama", tmp_path / "fp32")
+    reference.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    model = models.from_pretrained(tmp_path / "bf16")
+    expected = reference.model.embed_tokens.weight.detach().float().numpy()
+    np.testing.assert_array_equal(np.asarray(model.top.embed[...]), expected)
+
+
+def test_unknown_model_type(tmp_path):
+    make_tiny_hf_model("llama", tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    with pytest.raises(ValueError, match=r"unsupported model_type 'gpt2'; supported: \['bloom', 'gemma3_text'"):
+        models.from_pretrained(tmp_path)
+
+
+def test_shape_mismatch_names_the_tensor_and_both_shapes(tmp_path):
+    make_tiny_hf_model("llama", tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 48}))
+    with pytest.raises(ValueError, match=r"tensor model.layers.0.mlp.gate_proj.weight: expected \(48, 32\) got \(64, 32\)"):
+        models.from_pretrained(tmp_path)
+
+
+def test_missing_shard_is_named(tmp_path):
+    make_tiny_hf_model("llama", tmp_path / "src")
+    models.save_pretrained(models.from_pretrained(tmp_path / "src"), tmp_path / "out", max_shard_bytes=40_000)
+    second = sorted((tmp_path / "out").glob("model-00002-of-*.safetensors"))[0]
+    second.unlink()
+    with pytest.raises(FileNotFoundError, match=second.name):
+        models.from_pretrained(tmp_path / "out")
+
+
+def test_pickled_checkpoints_are_refused(tmp_path):
+    make_tiny_hf_model("llama", tmp_path / "src")
+    shutil.copy(tmp_path / "src" / "config.json", tmp_path / "config.json")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not unpickled")
+    with pytest.raises(FileNotFoundError, match="reads safetensors only"):
+        models.from_pretrained(tmp_path)
+
+
+def test_missing_tensor_is_named(tmp_path):
+    make_tiny_hf_model("llama", tmp_path)
+    file = safetensors_io.SafetensorsFile(tmp_path / "model.safetensors")
+    tensors = {n: np.asarray(file.read(n)) for n in file.names() if n != "model.norm.weight"}
+    safetensors_io.write_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(KeyError, match="model.norm.weight"):
+        models.from_pretrained(tmp_path)
