@@ -114,6 +114,7 @@ def test_offsets_masking_reproduces_the_answer_exactly_gemma(records, gemma):
         offsets = gemma(record.clm_text, return_offsets_mapping=True)["offset_mapping"]
         straddling += offsets[first][0] < record.clm_prompt_len
     assert straddling > 100
+    assert_rules_agree_but_for_bos(records, gemma)
 
 
 def test_offsets_rule_on_a_straddling_token():
@@ -135,6 +136,20 @@ def test_reference_mode_masks_the_common_prefix_and_always_supervises_bos_eos(re
         assert ids[-1] == eos and labels[-1]
         common = next(i for i, (a, b) in enumerate(zip(ids, prompt_ids)) if a != b)
         assert not labels[1:common].any() and labels[common:].all()
+
+
+def assert_rules_agree_but_for_bos(records, tokenizer):
+    """On real data the two rules supervise the same tokens except BOS, which only the reference supervises."""
+    offsets = tokenize.tokenize_corpus(records, tokenizer, data_cfg())
+    reference = tokenize.tokenize_corpus(records, tokenizer, data_cfg(prompt_masking="reference"))
+    for a, b in zip(offsets.examples, reference.examples):
+        np.testing.assert_array_equal(a.clm_ids, b.clm_ids)
+        np.testing.assert_array_equal(a.clm_labels | (a.clm_ids == tokenizer.bos_token_id), b.clm_labels)
+    assert reference.report.supervised_tokens - offsets.report.supervised_tokens == len(records)
+
+
+def test_offsets_and_reference_rules_agree_on_real_records_but_for_bos(records, xlmr):
+    assert_rules_agree_but_for_bos(records, xlmr)
 
 
 def test_reference_rule_by_hand():
