@@ -33,7 +33,7 @@ def _run(config, workdir, **run_kwargs):
 
 
 def test_demo_run_decreases_both_losses(tokenizer_dir, shared_data, tmp_path):
-    config = tiny_train_config(tokenizer_dir, shared_data, steps=30, checkpoint_every=100, log_every=5)
+    config = tiny_train_config(tokenizer_dir, shared_data, steps=30, checkpoint_every=100, log_every=1, lr=1e-2)
     _, summary = _run(config, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     first, last = rows[0], rows[-1]

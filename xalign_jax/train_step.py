@@ -125,7 +125,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         metrics = {
             "loss": sums["loss"], "cl_loss": sums["cl_loss"], "clm_loss": sums["clm_loss"],
             "cl_accuracy": sums["accuracy"] / num_micro, "cl_positive_cosine": sums["positive_cosine"] / num_micro,
-            "clm_tokens": sums["clm_tokens"], "grad_norm": optax.global_norm(grads),
+            "clm_tokens": sums["clm_tokens"], "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state["step"]),
         }
         new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1, "rng": rng}
