@@ -78,8 +78,8 @@ def run_export(config: Any, workdir: pathlib.Path) -> dict:
     from xalign_jax.train import load_for_inference
     model, tokenizer, step = load_for_inference(config, workdir)
     out = workdir / "export"
+    models.save_pretrained(model, out)   # every process takes part in gathering sharded parameters
     if jax.process_index() == 0:
-        models.save_pretrained(model, out)
         tokenizer.save_pretrained(out)
     return {"checkpoint_step": step, "export_dir": str(out)}
 
