@@ -74,7 +74,8 @@ def check_supervised_answer(records, corpus, tokenizer):
         assert supervised[-1] == eos
         assert squash(tokenizer.decode(supervised[:-1]), tokenizer) == squash(record.answer, tokenizer)
         prompt_ids = example.clm_ids[~example.clm_labels]
-        assert squash(tokenizer.decode(prompt_ids, skip_special_tokens=True), tokenizer) == squash(record.prompt, tokenizer)
+        prompt_text = tokenizer.decode(prompt_ids, skip_special_tokens=True)
+        assert squash(prompt_text, tokenizer) == squash(record.prompt, tokenizer)
         checked += 1
     return checked
 

@@ -77,7 +77,8 @@ class BatchIterator:
     def __init__(self, corpus: TokenizedCorpus, data_cfg: Any, train_cfg: Any, *, seed: int,
                  process_index: int = 0, process_count: int = 1):
         self.corpus = corpus
-        self.batch_size, self.rows, self.seq_len = int(train_cfg.batch_size), int(data_cfg.clm_rows), int(data_cfg.seq_len)
+        self.batch_size, self.rows = int(train_cfg.batch_size), int(data_cfg.clm_rows)
+        self.seq_len = int(data_cfg.seq_len)
         self.buckets = tuple(int(b) for b in data_cfg.cl_buckets)
         self.mode = str(data_cfg.packing)
         if self.mode not in packing.PACKING_MODES:
@@ -91,6 +92,9 @@ class BatchIterator:
         self._sent_lengths = [max(len(e.sent0_ids), len(e.sent1_ids)) for e in corpus.examples]
         self._permutations: dict[int, np.ndarray] = {}
         self._state = {"epoch": 0, "cursor": 0, "step": 0, "queue": [], "tokens_seen": 0, "carried": 0}
+        log.info("batches: %d records and %d CLM rows of %d tokens per step (%s packing); %d records = %.1f steps "
+                 "per epoch", self.batch_size, self.rows, self.seq_len, self.mode, len(corpus),
+                 len(corpus) / self.batch_size)
 
     # ------------------------------------------------------------------------------------------------ state
     def _fingerprint(self) -> dict:
@@ -99,8 +103,7 @@ class BatchIterator:
 
     def get_state(self) -> dict:
         """JSON-serialisable position: identical on every process (the global plan), so any process may save it."""
-        return {**self._fingerprint(), **{k: (list(map(list, v)) if k == "queue" else v)
-                                          for k, v in self._state.items()}}
+        return {**self._fingerprint(), **self._state, "queue": [list(item) for item in self._state["queue"]]}
 
     def set_state(self, state: dict) -> None:
         expected = self._fingerprint()

@@ -50,7 +50,7 @@ class TokenizeReport:
     records: int = 0
     clm_kept: int = 0
     clm_dropped_answer_truncated: int = 0
-    clm_answer_partially_truncated: int = 0
+    clm_answer_partially_truncated: int = 0     # some answer tokens, or only the closing EOS, were cut
     clm_tokens: int = 0
     supervised_tokens: int = 0
     contrastive_sentences_truncated: int = 0
@@ -106,7 +106,8 @@ def reference_label_mask(ids: Sequence[int], prompt_ids: Sequence[int], prompt_l
     return labels
 
 
-def _close_with_eos(ids: list[int], labels: np.ndarray, special: Sequence[int], eos: int) -> tuple[list[int], np.ndarray]:
+def _close_with_eos(ids: list[int], labels: np.ndarray, special: Sequence[int],
+                    eos: int) -> tuple[list[int], np.ndarray]:
     """Append a supervised EOS, or supervise the tokenizer's own closing EOS if it already added one."""
     if ids and ids[-1] == eos and special[-1]:
         labels = labels.copy()
