@@ -1,6 +1,7 @@
 """Prompt masking on real Alpaca en/zh records with real multilingual tokenizers; truncation and drop counts."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
@@ -201,7 +202,7 @@ def test_contrastive_sentences_truncated_to_the_largest_bucket_and_counted(recor
 def test_bad_config_and_empty_sentences_fail_clearly(records, xlmr):
     with pytest.raises(ValueError, match="data.prompt_masking"):
         tokenize.tokenize_corpus(records[:2], xlmr, data_cfg(prompt_masking="prefix"))
-    with pytest.raises(ValueError, match="record 1: sent0"):
+    with pytest.raises(ValueError, match=r"record 1 \(0-based, file order\): sent0"):
         tokenize.tokenize_sentences(["fine", ""], _no_special(xlmr), max_len=8, field="sent0")
 
 
@@ -216,3 +217,14 @@ def _tiny_tokenizer(tmp_path):
     from tests.conftest import SHARED_DATA
     from tests.train_fixtures import train_tiny_tokenizer
     return AutoTokenizer.from_pretrained(train_tiny_tokenizer(SHARED_DATA, tmp_path / "tok"))
+
+
+def test_chunked_tokenization_equals_one_pass(records, xlmr, monkeypatch):
+    whole = tokenize.tokenize_corpus(records[:50], xlmr, data_cfg(seq_len=64))
+    monkeypatch.setattr(tokenize, "CHUNK_RECORDS", 7)
+    chunked = tokenize.tokenize_corpus(records[:50], xlmr, data_cfg(seq_len=64))
+    for a, b in zip(whole.examples, chunked.examples):
+        for field in ("sent0_ids", "sent1_ids", "clm_ids", "clm_labels"):
+            assert (getattr(a, field) is None and getattr(b, field) is None) or \
+                np.array_equal(getattr(a, field), getattr(b, field))
+    assert dataclasses.replace(whole.report, seconds=0) == dataclasses.replace(chunked.report, seconds=0)
