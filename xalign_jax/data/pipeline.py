@@ -88,7 +88,9 @@ class BatchIterator:
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} is outside 0..{process_count - 1}")
         self.seed, self.process_index, self.process_count = int(seed), process_index, process_count
-        self._clm_lengths = [0 if e.clm_ids is None else len(e.clm_ids) for e in corpus.examples]
+        self._clm_ids = [e.clm_ids for e in corpus.examples]
+        self._clm_labels = [e.clm_labels for e in corpus.examples]
+        self._clm_lengths = [0 if ids is None else len(ids) for ids in self._clm_ids]
         self._sent_lengths = [max(len(e.sent0_ids), len(e.sent1_ids)) for e in corpus.examples]
         self._permutations: dict[int, np.ndarray] = {}
         self._state = {"epoch": 0, "cursor": 0, "step": 0, "queue": [], "tokens_seen": 0, "carried": 0}
@@ -159,10 +161,9 @@ class BatchIterator:
         plan, left = packing.PLANNERS[self.mode](queue, self._clm_lengths, self.rows, self.seq_len)
         length = pick_bucket(max(self._sent_lengths[i] for i in records), self.buckets)
         batch = self._contrastive(records[self._local(self.batch_size)], length)
-        examples = self.corpus.examples
-        batch.update(packing.fill_rows(
-            plan[self._local(self.rows)], [e.clm_ids for e in examples], [e.clm_labels for e in examples],
-            seq_len=self.seq_len, pad_id=self.corpus.pad_id, one_segment_per_row=self.mode == "reference"))
+        batch.update(packing.fill_rows(plan[self._local(self.rows)], self._clm_ids, self._clm_labels,
+                                       seq_len=self.seq_len, pad_id=self.corpus.pad_id,
+                                       one_segment_per_row=self.mode == "reference"))
         self._advance(records, plan, left)
         return batch
 
