@@ -10,6 +10,8 @@ import pathlib
 
 import ml_collections
 
+from xalign_jax.evaluation.runner import default_eval_config
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = str(REPO_ROOT.parent / "shared" / "data")
 
@@ -87,5 +89,5 @@ def base_config() -> ml_collections.ConfigDict:
     config.objective = objective_config()
     config.train = train_config()
     config.mesh = mesh_config()
-    config.eval = ml_collections.ConfigDict({"enabled": False, "before_training": False, "after_training": False})
+    config.eval = default_eval_config()
     return config

@@ -192,9 +192,11 @@ class Trainer:
             while step < end_step and not preemption.requested:
                 host_batch = next(self.batches)
                 batch = pipeline.to_global(host_batch, self.mesh)
+                compile_seconds = self.step_fn.compile_seconds
                 self.state, step_metrics = self.step_fn(self.state, batch)
                 step += 1
-                window.add(host_batch, self.flops, self.config.objective)
+                window.add(host_batch, self.flops, self.config.objective,
+                           paused=self.step_fn.compile_seconds - compile_seconds)
                 if pending is not None:   # the previous log step has finished by now: fetching it costs no stall
                     last_scalars = self._log(writer, progress, *pending)
                     pending = None
@@ -216,7 +218,7 @@ class Trainer:
 
     def _log(self, writer, progress, step: int, device_metrics: dict, stamp: float, window: dict) -> dict:
         scalars = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-        seconds = max(stamp - window["start"], 1e-9)
+        seconds = max(stamp - window["start"] - window["paused"], 1e-9)   # compiles excluded
         scalars["step_time_s"] = seconds / max(window["steps"], 1)
         scalars["tokens_per_s"] = window["tokens"] / seconds
         scalars["mfu"] = window["flops"] / seconds / self.peak_flops
@@ -266,9 +268,11 @@ class _ThroughputWindow:
         self._reset()
 
     def _reset(self):
-        self.start, self.steps, self.tokens, self.flops = time.perf_counter(), 0, 0, 0.0
+        self.start, self.steps, self.tokens, self.flops, self.paused = time.perf_counter(), 0, 0, 0.0, 0.0
 
-    def add(self, host_batch: dict, flops: metrics_lib.ModelFlops, ocfg: Any) -> None:
+    def add(self, host_batch: dict, flops: metrics_lib.ModelFlops, ocfg: Any, paused: float = 0.0) -> None:
+        """Count one step; ``paused`` seconds (a compile) are not throughput time."""
+        self.paused += paused
         clm_tokens = int(np.asarray(host_batch["clm_segment_ids"] > 0).sum())
         cl_tokens = int(np.asarray(host_batch["sent0_mask"]).sum() + np.asarray(host_batch["sent1_mask"]).sum())
         _, layer = _pool_layer(ocfg)
@@ -279,7 +283,8 @@ class _ThroughputWindow:
             cl_seq=host_batch["sent0_ids"].shape[1], cl_layers=layer)
 
     def take(self) -> dict:
-        out = {"start": self.start, "steps": self.steps, "tokens": self.tokens, "flops": self.flops}
+        out = {"start": self.start, "steps": self.steps, "tokens": self.tokens, "flops": self.flops,
+               "paused": self.paused}
         self._reset()
         return out
 
