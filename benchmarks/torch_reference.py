@@ -1,0 +1,116 @@
+"""The AFP reference training step in eager PyTorch on CPU: the baseline that ``xalign_jax.bench --torch`` times.
+
+It reproduces the reference recipe (AFP_SPEC §1.2-1.4) on a transformers ``*ForCausalLM`` built from the same HF
+config dict as the JAX model (random weights):
+  1. contrastive pass: sent0 and sent1 stacked into [2B, L] through the WHOLE base decoder with
+     ``output_hidden_states=True`` (the reference computes every layer even though it pools layer k);
+  2. pooling: the hidden state of token ``sum(mask) - 1`` of ``hidden_states[k]`` (right padding, as the reference);
+  3. one-directional InfoNCE, ``cross_entropy(cos(z0_i, z1_j) / temperature, arange(B))``;
+  4. CLM pass without an attention mask, full [rows, T, vocab] logits, mean cross-entropy over supervised tokens;
+  5. ``loss = cl + 1.5 * clm``, backward, global-norm clipping at 1.0, ``torch.optim.AdamW`` step.
+The batches are the JAX pipeline's own host batches (numpy), so both sides see identical tokens.
+
+torch is imported here only (never on the training path). ``OMP_WAIT_POLICY=PASSIVE`` must be set before torch is
+imported: on small shared CPUs torch's spinning OpenMP workers otherwise slow it down many times.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import time  # noqa: E402
+from typing import Any, Mapping, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+IGNORE_INDEX = -100
+
+
+def build_model(hf_config: Mapping[str, Any], seed: int = 0, *, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A randomly initialised ``*ForCausalLM`` for ``hf_config`` (a transformers config.json dict), in train mode."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.AutoConfig.for_model(**dict(hf_config))
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.train()
+    return model
+
+
+def make_optimizer(model: torch.nn.Module, lr: float = 1e-5) -> torch.optim.Optimizer:
+    """The reference's AdamW: betas (0.9, 0.999), eps 1e-8, no weight decay (AFP_SPEC §1.4)."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+
+
+def to_torch_batch(host_batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """The pipeline's numpy batch as torch tensors; CLM labels are the targets where supervised, else -100."""
+    batch = {k: torch.from_numpy(np.asarray(host_batch[k]).astype(np.int64))
+             for k in ("sent0_ids", "sent0_mask", "sent1_ids", "sent1_mask", "clm_ids", "clm_targets")}
+    weights = torch.from_numpy(np.asarray(host_batch["clm_weights"]))
+    batch["clm_labels"] = torch.where(weights > 0, batch.pop("clm_targets"), torch.full_like(weights, IGNORE_INDEX,
+                                                                                             dtype=torch.int64))
+    return batch
+
+
+def last_token_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The reference's ``last-k`` pooling: the state at index ``sum(mask) - 1`` (correct for right padding)."""
+    last = mask.sum(dim=1) - 1
+    return hidden[torch.arange(hidden.shape[0]), last]
+
+
+def info_nce(z0: torch.Tensor, z1: torch.Tensor, temperature: float) -> torch.Tensor:
+    """One-directional InfoNCE: sent0 anchors, the batch's sent1 are the candidates (cosine eps 1e-8, fp32)."""
+    sim = F.cosine_similarity(z0.float()[:, None, :], z1.float()[None, :, :], dim=-1, eps=1e-8) / temperature
+    return F.cross_entropy(sim, torch.arange(z0.shape[0]))
+
+
+def reference_losses(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], *, layer: int,
+                     temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(contrastive loss, CLM loss) exactly as the reference computes them: full passes, full logits."""
+    ids = torch.cat([batch["sent0_ids"], batch["sent1_ids"]], dim=0)
+    mask = torch.cat([batch["sent0_mask"], batch["sent1_mask"]], dim=0)
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[layer]
+    z0, z1 = last_token_pool(hidden, mask).chunk(2, dim=0)
+    cl_loss = info_nce(z0, z1, temperature)
+    logits = model(input_ids=batch["clm_ids"]).logits
+    clm_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch["clm_labels"].reshape(-1),
+                               ignore_index=IGNORE_INDEX)
+    return cl_loss, clm_loss
+
+
+def reference_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Mapping[str, torch.Tensor], *,
+                   layer: int = 1, temperature: float = 0.05, cl_weight: float = 1.0, clm_weight: float = 1.5,
+                   grad_clip: float = 1.0, bf16_autocast: bool = False) -> float:
+    """One training step of the reference recipe; returns the loss (a host sync, as the reference's logging does)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_autocast):
+        cl_loss, clm_loss = reference_losses(model, batch, layer=layer, temperature=temperature)
+        loss = cl_weight * cl_loss + clm_weight * clm_loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def time_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               host_batches: Sequence[Mapping[str, np.ndarray]], *, warmup: int, **step_options: Any) -> dict:
+    """Run ``warmup`` untimed then the remaining batches timed; wall seconds and loss of each timed step."""
+    batches = [to_torch_batch(b) for b in host_batches]
+    for batch in batches[:warmup]:
+        reference_step(model, optimizer, batch, **step_options)
+    seconds, losses = [], []
+    for batch in batches[warmup:]:
+        start = time.perf_counter()
+        losses.append(reference_step(model, optimizer, batch, **step_options))
+        seconds.append(time.perf_counter() - start)
+    return {"step_seconds": seconds, "losses": losses}
+
+
+def thread_settings() -> dict:
+    """What decides torch's CPU speed here: its version, intra/inter-op threads and the OpenMP wait policy."""
+    return {"torch_version": torch.__version__, "num_threads": torch.get_num_threads(),
+            "num_interop_threads": torch.get_num_interop_threads(),
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}

