@@ -109,3 +109,31 @@ def test_config_errors_name_the_key(tokenizer_dir, shared_data):
     with pytest.raises(config_validation.ConfigError, match=r"^config objective.pooler: layer 5 is beyond"):
         config.objective.pooler = "last-5"
         config_validation.validate_against_model(config, num_layers=2)
+
+
+def _first_losses(config, workdir, steps: int = 2) -> list[dict]:
+    config.train.steps = steps
+    _run(config, workdir)
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_sharded_mesh_gives_the_same_steps(tokenizer_dir, shared_data, tmp_path):
+    """(data=8) vs (data=2, fsdp=2, tensor=2) on the same global batches: same losses, grad norms, updates."""
+    sharded = tiny_train_config(tokenizer_dir, shared_data, checkpoint_every=100)
+    sharded.mesh.update(dict(data=2, fsdp=2, tensor=2))
+    reference = _first_losses(tiny_train_config(tokenizer_dir, shared_data, checkpoint_every=100), tmp_path / "a")
+    for ours, theirs in zip(_first_losses(sharded, tmp_path / "b"), reference, strict=True):
+        for key in ("train/loss", "train/cl_loss", "train/clm_loss", "train/grad_norm"):
+            np.testing.assert_allclose(ours[key], theirs[key], rtol=2e-5, err_msg=key)
+
+
+def test_gradient_accumulation_keeps_the_exact_token_mean(tokenizer_dir, shared_data, tmp_path):
+    """2 micro-batches: the CLM loss is the token mean over the whole step (not a mean of micro-batch means).
+    The contrastive loss legitimately differs: each micro-batch draws negatives from its own records."""
+    configs = [tiny_train_config(tokenizer_dir, shared_data, checkpoint_every=100, batch_size=16, micro_batches=m)
+               for m in (1, 2)]
+    for config in configs:
+        config.data.clm_rows = 16
+    reference = _first_losses(configs[0], tmp_path / "a", 1)
+    ours = _first_losses(configs[1], tmp_path / "b", 1)
+    np.testing.assert_allclose(ours[0]["train/clm_loss"], reference[0]["train/clm_loss"], rtol=2e-5)
