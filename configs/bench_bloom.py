@@ -6,7 +6,7 @@ Variants (``configs/bench_bloom.py:<variant>``):
     (250,002 ids, all below 250,880) because BLOOM's own is not available offline; the ids only feed the timing.
   * ``gemma3``: the exact google/gemma-3-270m architecture (18 layers, 262,144 vocabulary, 268M parameters) with
     random weights and the real Gemma-3 tokenizer.
-The batch mirrors the reference's shape at a CPU-sized scale: 4 records per step, 2 packed CLM rows of 256
+The batch mirrors the reference's shape at a CPU-sized scale: 6 records per step, 2 packed CLM rows of 256
 tokens, one contrastive bucket of 64 (one compile), the reference's last-1 pooling and one-directional InfoNCE.
 """
 from xalign_jax.config_defaults import base_config
@@ -45,7 +45,7 @@ def get_config(variant: str = "bloom"):
     config.data.cl_buckets = (64,)
     config.objective.pooler = "last-1"
     config.objective.symmetric = False
-    config.train.batch_size = 4
+    config.train.batch_size = 6
     config.train.steps = 1000          # only sets the learning-rate schedule; the benchmark runs --steps
     config.train.warmup_steps = 10
     config.train.lr = 1e-5

@@ -1,0 +1,118 @@
+"""The benchmark harness on a tiny config (fields present and self-consistent) and the PyTorch reference recipe
+(its pieces against NumPy and transformers' own loss; it trains)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import torch_reference
+from tests.tiny_models import TINY_HF_CONFIGS
+from tests.train_fixtures import tiny_train_config, train_tiny_tokenizer
+from xalign_jax import bench
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, shared_data):
+    tokenizer_dir = train_tiny_tokenizer(shared_data, tmp_path_factory.mktemp("tok"))
+    config = tiny_train_config(tokenizer_dir, shared_data)
+    config.data.cl_buckets = (64,)
+    return bench.run_benchmark(config, steps=2, warmup=1, workdir=tmp_path_factory.mktemp("bench"), with_torch=True)
+
+
+def test_jax_timings_are_positive_and_there_is_one_compile(report):
+    jax_part = report["jax"]
+    step = jax_part["step_s"]
+    assert len(step["all"]) == 2
+    assert 0 < step["min"] <= step["median"] <= step["max"]
+    assert jax_part["compiles"] == 1 and jax_part["compile_s"] > 0
+    assert all(math.isfinite(loss) for loss in jax_part["losses"])
+    assert 0 < jax_part["mfu"] < 1
+
+
+def test_tokens_per_second_is_tokens_per_step_over_the_median_step(report):
+    batch, jax_part = report["batch"], report["jax"]
+    assert batch["tokens_per_step"] == pytest.approx(batch["clm_tokens_per_step"] + batch["contrastive_tokens_per_step"])
+    assert 0 < batch["clm_tokens_per_step"] <= batch["clm_rows"] * batch["seq_len"]
+    assert 0 < batch["contrastive_tokens_per_step"] <= 2 * batch["records"] * max(batch["contrastive_lengths"])
+    assert jax_part["tokens_per_s"] == pytest.approx(batch["tokens_per_step"] / jax_part["step_s"]["median"])
+
+
+def test_memory_figures_cover_the_train_state(report):
+    param_bytes = 4 * report["model"]["parameters"]          # fp32 parameters
+    memory = report["jax"]["memory_analysis"]
+    assert memory["argument_size_in_bytes"] >= 3 * param_bytes   # parameters + both Adam moments
+    assert report["jax"]["peak_rss_bytes"] > param_bytes
+    load = report["checkpoint_load"]
+    assert load["param_bytes"] == param_bytes
+    assert load["peak_rss_growth_bytes"] > 0 and load["ratio"] == pytest.approx(
+        load["peak_rss_growth_bytes"] / param_bytes)
+
+
+def test_torch_reference_runs_on_the_same_batches(report):
+    torch_part = report["torch"]
+    assert len(torch_part["step_s"]["all"]) == 2 and torch_part["step_s"]["min"] > 0
+    assert all(math.isfinite(loss) for loss in torch_part["losses"])
+    assert torch_part["threads"]["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert report["torch_over_jax_step_time"] == pytest.approx(
+        torch_part["step_s"]["median"] / report["jax"]["step_s"]["median"])
+
+
+# ------------------------------------------------------------------------------------------------- torch reference
+def _synthetic_batch(vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Right-padded sentence pairs of different lengths and two packed CLM rows with next-token targets."""
+    rng = np.random.default_rng(seed)
+    batch = {}
+    for name in ("sent0", "sent1"):
+        lengths = np.array([3, 8, 5, 6])
+        mask = (np.arange(8)[None, :] < lengths[:, None]).astype(np.int32)
+        batch[f"{name}_ids"] = np.where(mask, rng.integers(4, vocab, (4, 8)), 3).astype(np.int32)
+        batch[f"{name}_mask"] = mask
+    ids = rng.integers(4, vocab, (2, 17)).astype(np.int32)
+    batch["clm_ids"], batch["clm_targets"] = ids[:, :-1], ids[:, 1:]
+    weights = (rng.random((2, 16)) < 0.6).astype(np.float32)
+    weights[:, -1] = 1.0
+    batch["clm_weights"] = weights
+    return batch
+
+
+def test_last_token_pool_and_info_nce_match_numpy():
+    rng = np.random.default_rng(1)
+    hidden = rng.normal(size=(4, 6, 5)).astype(np.float32)
+    mask = (np.arange(6)[None, :] < np.array([2, 6, 1, 4])[:, None]).astype(np.int64)
+    pooled = torch_reference.last_token_pool(torch.from_numpy(hidden), torch.from_numpy(mask)).numpy()
+    np.testing.assert_array_equal(pooled, hidden[np.arange(4), [1, 5, 0, 3]])
+    z0, z1 = pooled[:2].astype(np.float64), pooled[2:].astype(np.float64)
+    cos = (z0 / np.linalg.norm(z0, axis=1, keepdims=True)) @ (z1 / np.linalg.norm(z1, axis=1, keepdims=True)).T
+    logits = cos / 0.05
+    expected = np.mean(np.log(np.exp(logits).sum(axis=1)) - np.diag(logits))
+    got = torch_reference.info_nce(torch.from_numpy(pooled[:2]), torch.from_numpy(pooled[2:]), 0.05).item()
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_clm_loss_equals_transformers_own_shifted_loss():
+    """Our pre-shifted targets + weights give the loss HF computes from labels on the unshifted row (causal, so the
+    extra last token changes no earlier logit)."""
+    hf_config = TINY_HF_CONFIGS["bloom"]
+    model = torch_reference.build_model(hf_config).eval()
+    host = _synthetic_batch(hf_config["vocab_size"])
+    ids = torch.from_numpy(np.concatenate([host["clm_ids"], host["clm_targets"][:, -1:]], axis=1)).long()
+    labels = ids.clone()
+    labels[:, 1:][torch.from_numpy(host["clm_weights"]) == 0] = torch_reference.IGNORE_INDEX
+    with torch.no_grad():
+        _, clm = torch_reference.reference_losses(model, torch_reference.to_torch_batch(host), layer=1,
+                                                  temperature=0.05)
+        expected = model(input_ids=ids, labels=labels).loss
+    assert clm.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_reference_step_trains():
+    hf_config = TINY_HF_CONFIGS["bloom"]
+    model = torch_reference.build_model(hf_config)
+    optimizer = torch_reference.make_optimizer(model, lr=1e-3)
+    batch = torch_reference.to_torch_batch(_synthetic_batch(hf_config["vocab_size"]))
+    losses = [torch_reference.reference_step(model, optimizer, batch) for _ in range(3)]
+    assert all(math.isfinite(loss) for loss in losses)
+    assert losses[2] < losses[1] < losses[0]
