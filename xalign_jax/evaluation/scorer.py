@@ -151,7 +151,7 @@ class Scorer:
         unique = list(dict.fromkeys((r.ids, r.start) for r in rows))
         index = {key: i for i, key in enumerate(unique)}
         batches = self._batches(unique)
-        outputs = [self._run(params, *batch) for batch in batches]   # dispatched asynchronously
+        outputs = [self._run(params, *batch[:3]) for batch in batches]   # dispatched asynchronously
         fetched = jax.device_get(outputs)
         reference, completion = np.zeros(len(unique), np.float64), np.zeros(len(unique), np.float64)
         for (_, _, _, members), (ref, comp) in zip(batches, fetched):

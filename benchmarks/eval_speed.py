@@ -1,0 +1,104 @@
+"""Items/s of the jitted evaluator vs the reference procedure (PyTorch, one item per batch, every candidate fully
+re-encoded, fp32) on the same random Llama weights and the same real items.
+
+    OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 python benchmarks/eval_speed.py --items 100 --out eval_speed.json
+
+The model is a random small Llama (sizes below) with the real XLM-R tokenizer, saved in HF format and loaded by
+both sides; accuracy is meaningless, only speed and score agreement are reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from tests.test_tokenize import xlmr_tokenizer  # noqa: E402
+from xalign_jax import models  # noqa: E402
+from xalign_jax.evaluation import fewshot, scorer, tasks, templates  # noqa: E402
+
+WORKLOADS = (("xcopa", "zh"), ("pawsx", "en"))
+
+
+def _model(tok, directory: pathlib.Path, hidden: int, layers: int) -> transformers.PreTrainedModel:
+    config = transformers.LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 64),
+        max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return model
+
+
+def _prompts(task: str, language: str, shots: int, items: int, eos: str) -> list[list[fewshot.Prompt]]:
+    template = templates.get_template(task, "en")
+    pool = tasks.load_part(task, "en", "demo")
+    demos = fewshot.render_demos(template, fewshot.select_demos(pool, shots, 0), eos)
+    return [fewshot.build_prompts(template, item, demos) for item in tasks.load_part(task, language, "test")[:items]]
+
+
+def _reference(model, tok, per_item) -> tuple[float, np.ndarray]:
+    """The reference loop: per item, tokenize its candidates padded together, one fp32 forward, masked sum."""
+    tok.pad_token = tok.eos_token
+    scores, start = [], time.perf_counter()
+    for prompts in per_item:
+        batch = tok([p.text for p in prompts], padding="longest", return_tensors="pt")
+        with torch.no_grad():
+            logprob = torch.log_softmax(model(**batch).logits.float(), dim=-1)
+        picked = logprob[:, :-1].gather(2, batch.input_ids[:, 1:, None])[..., 0]
+        scores.extend((picked * batch.attention_mask[:, 1:]).sum(dim=1).tolist())
+    return time.perf_counter() - start, np.array(scores)
+
+
+def _ours(ours: scorer.Scorer, tok, per_item) -> tuple[float, np.ndarray]:
+    start = time.perf_counter()
+    result = ours.score(scorer.encode_prompts(tok, [p for prompts in per_item for p in prompts]))
+    return time.perf_counter() - start, result.reference
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=100)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--batch-rows", type=int, default=16)
+    parser.add_argument("--out", default="eval_speed.json")
+    args = parser.parse_args()
+    tok = xlmr_tokenizer()
+    torch.set_num_threads(os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        reference_model = _model(tok, pathlib.Path(tmp), args.hidden, args.layers)
+        ours = scorer.Scorer(models.from_pretrained(tmp, dtype="float32"), batch_rows=args.batch_rows)
+    rows = []
+    for task, language in WORKLOADS:
+        for shots in (0, 5):
+            per_item = _prompts(task, language, shots, args.items, tok.eos_token)
+            compiles = scorer.compile_count()
+            first, _ = _ours(ours, tok, per_item)                   # includes compilation
+            warm, got = _ours(ours, tok, per_item)
+            ref_s, expected = _reference(reference_model, tok, per_item)
+            rows.append({"task": task, "language": language, "shots": shots, "items": len(per_item),
+                         "reference_items_per_s": len(per_item) / ref_s, "ours_items_per_s": len(per_item) / warm,
+                         "ours_first_call_s": first, "compiles": scorer.compile_count() - compiles,
+                         "speedup": ref_s / warm, "max_abs_score_diff": float(np.max(np.abs(got - expected)))})
+            print(" | ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()),
+                  flush=True)
+    pathlib.Path(args.out).write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
