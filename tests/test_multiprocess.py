@@ -1,0 +1,97 @@
+"""Two processes x 4 CPU devices train exactly like one process x 8 devices, and share one checkpoint.
+
+Three real runs of ``python -m xalign_jax.main`` on the demo config (same global batches, same mesh shape):
+  1. reference: 1 process, 8 devices, 3 steps (it also builds the training set the other runs read);
+  2. 2 processes x 4 devices on localhost (coordinator on a free port, gloo CPU collectives), 2 steps;
+  3. 1 process, 8 devices, resuming the 2-process run's work directory to step 3.
+Per-step losses of (2) must equal (1), there must be one checkpoint of step 2, and the resumed step 3 must equal the
+reference's step 3 (train state and data position restored). A constant learning rate keeps the schedule
+independent of ``train.steps``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+RUN_TIMEOUT_S = 900
+OVERRIDES = ["--config=configs/demo.py", "--config.train.schedule=constant", "--config.train.warmup_steps=0",
+             "--config.train.log_every=1", "--config.train.checkpoint_every=1000", "--config.data.clm_rows=8"]
+LOSS_KEYS = ("train/loss", "train/cl_loss", "train/clm_loss", "train/grad_norm")
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env(devices: int) -> dict:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+               HF_HUB_OFFLINE="1", OMP_WAIT_POLICY="PASSIVE")
+    env.pop("JAX_COORDINATOR_ADDRESS", None)
+    return env
+
+
+def _start(workdir: pathlib.Path, args: list[str], devices: int, log_name: str) -> tuple[subprocess.Popen, pathlib.Path]:
+    log = workdir.parent / f"{log_name}.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "xalign_jax.main", f"--workdir={workdir}", *OVERRIDES, *args],
+                                   cwd=REPO_ROOT, env=_env(devices), stdout=out, stderr=subprocess.STDOUT)
+    return process, log
+
+
+def _run_all(specs: list[tuple[pathlib.Path, list[str], int, str]]) -> None:
+    """Start every process, wait for all; on any failure or timeout kill the rest and show their log tails."""
+    started = []
+    try:
+        for spec in specs:
+            started.append(_start(*spec))
+        for process, _ in started:
+            process.wait(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for process, _ in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    failed = [(p.returncode, log) for p, log in started if p.returncode != 0]
+    assert not failed, "\n\n".join(f"{log.name} exited {code}:\n" + "\n".join(log.read_text().splitlines()[-40:])
+                                   for code, log in failed)
+
+
+def _losses(workdir: pathlib.Path) -> dict[int, dict[str, float]]:
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: {k: row[k] for k in LOSS_KEYS} for row in rows if "train/loss" in row}
+
+
+def test_two_processes_match_one_and_share_a_checkpoint(tmp_path):
+    reference, multi = tmp_path / "one_process", tmp_path / "two_processes"
+    _run_all([(reference, ["--config.train.steps=3"], 8, "reference")])
+    train_file = reference / "data" / "train.jsonl"
+    assert train_file.exists()
+
+    coordinator = f"127.0.0.1:{_free_port()}"
+    shared = ["--config.train.steps=2", f"--config.data.train_file={train_file}", f"--coordinator_address={coordinator}",
+              "--num_processes=2"]
+    _run_all([(multi, [*shared, f"--process_id={i}"], 4, f"process{i}") for i in range(2)])
+    expected = _losses(reference)
+    got = _losses(multi)
+    assert sorted(got) == [1, 2] and sorted(expected) == [1, 2, 3]
+    for step in (1, 2):
+        assert got[step] == pytest.approx(expected[step], rel=1e-5), f"step {step}"
+    assert sorted(p.name for p in (multi / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
+    assert "2 process(es)" in (multi / "train.log").read_text()
+
+    _run_all([(multi, ["--config.train.steps=3", f"--config.data.train_file={train_file}"], 8, "resumed")])
+    assert "resumed from step 2" in (multi / "train.log").read_text()
+    assert _losses(multi)[3] == pytest.approx(expected[3], rel=1e-5)
