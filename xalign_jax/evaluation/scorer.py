@@ -14,6 +14,13 @@ Only positions that are scored reach the vocabulary: the model returns final-nor
 ``[B, T, V]`` fp32 logits never exist (262k-token vocabularies). Rows are right-padded into a few bucket lengths
 with a fixed number of rows per call (pad rows fill the last call), so a whole benchmark compiles a handful of
 times; results stay on device until one ``device_get`` per scoring call.
+
+Shared prefix: under the reference rule every item of a (task, language, seed) carries the same demonstrations, so
+all rows of one call start with the same tokens. Those tokens' log-probabilities depend only on the prefix (causal
+attention), so they are computed once, from a row holding just the prefix, and added to every row; the other rows
+send only their later positions through the vocabulary projection (the dominant cost with 250k+ vocabularies).
+The sum is the same quantity as the plain computation (equal up to float summation order). The forward pass still
+re-reads the prefix in every row: skipping it needs a KV-cache entry point in the model.
 Identical rows (e.g. the reference XNLI template's identical candidates) are scored once.
 """
 from __future__ import annotations
@@ -92,15 +99,24 @@ def compile_count() -> int:
     return _COMPILES["count"]
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "chunk"))
-def _score_batch(graphdef, params, ids: jax.Array, mask: jax.Array, start: jax.Array, *, chunk: int):
-    """[B, L] rows -> ([B] whole-string log-lik from token 1, [B] log-lik from ``start``), fp32."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "scored", "chunk"))
+def _score_batch(graphdef, params, ids: jax.Array, mask: jax.Array, first: jax.Array, start: jax.Array, *,
+                 scored: int, chunk: int):
+    """[B, L] rows -> ([B] log-lik of tokens >= ``first``, [B] log-lik of tokens >= ``start``), fp32.
+
+    Only the ``scored`` positions from ``first - 1`` on reach the vocabulary projection (a row's shared prefix is
+    scored once elsewhere), in chunks of ``chunk`` positions.
+    """
     _COMPILES["count"] += 1
     model = nnx.merge(graphdef, params)
     hidden = model(ids, mask, compute_logits=False).last_hidden_state
     batch, length = ids.shape
-    targets = jnp.pad(ids[:, 1:], ((0, 0), (0, 1)))     # position t predicts token t+1
-    chunks = length // chunk
+    target_pos = first[:, None] + jnp.arange(scored)[None, :]            # token predicted at each scored slot
+    valid = (target_pos < length) & jnp.take_along_axis(mask, jnp.minimum(target_pos, length - 1), axis=1).astype(bool)
+    target_pos = jnp.minimum(target_pos, length - 1)
+    source = jnp.take_along_axis(hidden, (target_pos - 1)[..., None], axis=1)     # [B, S, D]
+    targets = jnp.take_along_axis(ids, target_pos, axis=1)
+    chunks = scored // chunk
 
     def chunk_logprob(_, xs):
         h, t = xs                                          # [B, C, D], [B, C]
@@ -111,14 +127,22 @@ def _score_batch(graphdef, params, ids: jax.Array, mask: jax.Array, start: jax.A
     def split(x):
         return jnp.moveaxis(x.reshape((batch, chunks, chunk) + x.shape[2:]), 1, 0)
 
-    _, logprob = jax.lax.scan(chunk_logprob, None, (split(hidden), split(targets)))
-    logprob = jnp.moveaxis(logprob, 0, 1).reshape(batch, length)
-    # logprob[:, t] = log p(x_{t+1} | x_<=t): token t+1 is scored when it is real
-    position = jnp.arange(length)[None, :] + 1
-    real_next = jnp.pad(mask[:, 1:], ((0, 0), (0, 1))).astype(bool)
-    reference = jnp.where(real_next, logprob, 0.0).sum(axis=1)
-    completion = jnp.where(real_next & (position >= start[:, None]), logprob, 0.0).sum(axis=1)
+    _, logprob = jax.lax.scan(chunk_logprob, None, (split(source), split(targets)))
+    logprob = jnp.moveaxis(logprob, 0, 1).reshape(batch, scored)
+    reference = jnp.where(valid, logprob, 0.0).sum(axis=1)
+    completion = jnp.where(valid & (target_pos >= start[:, None]), logprob, 0.0).sum(axis=1)
     return reference, completion
+
+
+def shared_prefix_length(rows: Sequence[EncodedRow]) -> int:
+    """Tokens every row starts with, capped so each row keeps its whole continuation and one scored token."""
+    if len(rows) < 2:
+        return 0
+    first, common = rows[0].ids, len(rows[0].ids)
+    for row in rows[1:]:
+        limit = min(common, len(row.ids))
+        common = next((i for i in range(limit) if row.ids[i] != first[i]), limit)
+    return min(common, min(r.start for r in rows), min(len(r.ids) for r in rows) - 1)
 
 
 def _vocab_size(graphdef, params) -> int:
@@ -137,7 +161,7 @@ class Scorer:
         self.vocab = _vocab_size(self.graphdef, self.params)
         self.batch_rows, self.buckets, self.mesh = batch_rows, tuple(buckets), mesh
         self.logits_budget_bytes, self.pad_id = logits_budget_bytes, pad_id
-        self.shapes_seen: set[tuple[int, int]] = set()
+        self.shapes_seen: set[tuple[int, int, int]] = set()
         if mesh is not None:
             axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
             devices = int(np.prod([mesh.shape[a] for a in axes]))
@@ -146,47 +170,58 @@ class Scorer:
             self._sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
 
     def score(self, rows: Sequence[EncodedRow], params=None) -> RowScores:
-        """Scores of every row (identical rows computed once), fetched from the device in one transfer."""
+        """Scores of every row, fetched from the device in one transfer.
+
+        The tokens all rows share (the demonstrations, identical for every item under the reference rule) are
+        scored once as a row of their own; every other row sends only its later positions through the vocabulary
+        projection and adds that prefix score. Identical rows are computed once.
+        """
         params = self.params if params is None else params
-        unique = list(dict.fromkeys((r.ids, r.start) for r in rows))
-        index = {key: i for i, key in enumerate(unique)}
+        prefix = shared_prefix_length(rows)
+        first = prefix if prefix >= 2 else 1
+        jobs = [(r.ids, first, r.start) for r in rows] + ([(rows[0].ids[:prefix], 1, prefix)] if first > 1 else [])
+        unique = list(dict.fromkeys(jobs))
         batches = self._batches(unique)
-        outputs = [self._run(params, *batch[:3]) for batch in batches]   # dispatched asynchronously
-        fetched = jax.device_get(outputs)
+        outputs = [self._run(params, *batch[:5]) for batch in batches]   # dispatched asynchronously
         reference, completion = np.zeros(len(unique), np.float64), np.zeros(len(unique), np.float64)
-        for (_, _, _, members), (ref, comp) in zip(batches, fetched):
+        for (*_, members), (ref, comp) in zip(batches, jax.device_get(outputs)):
             reference[members] = ref[:len(members)]
             completion[members] = comp[:len(members)]
-        order = np.array([index[(r.ids, r.start)] for r in rows], dtype=np.int64)
-        return RowScores(reference[order], completion[order],
+        index = {job: i for i, job in enumerate(unique)}
+        order = np.array([index[job] for job in jobs[:len(rows)]], dtype=np.int64)
+        prefix_score = reference[index[jobs[-1]]] if first > 1 else 0.0
+        return RowScores(reference[order] + prefix_score, completion[order],
                          np.array([len(r.ids) - r.start for r in rows]), np.array([r.continuation_chars for r in rows]))
 
-    def _batches(self, unique: list[tuple[tuple[int, ...], int]]):
-        """Rows grouped by bucket, longest first, as padded numpy arrays of ``batch_rows`` rows."""
-        by_bucket: dict[int, list[int]] = {}
+    def _batches(self, unique: list[tuple[tuple[int, ...], int, int]]):
+        """Jobs grouped by (length bucket, scored-positions bucket) as padded arrays of ``batch_rows`` rows."""
+        by_shape: dict[tuple[int, int], list[int]] = {}
         for i in sorted(range(len(unique)), key=lambda i: -len(unique[i][0])):
-            by_bucket.setdefault(bucket_length(len(unique[i][0]), self.buckets), []).append(i)
+            tokens, first, _ = unique[i]
+            shape = (bucket_length(len(tokens), self.buckets), bucket_length(len(tokens) - first, self.buckets))
+            by_shape.setdefault(shape, []).append(i)
         batches = []
-        for length, members in by_bucket.items():
+        for (length, scored), members in by_shape.items():
             for lo in range(0, len(members), self.batch_rows):
                 group = members[lo:lo + self.batch_rows]
                 ids = np.full((self.batch_rows, length), self.pad_id, np.int32)
                 mask = np.zeros((self.batch_rows, length), np.int32)
-                start = np.ones(self.batch_rows, np.int32)
+                first, start = np.ones(self.batch_rows, np.int32), np.ones(self.batch_rows, np.int32)
                 for row, i in enumerate(group):
-                    tokens, first = unique[i]
-                    ids[row, :len(tokens)], mask[row, :len(tokens)], start[row] = tokens, 1, first
-                batches.append((ids, mask, start, np.array(group, dtype=np.int64)))
+                    tokens, first[row], start[row] = unique[i]
+                    ids[row, :len(tokens)], mask[row, :len(tokens)] = tokens, 1
+                batches.append((ids, mask, first, start, scored, np.array(group, dtype=np.int64)))
         return batches
 
-    def _run(self, params, ids: np.ndarray, mask: np.ndarray, start: np.ndarray):
-        length = ids.shape[1]
-        if (self.batch_rows, length) not in self.shapes_seen:
-            self.shapes_seen.add((self.batch_rows, length))
-            log.info("scorer: new shape [%d, %d] (%d compiled so far)", self.batch_rows, length, compile_count())
-        chunk = _chunk_length(self.batch_rows, length, self.vocab, self.logits_budget_bytes)
+    def _run(self, params, ids: np.ndarray, mask: np.ndarray, first: np.ndarray, start: np.ndarray, scored: int):
+        shape = (self.batch_rows, ids.shape[1], scored)
+        if shape not in self.shapes_seen:
+            self.shapes_seen.add(shape)
+            log.info("scorer: new shape rows=%d length=%d scored=%d (%d compiled so far)", *shape, compile_count())
+        chunk = _chunk_length(self.batch_rows, scored, self.vocab, self.logits_budget_bytes)
+        arrays = (ids, mask, first, start)
         if self.mesh is None:
-            return _score_batch(self.graphdef, params, ids, mask, start, chunk=chunk)
+            return _score_batch(self.graphdef, params, *arrays, scored=scored, chunk=chunk)
         with jax.set_mesh(self.mesh):
-            ids, mask, start = (jax.device_put(x, self._sharding) for x in (ids, mask, start))
-            return _score_batch(self.graphdef, params, ids, mask, start, chunk=chunk)
+            arrays = tuple(jax.device_put(x, self._sharding) for x in arrays)
+            return _score_batch(self.graphdef, params, *arrays, scored=scored, chunk=chunk)
