@@ -67,3 +67,32 @@ normalize_args() {
 need_value() {
   [[ $# -ge 2 && "$2" != --* ]] || die "$1 needs a value"
 }
+
+# parse_settings ARGS...: the command line of a launch script. Each "--flag VALUE" named in the script's VALUE_FLAGS
+# (flag -> variable) sets that variable; each switch in SWITCH_FLAGS (flag -> "VARIABLE=value") applies its
+# assignment; "--extra 'ARGS'" and everything after "--" go to EXTRA_ARGS; other words are left in POSITIONAL.
+parse_settings() {
+  normalize_args "$@"
+  set -- "${NORMALIZED_ARGS[@]+"${NORMALIZED_ARGS[@]}"}"
+  POSITIONAL=()
+  while (($#)); do
+    case "$1" in
+      -h|--help) usage; exit 0 ;;
+      --dry-run) DRY_RUN=1; shift ;;
+      --extra) need_value "$@"; read -r -a EXTRA_ARGS <<<"$2"; shift 2 ;;
+      --) shift; EXTRA_ARGS+=("$@"); break ;;
+      --*)
+        if [[ -n "${SWITCH_FLAGS[$1]:-}" ]]; then
+          printf -v "${SWITCH_FLAGS[$1]%%=*}" '%s' "${SWITCH_FLAGS[$1]#*=}"
+          shift
+        elif [[ -n "${VALUE_FLAGS[$1]:-}" ]]; then
+          need_value "$@"
+          printf -v "${VALUE_FLAGS[$1]}" '%s' "$2"
+          shift 2
+        else
+          die "unknown option $1 (see --help)"
+        fi ;;
+      *) POSITIONAL+=("$1"); shift ;;
+    esac
+  done
+}

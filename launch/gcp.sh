@@ -56,37 +56,18 @@ CONFIG="${XALIGN_CONFIG:-}"
 WORKDIR="${XALIGN_WORKDIR:-}"
 WORKER="${XALIGN_WORKER:-0}"
 read -r -a EXTRA_ARGS <<<"${XALIGN_EXTRA_ARGS:-}"
-COMMAND=""
 REMOTE_CODE="xalign-jax"          # relative to the remote home
 REMOTE_LOGS="xalign_logs"
 WORKER_INDEX='$(curl -sf -H "Metadata-Flavor: Google" http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number || echo 0)'
 
+declare -A VALUE_FLAGS=([--project]=PROJECT [--zone]=ZONE [--name]=NAME [--tpu-type]=TPU_TYPE [--runtime]=RUNTIME
+  [--repo]=REPO [--ref]=REF [--pip-extras]=PIP_EXTRAS [--config]=CONFIG [--workdir]=WORKDIR [--worker]=WORKER)
+declare -A SWITCH_FLAGS=([--queued]=QUEUED=1 [--spot]=SPOT=1)
+
 parse_args() {
-  normalize_args "$@"
-  set -- "${NORMALIZED_ARGS[@]+"${NORMALIZED_ARGS[@]}"}"
-  while (($#)); do
-    case "$1" in
-      -h|--help) usage; exit 0 ;;
-      --dry-run) DRY_RUN=1; shift ;;
-      --queued) QUEUED=1; shift ;;
-      --spot) SPOT=1; shift ;;
-      --project) need_value "$@"; PROJECT="$2"; shift 2 ;;
-      --zone) need_value "$@"; ZONE="$2"; shift 2 ;;
-      --name) need_value "$@"; NAME="$2"; shift 2 ;;
-      --tpu-type) need_value "$@"; TPU_TYPE="$2"; shift 2 ;;
-      --runtime) need_value "$@"; RUNTIME="$2"; shift 2 ;;
-      --repo) need_value "$@"; REPO="$2"; shift 2 ;;
-      --ref) need_value "$@"; REF="$2"; shift 2 ;;
-      --pip-extras) need_value "$@"; PIP_EXTRAS="$2"; shift 2 ;;
-      --config) need_value "$@"; CONFIG="$2"; shift 2 ;;
-      --workdir) need_value "$@"; WORKDIR="$2"; shift 2 ;;
-      --worker) need_value "$@"; WORKER="$2"; shift 2 ;;
-      --extra) need_value "$@"; read -r -a EXTRA_ARGS <<<"$2"; shift 2 ;;
-      --) shift; EXTRA_ARGS+=("$@"); break ;;
-      -*) die "unknown option $1 (see --help)" ;;
-      *) [[ -z "$COMMAND" ]] || die "one command at a time (got $COMMAND and $1)"; COMMAND="$1"; shift ;;
-    esac
-  done
+  parse_settings "$@"
+  [[ ${#POSITIONAL[@]} -le 1 ]] || die "one command at a time (got ${POSITIONAL[*]})"
+  COMMAND="${POSITIONAL[0]:-}"
 }
 
 validate() {

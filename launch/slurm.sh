@@ -53,31 +53,16 @@ PYTHON="${XALIGN_PYTHON:-python3}"
 read -r -a EXTRA_ARGS <<<"${XALIGN_EXTRA_ARGS:-}"
 PREEMPTION_NOTICE_S=300
 
+declare -A VALUE_FLAGS=([--nodes]=NODES [--gpus-per-node]=GPUS_PER_NODE [--task-per]=TASK_PER
+  [--partition]=PARTITION [--account]=ACCOUNT [--time]=TIME_LIMIT [--job-name]=JOB_NAME [--config]=CONFIG
+  [--workdir]=WORKDIR [--log-dir]=LOG_DIR [--code-dir]=CODE_DIR [--python]=PYTHON)
+declare -A SWITCH_FLAGS=([--no-requeue]=REQUEUE=0)
+
 parse_args() {
-  normalize_args "$@"
-  set -- "${NORMALIZED_ARGS[@]+"${NORMALIZED_ARGS[@]}"}"
-  while (($#)); do
-    case "$1" in
-      -h|--help) usage; exit 0 ;;
-      --dry-run) DRY_RUN=1; shift ;;
-      --no-requeue) REQUEUE=0; shift ;;
-      --nodes) need_value "$@"; NODES="$2"; shift 2 ;;
-      --gpus-per-node) need_value "$@"; GPUS_PER_NODE="$2"; shift 2 ;;
-      --task-per) need_value "$@"; TASK_PER="$2"; shift 2 ;;
-      --partition) need_value "$@"; PARTITION="$2"; shift 2 ;;
-      --account) need_value "$@"; ACCOUNT="$2"; shift 2 ;;
-      --time) need_value "$@"; TIME_LIMIT="$2"; shift 2 ;;
-      --job-name) need_value "$@"; JOB_NAME="$2"; shift 2 ;;
-      --config) need_value "$@"; CONFIG="$2"; shift 2 ;;
-      --workdir) need_value "$@"; WORKDIR="$2"; shift 2 ;;
-      --log-dir) need_value "$@"; LOG_DIR="$2"; shift 2 ;;
-      --code-dir) need_value "$@"; CODE_DIR="$2"; shift 2 ;;
-      --python) need_value "$@"; PYTHON="$2"; shift 2 ;;
-      --extra) need_value "$@"; read -r -a EXTRA_ARGS <<<"$2"; shift 2 ;;
-      --) shift; EXTRA_ARGS+=("$@"); break ;;
-      submit) shift ;;
-      *) die "unknown argument $1 (see --help)" ;;
-    esac
+  parse_settings "$@"
+  local word
+  for word in "${POSITIONAL[@]+"${POSITIONAL[@]}"}"; do
+    [[ "$word" == submit ]] || die "unknown argument $word (see --help)"
   done
 }
 

@@ -300,6 +300,7 @@ def test_gcp_dry_run_prints_exactly_what_it_would_run_and_calls_nothing(tmp_path
     (["--project", "p", "--zone", "z", "launch"], {}, "command=launch: expected one of: create setup"),
     (["--project", "p", "--zone", "z"], {}, "missing command"),
     (["--project", "p", "--zone", "z", "--bogus", "create"], {}, "unknown option --bogus"),
+    (["--project", "p", "--zone", "z", "create", "run"], {}, "one command at a time (got create run)"),
     (["--project", "--zone", "z", "create"], {}, "--project needs a value"),
     (["--project", "p", "--zone", "z", "create"], {"XALIGN_SPOT": "yes"}, "XALIGN_SPOT)=yes: expected one of: 0 1"),
 ])
