@@ -19,7 +19,7 @@ import pytest
 
 from xalign_jax import distributed
 
-NO_DEVICE_FILES: tuple[str, ...] = ()
+NO_PCI_DEVICES = "/nonexistent/pci/devices"
 
 SLURM_TWO_NODES = {
     "SLURM_JOB_ID": "123456", "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0",
@@ -29,7 +29,7 @@ SLURM_TWO_NODES = {
 
 
 def _plan(env: dict, **flags) -> distributed.ProcessPlan:
-    return distributed.plan(env=env, device_files=NO_DEVICE_FILES, **flags)
+    return distributed.plan(env=env, pci_devices=NO_PCI_DEVICES, **flags)
 
 
 # ---------------------------------------------------------------------------------------------- detection
@@ -109,10 +109,18 @@ def test_cloud_tpu_lets_jax_read_the_slice_layout(env):
     assert _plan(env) == distributed.ProcessPlan("tpu")
 
 
-def test_cloud_tpu_detected_from_device_files(tmp_path):
-    accel = tmp_path / "accel0"
-    accel.touch()
-    assert distributed.plan(env={}, device_files=(str(accel),)).kind == "tpu"
+def _pci_device(root: pathlib.Path, slot: str, vendor: str, device: str) -> None:
+    (root / slot).mkdir(parents=True)
+    (root / slot / "vendor").write_text(vendor + "\n")
+    (root / slot / "device").write_text(device + "\n")
+
+
+def test_cloud_tpu_detected_from_pci_ids_not_from_google_network_cards(tmp_path):
+    _pci_device(tmp_path, "0000:00:04.0", "0x1ae0", "0x0042")   # gVNIC: Google's vendor id, not a TPU
+    _pci_device(tmp_path, "0000:00:05.0", "0x10de", "0x2330")   # an NVIDIA H100
+    assert distributed.plan(env={}, pci_devices=str(tmp_path)).kind == "single"
+    _pci_device(tmp_path, "0000:00:06.0", "0x1ae0", "0x0063")   # a TPU v5e chip
+    assert distributed.plan(env={}, pci_devices=str(tmp_path)).kind == "tpu"
 
 
 def test_single_process_helpers_in_this_process():

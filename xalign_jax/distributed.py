@@ -7,7 +7,7 @@ Every host runs the same program. Before any other JAX call, ``maybe_initialize`
   * ``slurm``: ``srun`` started more than one task (``SLURM_NTASKS`` > 1). We read the SLURM variables ourselves
     instead of relying on JAX's detector because that detector pins every process to ONE local GPU
     (``SLURM_LOCALID``), which is wrong for our default of one task per node driving all of its GPUs;
-  * ``tpu``: a Cloud TPU VM (TPU variables in the environment or TPU device files present). There
+  * ``tpu``: a Cloud TPU VM (TPU variables in the environment or TPU chips on the PCI bus). There
     ``jax.distributed.initialize()`` with no arguments reads the slice layout from the TPU metadata itself;
   * ``single``: nothing to join; no initialisation (a plain one-process run).
 
@@ -19,15 +19,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import pathlib
 import re
-from typing import Mapping, Sequence
+from typing import Mapping
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CPU_COLLECTIVES = "gloo"    # jax_cpu_collectives_implementation: gloo | mpi (CPU needs one to go multi-process)
 SLURM_PORT_BASE = 61440             # coordinator port = base + job id % 4096, the range JAX's own detector uses
 TPU_ENV_VARS = ("TPU_WORKER_ID", "TPU_WORKER_HOSTNAMES", "TPU_ACCELERATOR_TYPE", "TPU_PROCESS_ADDRESSES")
-TPU_DEVICE_FILES = ("/dev/accel0", "/dev/vfio/0")
+PCI_DEVICES = "/sys/bus/pci/devices"
+GOOGLE_PCI_VENDOR = "0x1ae0"
+# PCI device ids of TPU chips v3 .. v7x (Google's vendor id alone also matches the gVNIC network card)
+TPU_PCI_DEVICE_IDS = frozenset({"0x0027", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,16 +49,28 @@ class ProcessPlan:
 
 
 def plan(coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-         env: Mapping[str, str] | None = None, device_files: Sequence[str] = TPU_DEVICE_FILES) -> ProcessPlan:
+         env: Mapping[str, str] | None = None, pci_devices: str = PCI_DEVICES) -> ProcessPlan:
     """The set-up for the given flags and environment: explicit flags, else SLURM, else Cloud TPU, else single."""
     env = os.environ if env is None else env
     if any(value is not None for value in (coordinator_address, num_processes, process_id)):
         return _explicit_plan(coordinator_address, num_processes, process_id)
     if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_PROCID" in env:
         return slurm_plan(env)
-    if any(env.get(name) for name in TPU_ENV_VARS) or any(os.path.exists(path) for path in device_files):
+    if any(env.get(name) for name in TPU_ENV_VARS) or tpu_chips_present(pci_devices):
         return ProcessPlan("tpu")
     return ProcessPlan("single")
+
+
+def tpu_chips_present(pci_devices: str = PCI_DEVICES) -> bool:
+    """Whether this host has TPU chips, read from the PCI ids in sysfs (what libtpu checks; no network)."""
+    for device in pathlib.Path(pci_devices).glob("*"):
+        try:
+            vendor, model = (device / "vendor").read_text().strip(), (device / "device").read_text().strip()
+        except OSError:
+            continue
+        if vendor == GOOGLE_PCI_VENDOR and model in TPU_PCI_DEVICE_IDS:
+            return True
+    return False
 
 
 def _explicit_plan(coordinator_address: str | None, num_processes: int | None,
