@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from xalign_jax.evaluation import alignment as align_lib
-from xalign_jax.evaluation import fewshot, tasks, templates
+from xalign_jax.evaluation import fewshot, tasks, templates, tfds_source
 from xalign_jax.evaluation.report import summarise, write_eval_outputs  # noqa: F401  (re-exported API)
 from xalign_jax.evaluation.scorer import DEFAULT_BUCKETS, Scorer, compile_count, encode_prompts
 
@@ -43,6 +43,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
         "max_items": 0,                # per (task, language) on the test split; 0 = all
         "dev_max_items": 200,          # per (task, language) on the dev split (in-training selection)
         "data_dir": "",                # "" = <repo>/../shared/data
+        "tfds_data_dir": "",           # set: read items from TFDS array_record datasets (tfds_source) there
         "batch_rows": 8,
         "buckets": DEFAULT_BUCKETS,
         "logits_budget_mb": 256,       # fp32 logits per vocabulary chunk
@@ -60,6 +61,12 @@ def _languages(task: str, wanted: str, data_dir: pathlib.Path) -> list[str]:
         return present
     chosen = [lang.strip() for lang in wanted.split(",") if lang.strip()]
     return [lang for lang in chosen if lang in present]
+
+
+def _load(cfg, task: str, language: str, part: str, data_dir: pathlib.Path) -> list[tasks.Item]:
+    if cfg.tfds_data_dir:
+        return tfds_source.load_part(task, language, part, cfg.tfds_data_dir)
+    return tasks.load_part(task, language, part, data_dir)
 
 
 def _grid(cfg: ml_collections.ConfigDict) -> list[tuple[int, int]]:
@@ -121,9 +128,9 @@ def evaluate_tasks(model: Any, tokenizer: Any, eval_cfg: ml_collections.ConfigDi
     compiles_before, started, details = compile_count(), time.perf_counter(), []
     for task in eval_cfg.tasks:
         for language in _languages(task, eval_cfg.languages, data_dir):
-            items = tasks.load_part(task, language, SPLITS[split], data_dir)
+            items = _load(eval_cfg, task, language, SPLITS[split], data_dir)
             items = items[:limit] if limit else items
-            pool = tasks.load_part(task, _prompt_language(eval_cfg, language), "demo", data_dir)
+            pool = _load(eval_cfg, task, _prompt_language(eval_cfg, language), "demo", data_dir)
             for shots, seed in _grid(eval_cfg):
                 detail = _run_one(scorer, tokenizer, eval_cfg, task, language, items, pool, shots, seed, params)
                 details.append(detail)
