@@ -1,4 +1,5 @@
-"""Multi-process start-up detection (no real initialisation) and the launch scripts against fake gcloud/sbatch."""
+"""Multi-process start-up detection (no real initialisation), the launch scripts against stand-in gcloud/sbatch/srun,
+and the memory plan against transformers parameter counts, JAX shard shapes and the compiled train step."""
 from __future__ import annotations
 
 import contextlib
