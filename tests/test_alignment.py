@@ -82,3 +82,34 @@ def test_plots_and_before_after_table(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report.plot_projections(projection, tmp_path / "single.png")
     assert (tmp_path / "single.png").stat().st_size > 1000
+
+
+from tests.test_eval_scorer import tiny  # noqa: E402,F401  (module-scoped tiny Llama fixture)
+
+
+@pytest.mark.parametrize("pooler", ["avg-1", "last-2", "max-0"])
+def test_embeddings_equal_pooled_pytorch_hidden_states(tiny, shared_data, pooler):  # noqa: F811
+    import torch
+    reference_model, model, tok, _ = tiny
+    sentences = alignment.load_pairs("flores", "zh", shared_data, limit=5)[0]
+    ours = alignment.embed_sentences(model, tok, sentences, pooler, batch_rows=4, buckets=(64, 128))
+    method, layer = pooler.split("-")
+    for vector, sentence in zip(ours, sentences):
+        ids = torch.tensor([tok(sentence)["input_ids"]])
+        with torch.no_grad():
+            hidden = reference_model(ids, output_hidden_states=True).hidden_states[int(layer)][0].numpy()
+        expected = {"avg": hidden.mean(0), "last": hidden[-1], "max": hidden.max(0)}[method]
+        np.testing.assert_allclose(vector, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_evaluate_alignment_end_to_end(tiny, shared_data, tmp_path):  # noqa: F811
+    from xalign_jax.evaluation import runner
+    _, model, tok, _ = tiny
+    cfg = runner.default_eval_config().alignment
+    cfg.update({"languages": ("zh", "sw"), "max_pairs": 12, "data_dir": str(shared_data), "poolers": ("avg-1",)})
+    result = runner.evaluate_alignment(model, tok, cfg)
+    assert set(result["metrics"]) == {"flores/zh/avg-1", "flores/sw/avg-1"}
+    assert result["metrics"]["flores/zh/avg-1"]["raw"]["pairs"] == 12
+    assert set(result["projection"]["flores/avg-1"]) == {"en", "zh", "sw"}
+    runner.write_eval_outputs({"details": [], "avg_zero": 0.0, "avg_all": 0.0}, result, tmp_path)
+    assert (tmp_path / "pca_flores_avg-1.png").stat().st_size > 1000
