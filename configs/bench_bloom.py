@@ -7,7 +7,8 @@ Variants (``configs/bench_bloom.py:<variant>``):
   * ``gemma3``: the exact google/gemma-3-270m architecture (18 layers, 262,144 vocabulary, 268M parameters) with
     random weights and the real Gemma-3 tokenizer.
 The batch mirrors the reference's shape at a CPU-sized scale: 6 records per step, 2 packed CLM rows of 256
-tokens, one contrastive bucket of 64 (one compile), the reference's last-1 pooling and one-directional InfoNCE.
+tokens, one contrastive bucket of 64 (one compile), the reference's last-1 pooling and one-directional InfoNCE. The CE
+runs in one chunk per row (the [2, 256, vocab] fp32 logits, 0.5 GB, fit a CPU host; see BENCHMARKS.md).
 """
 from xalign_jax.config_defaults import base_config
 
@@ -45,6 +46,7 @@ def get_config(variant: str = "bloom"):
     config.data.cl_buckets = (64,)
     config.objective.pooler = "last-1"
     config.objective.symmetric = False
+    config.objective.clm_chunk_size = 256   # one CE chunk per row: 2.4x faster on CPU than 128 (BENCHMARKS.md)
     config.train.batch_size = 6
     config.train.steps = 1000          # only sets the learning-rate schedule; the benchmark runs --steps
     config.train.warmup_steps = 10

@@ -268,6 +268,7 @@ def batch_info(trainer: train.Trainer, host_batches: Sequence[dict], counts: dic
 def jax_report(trainer: train.Trainer, run: dict, counts: dict, data_seconds: float) -> dict:
     step_s = summarize_seconds(run["step_seconds"])
     return {"step_s": step_s, "tokens_per_s": counts["tokens_per_step"] / step_s["median"],
+            "model_tflops_per_s": counts["flops_per_step"] / step_s["median"] / 1e12,
             "mfu": counts["flops_per_step"] / step_s["median"] / trainer.peak_flops,
             "peak_tflops_total": trainer.peak_flops / 1e12,
             "compile_s": trainer.step_fn.compile_seconds, "compiles": trainer.step_fn.num_compiles,
@@ -293,7 +294,8 @@ def format_report(report: dict) -> str:
         f"{batch['contrastive_lengths']}; {batch['tokens_per_step']:.0f} tokens/step "
         f"({batch['clm_tokens_per_step']:.0f} CLM + {batch['contrastive_tokens_per_step']:.0f} contrastive)",
         f"jax: step {_fmt_step(jax_part['step_s'])}, {jax_part['tokens_per_s']:.0f} tokens/s, "
-        f"MFU {100 * jax_part['mfu']:.1f}% of {jax_part['peak_tflops_total']:.3f} TFLOP/s, compile "
+        f"{jax_part['model_tflops_per_s']:.3f} model TFLOP/s = MFU {100 * jax_part['mfu']:.1f}% of "
+        f"{jax_part['peak_tflops_total']:.3f}, compile "
         f"{jax_part['compile_s']:.1f}s x{jax_part['compiles']}, peak RSS {jax_part['peak_rss_bytes'] / 2**30:.2f} GiB",
     ]
     if "torch" in report:
