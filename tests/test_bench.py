@@ -30,6 +30,8 @@ def test_jax_timings_are_positive_and_there_is_one_compile(report):
     assert jax_part["compiles"] == 1 and jax_part["compile_s"] > 0
     assert all(math.isfinite(loss) for loss in jax_part["losses"])
     assert 0 < jax_part["mfu"] < 1
+    assert jax_part["model_tflops_per_s"] == pytest.approx(
+        report["batch"]["flops_per_step"] / step["median"] / 1e12)
 
 
 def test_tokens_per_second_is_tokens_per_step_over_the_median_step(report):

@@ -42,7 +42,6 @@ import time
 from typing import Any, Sequence
 
 import jax
-import numpy as np
 from flax import nnx
 
 from xalign_jax import objectives, train
