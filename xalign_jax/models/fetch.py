@@ -173,7 +173,7 @@ def write_safetensors_streaming(path: pathlib.Path, shapes: dict[str, tuple[int,
             array = produce(name)
             if array.shape != tuple(shape):
                 raise ValueError(f"{path}: tensor {name} has shape {array.shape}, announced {tuple(shape)}")
-            f.write(np.ascontiguousarray(array.astype(np_dtype)).tobytes())
+            np.ascontiguousarray(array.astype(np_dtype, copy=False)).tofile(f)  # tofile: no bytes copy
 
 
 def convert(gguf_path: pathlib.Path, out_dir: pathlib.Path, dtype: str, provenance: dict) -> None:

@@ -74,6 +74,7 @@ _TENSOR_NAMES = {
     },
 }
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
+_ROWS_PER_SLICE = 8192
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,11 +114,7 @@ class GGUFSource:
 
     def read(self, name: str) -> np.ndarray:
         """The dequantised float32 tensor in HF layout, llama.cpp's storage conventions undone."""
-        from gguf.quants import dequantize
-
-        tensor = self._tensor(name)
-        weights = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
-        weights = weights.reshape(self.shape(name))
+        weights = self._dequantize(self._tensor(name)).reshape(self.shape(name))
         if self.architecture == "llama" and ".self_attn.q_proj." in name:
             return _unpermute_rows(weights, self._fields["num_attention_heads"])
         if self.architecture == "llama" and ".self_attn.k_proj." in name:
@@ -160,6 +157,23 @@ class GGUFSource:
         if name not in self._entries:
             raise KeyError(f"{self.path}: no tensor {name!r} (has {len(self._entries)} tensors)")
         return self._reader.tensors[self._entries[name].index]
+
+    @staticmethod
+    def _dequantize(tensor) -> np.ndarray:
+        """float32 values, dequantised in slices of rows: ``gguf``'s dequantisers hold several full-size
+        temporaries, which for Gemma's 262k-row embedding would cost gigabytes at once."""
+        from gguf.quants import dequantize
+
+        data = tensor.data
+        if data.ndim < 2 or data.shape[0] <= _ROWS_PER_SLICE:
+            return np.asarray(dequantize(data, tensor.tensor_type), dtype=np.float32)
+        first = np.asarray(dequantize(data[:_ROWS_PER_SLICE], tensor.tensor_type), dtype=np.float32)
+        out = np.empty((data.shape[0], *first.shape[1:]), np.float32)
+        out[:_ROWS_PER_SLICE] = first
+        for start in range(_ROWS_PER_SLICE, data.shape[0], _ROWS_PER_SLICE):
+            rows = data[start:start + _ROWS_PER_SLICE]
+            out[start:start + len(rows)] = dequantize(rows, tensor.tensor_type)
+        return out
 
     def _map_tensor_names(self) -> dict[str, _Entry]:
         """HF name -> GGUF tensor; any tensor we cannot name is an error (we would silently lose weights)."""
