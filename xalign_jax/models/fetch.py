@@ -213,12 +213,19 @@ def fetch(name: str, out_dir: str | pathlib.Path, dtype: str = "float32") -> pat
     building.mkdir(parents=True)
     path = gguf_file(name, building)
     provenance = {"model": name, "description": model.description, "wheels": _wheel_versions(model),
-                  "gguf_file": path.name, "gguf_sha256": sha256_file(path)}
+                  "gguf_file": path.name, "gguf_sha256": sha256_file(path),
+                  "gguf_sha256_checked_against": _checksum_origin(model)}
     convert(path, building, dtype, provenance)
     if out_dir.exists():
         out_dir.rmdir()
     os.replace(building, out_dir)
     return out_dir
+
+
+def _checksum_origin(model: WheelModel) -> str:
+    if model.checksum_package:
+        return f"{model.checksum_package}/data/SHA256SUMS"
+    return "the wheel's RECORD" if expected_sha256(model) else "nothing (the wheel recorded no sha256)"
 
 
 def _check_same_request(out_dir: pathlib.Path, name: str, dtype: str) -> None:
