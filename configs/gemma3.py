@@ -11,7 +11,7 @@ from xalign_jax.config_defaults import base_config
 BUDGETS = {
     # steps, records per step, CLM rows, eval items per (task, language), shots, seeds, alignment pairs
     "quick": dict(steps=80, batch_size=16, clm_rows=2, max_items=40, shots=(0,), seeds=(0,), pairs=200),
-    "full": dict(steps=1000, batch_size=32, clm_rows=4, max_items=0, shots=(0, 5), seeds=(0, 1, 2), pairs=1000),
+    "full": dict(steps=1000, batch_size=32, clm_rows=16, max_items=0, shots=(0, 5), seeds=(0, 1, 2), pairs=1000),
 }
 
 

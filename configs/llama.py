@@ -11,11 +11,13 @@ def get_config(variant: str = "smollm2-135m"):
     if variant == "smollm2-135m":
         config.model.source = "smollm2-135m"
         config.train.batch_size = 8
+        config.data.clm_rows = 8
     elif variant == "7b":
         config.model.source = "/models/llama-2-7b"
         config.model.remat_policy = "full"
         config.mesh.data, config.mesh.fsdp = 1, -1
         config.train.batch_size = 64
+        config.data.clm_rows = 32
     else:
         raise ValueError(f"configs/llama.py: unknown variant {variant!r} (smollm2-135m | 7b)")
     return config

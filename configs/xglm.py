@@ -15,6 +15,7 @@ def get_config(variant: str = "564m"):
         config.model.remat_policy = "full"
         config.mesh.data, config.mesh.fsdp = 1, -1
         config.train.batch_size = 64
+        config.data.clm_rows = 32        # divisible by the 16-64 batch shards of the launch/README.md meshes
     else:
         raise ValueError(f"configs/xglm.py: unknown variant {variant!r} (564m | 7.5b)")
     return config

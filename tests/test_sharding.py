@@ -53,3 +53,18 @@ def test_every_parameter_follows_the_rules_table(tmp_path, mesh):
 def test_mesh_size_must_match_device_count():
     with pytest.raises(ValueError, match="needs 12 devices, there are 8"):
         sharding.make_mesh(2, 3, 2)
+
+
+def test_adam_moments_are_sharded_like_their_parameters(tmp_path, mesh):
+    from xalign_jax import train
+    from xalign_jax.train_step import make_optimizer
+    from xalign_jax.config_defaults import train_config
+    make_tiny_hf_model("gemma3", tmp_path)
+    _, params = nnx.split(models.from_pretrained(tmp_path, mesh=mesh), nnx.Param)
+    tx, _ = make_optimizer(train_config())
+    state = train.init_train_state(params, tx, mesh, seed=0)
+    param_specs = [x.sharding.spec for x in jax.tree.leaves(params)]
+    assert any(spec != P() for spec in param_specs)
+    adam = state["opt_state"][1][0]     # chain(clip, adamw = chain(scale_by_adam, ...))
+    for moment in (adam.mu, adam.nu):
+        assert [x.sharding.spec for x in jax.tree.leaves(moment)] == param_specs

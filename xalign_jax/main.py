@@ -59,6 +59,8 @@ def main(argv: list[str]) -> None:
         sys.exit(str(error))
     log.info("%s on %d device(s) (%s), %d process(es); workdir %s", _MODE.value, jax.device_count(),
              jax.devices()[0].device_kind, jax.process_count(), workdir)
+    if jax.process_count() > 1:
+        log.info("this process: %s", distributed.process_info())
     from xalign_jax import runner
     result = runner.RUNNERS[_MODE.value](config, workdir)
     if jax.process_index() == 0:

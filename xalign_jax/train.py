@@ -38,10 +38,14 @@ def make_mesh(config: Any) -> jax.sharding.Mesh:
 
 def init_train_state(params: Any, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
                      seed: int) -> train_step.TrainState:
-    """Fresh state around ``params``; the optimizer moments inherit the parameters' shardings through jit."""
+    """Fresh state around ``params``. The optimizer moments get their parameter's sharding explicitly (left to
+    propagation, ``zeros_like`` moments come out replicated: a full copy of Adam state on every device)."""
+    replicated = sharding.replicated(mesh)
+    param_shardings = jax.tree.map(lambda x: x.sharding, params)
+    opt_shardings = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, params), param_shardings,
+                                          transform_non_params=lambda _: replicated)
     with jax.set_mesh(mesh):
-        opt_state = jax.jit(tx.init)(params)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
     return {"params": params, "opt_state": opt_state,
             "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
             "rng": jax.device_put(jax.random.PRNGKey(seed), replicated)}
