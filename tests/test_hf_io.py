@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import jax
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -100,3 +102,49 @@ def test_missing_tensor_is_named(tmp_path):
     safetensors_io.write_file(tensors, tmp_path / "model.safetensors")
     with pytest.raises(KeyError, match="model.norm.weight"):
         models.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+def test_read_round_trips_into_owned_aligned_memory(tmp_path, dtype):
+    """A memory-mapped view kept the file resident for as long as the loaded parameter lived (load peaked near 2x
+    the parameter bytes); reads must own aligned memory so that a JAX CPU array adopts them without a copy."""
+    rng = np.random.default_rng(0)
+    tensors = {"a": rng.normal(size=(3, 5)).astype(dtype), "b": rng.normal(size=(7,)).astype(dtype),
+               "scalar": np.asarray(1.5, dtype)}
+    safetensors_io.write_file(tensors, tmp_path / "t.safetensors")
+    file = safetensors_io.SafetensorsFile(tmp_path / "t.safetensors")
+    for name, expected in tensors.items():
+        got = file.read(name)
+        assert not isinstance(got, np.memmap) and not any(isinstance(b, np.memmap) for b in _bases(got))
+        assert got.dtype == expected.dtype and safetensors_io.is_aligned(got)
+        assert got.shape == expected.shape and got.tobytes() == expected.tobytes()
+    with open(tmp_path / "t.safetensors", "r+b") as f:
+        f.truncate((tmp_path / "t.safetensors").stat().st_size - 4)
+    with pytest.raises(ValueError, match="tensor scalar: data runs past the end of the file"):
+        file.read("scalar")
+
+
+def _bases(array: np.ndarray) -> list:
+    chain = []
+    while array.base is not None:
+        array = array.base
+        chain.append(array)
+    return chain
+
+
+def test_loaded_parameters_adopt_the_read_buffer_on_cpu(tmp_path, monkeypatch):
+    """The embedding is placed without a host copy, which would briefly double its (dominant) memory."""
+    make_tiny_hf_model("llama", tmp_path)
+    reads = {}
+    original = safetensors_io.SafetensorsFile.read
+
+    def recording_read(self, name):
+        reads[name] = original(self, name)
+        return reads[name]
+
+    monkeypatch.setattr(safetensors_io.SafetensorsFile, "read", recording_read)
+    embed = models.from_pretrained(tmp_path, param_dtype="float32").top.embed[...]
+    host = reads["model.embed_tokens.weight"]
+    np.testing.assert_array_equal(np.asarray(embed), host)
+    if jax.default_backend() == "cpu":
+        assert embed.unsafe_buffer_pointer() == host.ctypes.data

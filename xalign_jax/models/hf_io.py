@@ -1,8 +1,9 @@
 """Load and save models in the HF layout (config.json + safetensors) or from a ``.gguf`` file.
 
 Loading streams: each parameter is created with ``jax.make_array_from_callback`` straight into its sharding, and
-the callback reads only the HF tensors it needs (memory-mapped), so host memory holds at most one parameter's
-worth of converted data beyond the placed arrays. Only safetensors are read: pickled ``.bin`` checkpoints can run
+the callback reads only the HF tensors it needs into aligned anonymous buffers, so host memory holds at most one
+parameter's worth of converted data beyond the placed arrays. On a CPU device the placed array adopts that buffer
+instead of copying it, so the peak stays near the parameter bytes. Only safetensors are read: pickled ``.bin`` checkpoints can run
 arbitrary code and are refused.
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ from xalign_jax.models import families
 from xalign_jax.models.config import ModelConfig
 from xalign_jax.models.decoder import BLOCK_PREFIX, Decoder, ParamSpec, param_specs
 from xalign_jax.models.families import TensorMap
-from xalign_jax.models.safetensors_io import SHARD_BYTES, SafetensorsFile, plan_shards, write_file
+from xalign_jax.models.safetensors_io import (SHARD_BYTES, SafetensorsFile, aligned_empty, is_aligned, plan_shards,
+                                              write_file)
 
 log = logging.getLogger(__name__)
 INDEX_FILE = "model.safetensors.index.json"
@@ -143,13 +145,24 @@ def _check_shape(source: TensorSource, name: str, kind: str, ours: tuple[int, ..
 
 
 def _host_value(source: TensorSource, tmap: TensorMap, spec: ParamSpec, dtype: np.dtype) -> np.ndarray:
-    """The whole parameter in our layout; block parameters are filled layer by layer into one buffer."""
+    """The whole parameter in our layout, in an aligned contiguous buffer a CPU device adopts without a copy;
+    block parameters are filled layer by layer into one buffer."""
     if not tmap.ours.startswith(BLOCK_PREFIX):
-        return np.asarray(to_ours(tmap.kind, source.read(tmap.hf), spec.shape), dtype)
-    stacked = np.empty(spec.shape, dtype)
+        return _aligned(to_ours(tmap.kind, source.read(tmap.hf), spec.shape), dtype)
+    stacked = aligned_empty(spec.shape, dtype)
     for layer in range(spec.shape[0]):
         stacked[layer] = to_ours(tmap.kind, source.read(tmap.hf.format(i=layer)), spec.shape[1:])
     return stacked
+
+
+def _aligned(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``value`` as-is when it already is an aligned contiguous ``dtype`` array (a "same" tensor read straight
+    from safetensors), else one conversion copy into a fresh aligned buffer."""
+    if value.dtype == dtype and is_aligned(value):
+        return value
+    out = aligned_empty(value.shape, dtype)
+    out[...] = value
+    return out
 
 
 def load_arrays(cfg: ModelConfig, source: TensorSource, mesh: jax.sharding.Mesh | None,
