@@ -3,9 +3,9 @@
 ``safetensors.numpy`` cannot represent bfloat16, the dtype most HF checkpoints ship in, so the reader parses the
 (simple, documented) file format itself: an 8-byte little-endian header length, a JSON header with dtype, shape and
 byte offsets, then raw data. Each tensor is read on demand into its own 64-byte aligned anonymous buffer rather
-than viewed through ``np.memmap``: a map stays resident (and counted in RSS) for as long as any view of it lives,
-which includes a JAX CPU array that took the view without copying, so loading peaked near twice the parameter
-bytes. The aligned buffer is one the JAX CPU client adopts without copying it.
+than viewed through ``np.memmap``: a map's pages stay resident (and counted in RSS) for as long as any view of it
+lives, and the views outlived loading until the garbage collector freed them, so the load peaked near twice the
+parameter bytes. The aligned buffer is one the JAX CPU client adopts without copying it.
 """
 from __future__ import annotations
 
