@@ -118,3 +118,11 @@ def test_reference_step_trains():
     losses = [torch_reference.reference_step(model, optimizer, batch) for _ in range(3)]
     assert all(math.isfinite(loss) for loss in losses)
     assert losses[2] < losses[1] < losses[0]
+
+
+def test_cpu_peak_follows_the_instruction_set_and_clock():
+    from xalign_jax import metrics
+    line = "cpu MHz\t\t: 2300.000\nflags\t\t: fpu sse2 avx avx2 fma {}\n"
+    assert metrics.cpu_flops_per_core(line.format("avx512f avx512_bf16")) == pytest.approx(2.3e9 * 64)
+    assert metrics.cpu_flops_per_core(line.format("")) == pytest.approx(2.3e9 * 32)
+    assert metrics.cpu_flops_per_core("flags\t: sse2\n") == pytest.approx(2.0e9 * 16)

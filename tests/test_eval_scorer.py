@@ -87,6 +87,7 @@ def test_scores_and_predictions_equal_pytorch(tiny, shared_data, task):
     computed with a right- AND with a left-padding tokenizer."""
     reference_model, model, tok, _ = tiny
     ours = scorer.Scorer(model, batch_rows=4, buckets=(64, 128, 256, 512))
+    continuation_scorer = scorer.Scorer(model, batch_rows=4, buckets=(64, 128, 256, 512), positions="continuation")
     for shots in SHOTS:
         per_item = _task_prompts(task, shots, tok, shared_data)
         flat = [p for prompts in per_item for p in prompts]
@@ -100,6 +101,9 @@ def test_scores_and_predictions_equal_pytorch(tiny, shared_data, task):
         expected = _completion_scores(reference_model, tok, flat)
         np.testing.assert_allclose(got.completion, expected, rtol=1e-5, atol=1e-3)
         _assert_same_predictions(got.completion, expected, per_item)
+        continuation_only = continuation_scorer.score(scorer.encode_prompts(tok, flat))
+        np.testing.assert_allclose(continuation_only.completion, expected, rtol=1e-5, atol=1e-3)
+        assert np.isnan(continuation_only.reference).all()
 
 
 def test_connector_is_the_eos_token(tiny):
@@ -140,3 +144,10 @@ def test_whole_task_compiles_once_per_bucket_and_reports(tiny, shared_data, tmp_
     runner.write_eval_outputs(results, {}, tmp_path)
     assert "| xcopa | zh |" in (tmp_path / "results.md").read_text()
     assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 4 * 12
+
+
+def test_continuation_positions_refuse_the_reference_rule():
+    cfg = runner.default_eval_config()
+    cfg.score_positions = "continuation"
+    with pytest.raises(ValueError, match="score_positions='continuation' computes no reference-rule score"):
+        runner.evaluate_tasks(None, None, cfg)

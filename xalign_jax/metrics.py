@@ -8,8 +8,8 @@ FLOPs formula (per training step, dense matmuls only, the convention of PaLM/Max
   * backward costs twice the forward, so training multiplies everything by 3.
 CLM rows run all ``L`` blocks plus the head; contrastive sentences run only the ``k`` blocks up to the pooled layer.
 MFU = achieved model FLOP/s / (peak FLOP/s per device x devices). The peak comes from ``PEAK_TFLOPS`` by device kind,
-or from the config when given; on CPUs it is a nominal figure (cores x 2 GHz x 32 fp32 FLOP/cycle for AVX2 FMA), so
-CPU MFU is indicative only.
+or from the config when given; on CPUs it is a nominal figure from /proc/cpuinfo (cores x clock x fp32 FLOP/cycle:
+64 with AVX-512, 32 with AVX2 FMA, 16 otherwise, i.e. two FMA units per core), so CPU MFU is indicative only.
 """
 from __future__ import annotations
 
@@ -31,7 +31,21 @@ PEAK_TFLOPS = {
     "H100": 989.0, "H200": 989.0, "A100": 312.0, "A800": 312.0, "L4": 121.0,
     "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0, "TPU v6e": 918.0,
 }
-NOMINAL_CPU_FLOPS_PER_CORE = 2.0e9 * 32
+CPU_FLOPS_PER_CYCLE = (("avx512f", 64), ("fma", 32))   # fp32, two FMA units per core; else 16 (SSE)
+DEFAULT_CPU_HZ = 2.0e9
+
+
+def cpu_flops_per_core(cpuinfo: str | None = None) -> float:
+    """Nominal fp32 peak of one core from /proc/cpuinfo (ISA flags and clock); 2 GHz x 32 where unreadable."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = pathlib.Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return DEFAULT_CPU_HZ * 32
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    per_cycle = next((n for flag, n in CPU_FLOPS_PER_CYCLE if flag in flags), 16)
+    mhz = next((float(line.split(":", 1)[1]) for line in cpuinfo.splitlines() if line.startswith("cpu MHz")), None)
+    return (mhz * 1e6 if mhz else DEFAULT_CPU_HZ) * per_cycle
 
 
 def peak_flops_per_device(override_tflops: float | None = None) -> float:
@@ -44,7 +58,7 @@ def peak_flops_per_device(override_tflops: float | None = None) -> float:
             return tflops * 1e12
     if jax.default_backend() == "cpu":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return cores * NOMINAL_CPU_FLOPS_PER_CORE / max(jax.local_device_count(), 1)
+        return cores * cpu_flops_per_core() / max(jax.local_device_count(), 1)
     log.warning("unknown device kind %r: MFU will be reported as 0; set the peak TFLOP/s in the config", kind)
     return float("inf")
 

@@ -187,11 +187,12 @@ class Trainer:
         start_step = self.step
         progress = metrics_lib.Progress(tcfg.steps, start_step)
         preemption = Preemption()
-        pending: tuple[int, dict, float, dict] | None = None
+        pending: tuple[int, dict, dict] | None = None
         window = _ThroughputWindow()
         last_scalars: dict = {}
         step = start_step
         wall_start = time.perf_counter()
+        self._clock = _LapClock()
         try:
             while step < end_step and not preemption.requested:
                 host_batch = next(self.batches)
@@ -199,17 +200,19 @@ class Trainer:
                 compile_seconds = self.step_fn.compile_seconds
                 self.state, step_metrics = self.step_fn(self.state, batch)
                 step += 1
-                window.add(host_batch, self.flops, self.config.objective,
-                           paused=self.step_fn.compile_seconds - compile_seconds)
+                window.add(host_batch, self.flops, self.config.objective)
+                window.pause(self.step_fn.compile_seconds - compile_seconds)
                 if pending is not None:   # the previous log step has finished by now: fetching it costs no stall
                     last_scalars = self._log(writer, progress, *pending)
                     pending = None
                 if step % tcfg.log_every == 0 or step == end_step:
-                    pending = (step, step_metrics, time.perf_counter(), window.take())
+                    pending = (step, step_metrics, window.take())
+                paused_from = time.perf_counter()
                 if self.evaluator is not None and tcfg.eval_every and step % tcfg.eval_every == 0:
                     self._evaluate(writer, step)
                 if step % tcfg.checkpoint_every == 0 and step < end_step:
                     self._save(step, last_scalars)
+                window.pause(time.perf_counter() - paused_from)
             if pending is not None:
                 last_scalars = self._log(writer, progress, *pending)
             self._save(step, last_scalars, force=True)
@@ -220,9 +223,9 @@ class Trainer:
         return self._summary(start_step, step, time.perf_counter() - wall_start, last_scalars,
                              preempted=preemption.requested)
 
-    def _log(self, writer, progress, step: int, device_metrics: dict, stamp: float, window: dict) -> dict:
+    def _log(self, writer, progress, step: int, device_metrics: dict, window: dict) -> dict:
         scalars = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-        seconds = max(stamp - window["start"] - window["paused"], 1e-9)   # compiles excluded
+        seconds = max(self._clock.lap() - window["paused"], 1e-9)   # device time of the window, compiles excluded
         scalars["step_time_s"] = seconds / max(window["steps"], 1)
         scalars["tokens_per_s"] = window["tokens"] / seconds
         scalars["mfu"] = window["flops"] / seconds / self.peak_flops
@@ -266,17 +269,16 @@ class Trainer:
 
 
 class _ThroughputWindow:
-    """Accumulates host-side token and FLOP counts between log steps (no device reads)."""
+    """Host-side token and FLOP counts of the steps between two log steps (no device reads), and the seconds in
+    that span that were not device work (compiles, evaluations, checkpoint saves)."""
 
     def __init__(self):
         self._reset()
 
     def _reset(self):
-        self.start, self.steps, self.tokens, self.flops, self.paused = time.perf_counter(), 0, 0, 0.0, 0.0
+        self.steps, self.tokens, self.flops, self.paused = 0, 0, 0.0, 0.0
 
-    def add(self, host_batch: dict, flops: metrics_lib.ModelFlops, ocfg: Any, paused: float = 0.0) -> None:
-        """Count one step; ``paused`` seconds (a compile) are not throughput time."""
-        self.paused += paused
+    def add(self, host_batch: dict, flops: metrics_lib.ModelFlops, ocfg: Any) -> None:
         clm_tokens = int(np.asarray(host_batch["clm_segment_ids"] > 0).sum())
         cl_tokens = int(np.asarray(host_batch["sent0_mask"]).sum() + np.asarray(host_batch["sent1_mask"]).sum())
         _, layer = _pool_layer(ocfg)
@@ -286,11 +288,26 @@ class _ThroughputWindow:
             clm_tokens=clm_tokens, clm_seq=host_batch["clm_ids"].shape[1], cl_tokens=cl_tokens,
             cl_seq=host_batch["sent0_ids"].shape[1], cl_layers=layer)
 
+    def pause(self, seconds: float) -> None:
+        self.paused += seconds
+
     def take(self) -> dict:
-        out = {"start": self.start, "steps": self.steps, "tokens": self.tokens, "flops": self.flops,
-               "paused": self.paused}
+        out = {"steps": self.steps, "tokens": self.tokens, "flops": self.flops, "paused": self.paused}
         self._reset()
         return out
+
+
+class _LapClock:
+    """Seconds between consecutive metric fetches. A log step's metrics arrive when that step has RUN, so laps
+    measure device time; timing dispatches instead would measure only the asynchronous enqueue."""
+
+    def __init__(self):
+        self._last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        seconds, self._last = now - self._last, now
+        return seconds
 
 
 def _pool_layer(ocfg: Any) -> tuple[str, int]:

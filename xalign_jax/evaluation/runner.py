@@ -36,6 +36,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
         "shots": (0, 5),
         "seeds": (0,),
         "scoring": "reference",        # one of SCORING_MODES; every mode is computed and reported in "details"
+        "score_positions": "all",      # "continuation": completion modes only, logits at continuation tokens only
         "prompt_language": "en",       # "en": English template + demos for every language (reference); "same"
         "per_item_demos": False,       # True: a separate demo sample per item (seeded by seed and item key)
         "templates": {"xnli": "xglm", "pawsx": "f3", "xcopa": "reference", "xstorycloze": "reference",
@@ -102,6 +103,7 @@ def _run_one(scorer: Scorer, tokenizer, cfg, task: str, language: str, items, po
               "rows": len(prompts), "template": f"{template.task}/{template.name}/{template.language}",
               "prompt_language": prompt_language, "connector": connector, "accuracy": {}}
     predictions = {}
+    by_mode = {mode: values for mode, values in by_mode.items() if not np.isnan(values).any()}
     for mode, values in by_mode.items():
         predictions[mode] = np.array([int(np.argmax(values[owners == i])) for i in range(len(items))])
         detail["accuracy"][mode] = float(np.mean(predictions[mode] == gold))
@@ -120,11 +122,14 @@ def evaluate_tasks(model: Any, tokenizer: Any, eval_cfg: ml_collections.ConfigDi
         raise ValueError(f"split {split!r}: expected one of {sorted(SPLITS)}")
     if eval_cfg.scoring not in SCORING_MODES:
         raise ValueError(f"scoring {eval_cfg.scoring!r}: expected one of {SCORING_MODES}")
+    if eval_cfg.score_positions == "continuation" and eval_cfg.scoring == "reference":
+        raise ValueError("config eval.score_positions='continuation' computes no reference-rule score: "
+                         "set eval.scoring to a completion mode, or score_positions='all'")
     data_dir = pathlib.Path(eval_cfg.data_dir or tasks.default_data_dir())
     limit = eval_cfg.max_items if split == "test" else eval_cfg.dev_max_items
     scorer = Scorer(model, batch_rows=eval_cfg.batch_rows, buckets=eval_cfg.buckets, mesh=mesh,
                     logits_budget_bytes=int(eval_cfg.logits_budget_mb) << 20,
-                    pad_id=tokenizer.pad_token_id or 0)
+                    pad_id=tokenizer.pad_token_id or 0, positions=eval_cfg.score_positions)
     compiles_before, started, details = compile_count(), time.perf_counter(), []
     for task in eval_cfg.tasks:
         for language in _languages(task, eval_cfg.languages, data_dir):

@@ -22,6 +22,9 @@ send only their later positions through the vocabulary projection (the dominant 
 The sum is the same quantity as the plain computation (equal up to float summation order). The forward pass still
 re-reads the prefix in every row: skipping it needs a KV-cache entry point in the model.
 Identical rows (e.g. the reference XNLI template's identical candidates) are scored once.
+
+``positions="continuation"`` serves the completion rules alone: each row sends only its continuation positions
+through the vocabulary projection (often a third of the row), and the reference score is NaN (not computed).
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 
 BATCH_AXES = ("data", "fsdp")
 DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048)
+SCORE_POSITIONS = ("all", "continuation")   # what reaches the vocabulary: every token, or continuations only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +160,11 @@ class Scorer:
     """Scores ``EncodedRow``s with a fixed model graph; ``params`` can be swapped per call (trainer evaluation)."""
 
     def __init__(self, model: Any, *, batch_rows: int = 8, buckets: Sequence[int] = DEFAULT_BUCKETS,
-                 mesh: jax.sharding.Mesh | None = None, logits_budget_bytes: int = 1 << 28, pad_id: int = 0):
+                 mesh: jax.sharding.Mesh | None = None, logits_budget_bytes: int = 1 << 28, pad_id: int = 0,
+                 positions: str = "all"):
+        if positions not in SCORE_POSITIONS:
+            raise ValueError(f"positions {positions!r}: expected one of {SCORE_POSITIONS}")
+        self.continuation_only = positions == "continuation"
         self.graphdef, self.params = nnx.split(model, nnx.Param)
         self.vocab = _vocab_size(self.graphdef, self.params)
         self.batch_rows, self.buckets, self.mesh = batch_rows, tuple(buckets), mesh
@@ -177,9 +185,13 @@ class Scorer:
         projection and adds that prefix score. Identical rows are computed once.
         """
         params = self.params if params is None else params
-        prefix = shared_prefix_length(rows)
-        first = prefix if prefix >= 2 else 1
-        jobs = [(r.ids, first, r.start) for r in rows] + ([(rows[0].ids[:prefix], 1, prefix)] if first > 1 else [])
+        if self.continuation_only:
+            prefix, first = 0, 1
+            jobs = [(r.ids, max(r.start, 1), r.start) for r in rows]
+        else:
+            prefix = shared_prefix_length(rows)
+            first = prefix if prefix >= 2 else 1
+            jobs = [(r.ids, first, r.start) for r in rows] + ([(rows[0].ids[:prefix], 1, prefix)] if first > 1 else [])
         unique = list(dict.fromkeys(jobs))
         batches = self._batches(unique)
         outputs = [self._run(params, *batch[:5]) for batch in batches]   # dispatched asynchronously
@@ -190,6 +202,8 @@ class Scorer:
         index = {job: i for i, job in enumerate(unique)}
         order = np.array([index[job] for job in jobs[:len(rows)]], dtype=np.int64)
         prefix_score = reference[index[jobs[-1]]] if first > 1 else 0.0
+        if self.continuation_only:
+            reference[:] = np.nan
         return RowScores(reference[order] + prefix_score, completion[order],
                          np.array([len(r.ids) - r.start for r in rows]), np.array([r.continuation_chars for r in rows]))
 
