@@ -12,6 +12,8 @@ from xalign_jax import config_validation
 CASES = [
     ("demo.py", None, (1, 8)),
     ("gemma3.py", "270m", (1, 2)),
+    ("gemma3.py", "270m-sweep", (1, 2)),
+    ("gemma3.py", "270m-long", (1, 2)),
     ("gemma3.py", "270m-full", (1, 8)),
     ("bloom.py", "560m", (1, 8)),
     ("bloom.py", "7b1", (16, 32)),

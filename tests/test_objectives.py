@@ -145,6 +145,27 @@ def test_clm_loss_matches_full_logits_cross_entropy(chunk_size):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
 
 
+def test_supervised_gather_gives_the_full_loss_and_gradients():
+    """K = the most supervised positions of any row: same loss and gradients as every position; K one smaller:
+    the gather reports the positions it could not score (the packer's cap exists to keep that at zero)."""
+    hidden, head, targets, weights = _clm_problem()
+    cap = int(np.asarray(weights).sum(axis=1).max())
+
+    def loss(h, w, positions):
+        return objectives.clm_loss(h, targets, weights, lambda x: x @ w, chunk_size=3, supervised_positions=positions)
+
+    (got, got_count), (want, want_count) = loss(hidden, head, cap), loss(hidden, head, 0)
+    assert float(got_count) == float(want_count)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    got_grads = jax.grad(lambda h, w: loss(h, w, cap)[0], argnums=(0, 1))(hidden, head)
+    want_grads = jax.grad(lambda h, w: loss(h, w, 0)[0], argnums=(0, 1))(hidden, head)
+    for g, w in zip(got_grads, want_grads):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
+    assert int(objectives.gather_supervised(hidden, targets, weights, cap)[3]) == 0
+    over = int(np.maximum(np.asarray(weights).sum(axis=1) - (cap - 1), 0).sum())
+    assert over > 0 and int(objectives.gather_supervised(hidden, targets, weights, cap - 1)[3]) == over
+
+
 def test_clm_loss_ignores_weight_zero_positions_even_with_invalid_targets():
     hidden, head, targets, weights = _clm_problem()
     poisoned = jnp.where(weights > 0, targets, -100)     # ids outside the vocabulary where nothing is supervised

@@ -44,6 +44,21 @@ def test_segment_packing_carries_what_does_not_fit():
     assert plan == [[(0, 0, 3), (2, 0, 2)]] and left == [[1, 0]]
 
 
+def test_segment_packing_respects_a_supervised_cap_per_row():
+    """Supervised counts 2, 2, 2 (labels[1:]); cap 3 per row: one example per row, the third waits."""
+    ids, labels = hand_examples()
+    counts = [int(x[1:].sum()) for x in labels]
+    assert counts == [2, 2, 1]
+    plan, left = packing.plan_segments([[0, 0], [1, 0], [2, 0]], [3, 4, 2], rows=2, seq_len=9, supervised=counts,
+                                       supervised_cap=3)
+    assert plan == [[(0, 0, 3), (2, 0, 2)], [(1, 0, 4)]] and left == []
+    plan, left = packing.plan_segments([[0, 0], [1, 0], [2, 0]], [3, 4, 2], rows=1, seq_len=9, supervised=counts,
+                                       supervised_cap=3)
+    assert plan == [[(0, 0, 3), (2, 0, 2)]] and left == [[1, 0]]       # tokens would fit; supervision would not
+    rows = packing.fill_rows(plan, ids, labels, seq_len=9, pad_id=PAD, one_segment_per_row=False)
+    assert rows["clm_weights"].sum(axis=1).max() <= 3
+
+
 def test_reference_stream_packing_by_hand():
     """One stream, one segment per row, positions across examples, the tail carried (the reference drops it)."""
     ids, labels = hand_examples()
@@ -131,6 +146,27 @@ def test_every_clm_example_is_packed_whole_exactly_once(corpus):
             want[tuple(example.clm_ids)] += 1
     assert seen == want
     assert sum(seen.values()) + len(waiting) == sum(corpus.examples[i].clm_ids is not None for i in drawn)
+
+
+def test_supervised_cap_holds_on_every_row_and_nothing_is_lost(corpus):
+    """Real Alpaca examples under a tight cap: no row ever exceeds it, and every packed example keeps all of its
+    supervised positions (the per-example weight sums match the tokenizer's labels)."""
+    data, train = cfgs(batch_size=8, clm_rows=8)
+    cap = max(int(e.clm_labels[1:].sum()) for e in corpus.examples if e.clm_labels is not None)
+    data.supervised_per_row = cap
+    iterator = pipeline.make_batches(corpus, data, train, seed=0)
+    supervised = {tuple(e.clm_ids): int(e.clm_labels[1:].sum()) for e in corpus.examples if e.clm_ids is not None}
+    for batch in take(iterator, 20):
+        assert batch["clm_weights"].sum(axis=1).max() <= cap
+        for (row, segment), ids in placed_spans(batch).items():
+            in_segment = batch["clm_segment_ids"][row] == segment
+            assert batch["clm_weights"][row][in_segment].sum() == supervised[tuple(ids)]
+    data.supervised_per_row = cap - 1
+    with pytest.raises(ValueError, match=f"data.supervised_per_row: {cap - 1} is below the {cap} supervised"):
+        pipeline.make_batches(corpus, data, train, seed=0)
+    data.supervised_per_row, data.packing = cap, "reference"
+    with pytest.raises(ValueError, match="needs data.packing='segments'"):
+        pipeline.make_batches(corpus, data, train, seed=0)
 
 
 def test_reference_mode_streams_every_token_once(corpus):

@@ -137,3 +137,15 @@ def test_gradient_accumulation_keeps_the_exact_token_mean(tokenizer_dir, shared_
     reference = _first_losses(configs[0], tmp_path / "a", 1)
     ours = _first_losses(configs[1], tmp_path / "b", 1)
     np.testing.assert_allclose(ours[0]["train/clm_loss"], reference[0]["train/clm_loss"], rtol=2e-5)
+
+
+def test_supervised_only_cross_entropy_gives_the_same_steps(tokenizer_dir, shared_data, tmp_path):
+    """data.supervised_per_row = seq_len (a cap that never binds, so the packing is identical): gathering the
+    supervised positions before the LM head changes no loss, and every supervised token was scored."""
+    gathered = tiny_train_config(tokenizer_dir, shared_data, checkpoint_every=100)
+    gathered.data.supervised_per_row = gathered.data.seq_len
+    reference = _first_losses(tiny_train_config(tokenizer_dir, shared_data, checkpoint_every=100), tmp_path / "a")
+    for ours, theirs in zip(_first_losses(gathered, tmp_path / "b"), reference, strict=True):
+        assert ours["train/clm_unscored"] == 0
+        for key in ("train/loss", "train/clm_loss", "train/grad_norm"):
+            np.testing.assert_allclose(ours[key], theirs[key], rtol=2e-5, err_msg=key)

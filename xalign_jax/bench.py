@@ -20,8 +20,8 @@ Figures:
     both sentence masks), the trainer's own count; both parts are reported. tokens/s = mean tokens/step / median
     step time.
   * MFU = mean ``ModelFlops.train_step_flops`` over the timed steps / median step time / (peak FLOP/s per device x
-    devices). ``train_step_flops`` = 3 x (CLM tokens x forward FLOPs of all L blocks + head, plus contrastive tokens
-    x forward FLOPs of the k blocks up to the pooled layer): see ``metrics.py``. The peak is
+    devices). ``train_step_flops`` = 3 x (CLM tokens x forward FLOPs of all L blocks, supervised CLM tokens x head,
+    plus contrastive tokens x forward FLOPs of the k blocks up to the pooled layer): see ``metrics.py``. The peak is
     ``train.peak_tflops`` when set, else the device table (nominal on CPUs, so CPU MFU is indicative only).
   * memory: ``compiled.memory_analysis()`` of the step (argument/output/temp/alias bytes) and the process's peak
     RSS (``resource.getrusage``) after the JAX part, before torch runs.

@@ -42,6 +42,8 @@ def data_config() -> ml_collections.ConfigDict:
         "packing": "segments",      # segments (no cross-example attention) | reference (no barrier, AFP_SPEC §1.3)
         "prompt_masking": "offsets",  # offsets (character offsets) | reference (token-prefix heuristic)
         "append_eos": True,         # EOS after every CLM example, supervised (the model learns to stop)
+        "supervised_per_row": 0,    # >0: at most this many supervised positions per CLM row, and the CE projects
+                                    # only those onto the vocabulary (segments packing; 0 = every position)
     })
 
 

@@ -4,7 +4,8 @@ FLOPs formula (per training step, dense matmuls only, the convention of PaLM/Max
   * a token through ``n`` transformer blocks costs ``2 * P_blocks(n)`` FLOPs forward, where ``P_blocks(n)`` is the
     number of matmul parameters in those blocks, plus ``4 * n * T * d_attn`` for attention scores and values
     (``T`` the sequence length attended over, ``d_attn = heads * head_dim``; causal masking is not discounted);
-  * the LM head adds ``2 * d * V`` per CLM token; embedding lookups are free;
+  * the LM head adds ``2 * d * V`` per SUPERVISED CLM token (only those carry loss; projecting the prompt tokens
+    too is work the model does not need, so it does not count as model FLOPs); embedding lookups are free;
   * backward costs twice the forward, so training multiplies everything by 3.
 CLM rows run all ``L`` blocks plus the head; contrastive sentences run only the ``k`` blocks up to the pooled layer.
 MFU = achieved model FLOP/s / (peak FLOP/s per device x devices). The peak comes from ``PEAK_TFLOPS`` by device kind,
@@ -83,9 +84,12 @@ class ModelFlops:
         n = self.num_layers if layers is None else layers
         return n * (2 * self.block_params + 4 * seq_len * self.attn_dim) + (self.head_flops if with_head else 0)
 
-    def train_step_flops(self, *, clm_tokens: int, clm_seq: int, cl_tokens: int, cl_seq: int, cl_layers: int) -> float:
-        """Training FLOPs (3x forward) of one AFP step: CLM rows through the full model, CL sentences through k blocks."""
-        clm = clm_tokens * self.forward_per_token(clm_seq)
+    def train_step_flops(self, *, clm_tokens: int, clm_seq: int, cl_tokens: int, cl_seq: int, cl_layers: int,
+                         head_tokens: int | None = None) -> float:
+        """Training FLOPs (3x forward) of one AFP step: CLM rows through the full model, CL sentences through k blocks.
+        ``head_tokens``: the CLM tokens that need the LM head (the supervised ones; default all CLM tokens)."""
+        head_tokens = clm_tokens if head_tokens is None else head_tokens
+        clm = clm_tokens * self.forward_per_token(clm_seq, with_head=False) + head_tokens * self.head_flops
         cl = cl_tokens * self.forward_per_token(cl_seq, layers=cl_layers, with_head=False)
         return 3.0 * (clm + cl)
 

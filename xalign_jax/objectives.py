@@ -106,15 +106,37 @@ def _to_chunks(x: jax.Array, chunk: int, num_chunks: int) -> jax.Array:
     return jnp.moveaxis(x, 1, 0)
 
 
+def gather_supervised(hidden: jax.Array, targets: jax.Array, weights: jax.Array,
+                      positions: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The first ``positions`` supervised positions of every row, in order: ([R, K, D], [R, K], [R, K] weights,
+    number of supervised positions that did NOT fit, which the packer's per-row cap keeps at zero)."""
+    supervised = weights > 0
+    order = jnp.argsort(~supervised, axis=1, stable=True)[:, :positions]     # supervised first, in position order
+    picked_weights = jnp.take_along_axis(weights, order, axis=1)
+    picked = (jnp.take_along_axis(hidden, order[..., None], axis=1), jnp.take_along_axis(targets, order, axis=1),
+              picked_weights)
+    unscored = jnp.sum(supervised) - jnp.sum(picked_weights > 0)
+    return *picked, unscored
+
+
 def clm_loss(hidden: jax.Array, targets: jax.Array, weights: jax.Array,
-             logits_fn: Callable[[jax.Array], jax.Array], *, chunk_size: int) -> tuple[jax.Array, jax.Array]:
+             logits_fn: Callable[[jax.Array], jax.Array], *, chunk_size: int,
+             supervised_positions: int = 0) -> tuple[jax.Array, jax.Array]:
     """(sum of weighted token NLL, sum of weights) of next-token prediction, in sequence chunks.
 
     ``targets[r, t]`` is the token to predict AT position t (already shifted by the packer) and ``weights`` are 0/1.
     Returning the sum and the count lets the caller take the exact token mean over the global batch and over
     gradient-accumulation micro-batches. Each chunk's body is rematerialised (``jax.checkpoint``), so backward saves
     only the [R, C, D] hidden chunks and recomputes one chunk's [R, C, V] logits at a time.
+
+    ``supervised_positions=K`` first gathers each row's supervised positions into [R, K] (the packer guarantees at
+    most K per row): only those reach the vocabulary projection, which dominates the step with 250k+ vocabularies.
+    The count returned is always the sum of ALL weights, so a position that did not fit would lower the loss
+    visibly rather than vanish; ``gather_supervised`` reports that number for the metrics.
     """
+    count = jnp.sum(weights.astype(jnp.float32))
+    if supervised_positions:
+        hidden, targets, weights, _ = gather_supervised(hidden, targets, weights, supervised_positions)
     length = hidden.shape[1]
     chunk = max(1, min(int(chunk_size), length))
     num_chunks = -(-length // chunk)
@@ -126,4 +148,4 @@ def clm_loss(hidden: jax.Array, targets: jax.Array, weights: jax.Array,
         return total + chunk_loss(*chunk_inputs), None
 
     loss_sum, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), xs)
-    return loss_sum, jnp.sum(weights.astype(jnp.float32))
+    return loss_sum, count

@@ -22,12 +22,14 @@ def _evaluate(model, tokenizer, config: Any, out_dir: pathlib.Path, *, params=No
 
 
 def run_train(config: Any, workdir: pathlib.Path) -> dict:
-    """AFP training, with the optional before/after evaluation of the same model on the test splits."""
+    """AFP training, with the optional before/after evaluation of the same model (test splits, or the dev splits
+    when ``eval.final_split`` says so: hyper-parameter sweeps must never look at test)."""
     from xalign_jax.train import Trainer
     trainer = Trainer(config, workdir, evaluator=_dev_evaluator(config))
     before = None
     if config.eval.before_training and trainer.step == 0:
-        before = _evaluate(trainer.model, trainer.tokenizer, config, workdir / "eval_before")
+        before = _evaluate(trainer.model, trainer.tokenizer, config, workdir / "eval_before",
+                           split=config.eval.final_split)
     summary = trainer.run()
     try:
         _after_training(trainer, config, workdir, before, summary)
@@ -39,7 +41,8 @@ def run_train(config: Any, workdir: pathlib.Path) -> dict:
 def _after_training(trainer, config: Any, workdir: pathlib.Path, before: dict | None, summary: dict) -> None:
     if config.eval.after_training and not summary["preempted"]:
         best = trainer.best_params()
-        after = _evaluate(trainer.model, trainer.tokenizer, config, workdir / "eval_after", params=best)
+        after = _evaluate(trainer.model, trainer.tokenizer, config, workdir / "eval_after", params=best,
+                          split=config.eval.final_split)
         if before is None and (workdir / "eval_before" / "results.json").exists():
             before = _load_eval(workdir / "eval_before")
         if before is not None and jax.process_index() == 0:

@@ -143,7 +143,7 @@ class Trainer:
         self.state_shardings = jax.tree.map(lambda x: x.sharding, self.state)
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         step_fn = train_step.make_train_step(self.graphdef, tx, self.schedule, config.objective,
-                                             config.train.micro_batches)
+                                             config.train.micro_batches, config.data.supervised_per_row)
         self.step_fn = CompiledSteps(step_fn, self.state_shardings, self.batch_sharding)
         self.flops = metrics_lib.ModelFlops.from_config(self.model.config)
         self.peak_flops = metrics_lib.peak_flops_per_device(config.train.peak_tflops) * jax.device_count()
@@ -225,6 +225,9 @@ class Trainer:
 
     def _log(self, writer, progress, step: int, device_metrics: dict, window: dict) -> dict:
         scalars = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+        if scalars.get("clm_unscored", 0):
+            raise RuntimeError(f"step {step}: {scalars['clm_unscored']:.0f} supervised CLM tokens exceeded "
+                               "data.supervised_per_row and were not scored (the packer's cap should prevent this)")
         seconds = max(self._clock.lap() - window["paused"], 1e-9)   # device time of the window, compiles excluded
         scalars["step_time_s"] = seconds / max(window["steps"], 1)
         scalars["tokens_per_s"] = window["tokens"] / seconds
@@ -286,7 +289,8 @@ class _ThroughputWindow:
         self.tokens += clm_tokens + cl_tokens
         self.flops += flops.train_step_flops(
             clm_tokens=clm_tokens, clm_seq=host_batch["clm_ids"].shape[1], cl_tokens=cl_tokens,
-            cl_seq=host_batch["sent0_ids"].shape[1], cl_layers=layer)
+            cl_seq=host_batch["sent0_ids"].shape[1], cl_layers=layer,
+            head_tokens=int(np.asarray(host_batch["clm_weights"] > 0).sum()))
 
     def pause(self, seconds: float) -> None:
         self.paused += seconds

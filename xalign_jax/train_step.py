@@ -70,7 +70,8 @@ def _split_micro(batch: Batch, num_micro: int) -> Batch:
     return {k: v.reshape((num_micro, v.shape[0] // num_micro) + v.shape[1:]) for k, v in batch.items()}
 
 
-def afp_losses(model: nnx.Module, batch: Batch, rng: jax.Array, ocfg: Any) -> tuple[jax.Array, jax.Array, dict]:
+def afp_losses(model: nnx.Module, batch: Batch, rng: jax.Array, ocfg: Any,
+               supervised_per_row: int = 0) -> tuple[jax.Array, jax.Array, dict]:
     """(contrastive loss, CLM token-loss SUM, aux metrics) for one micro-batch."""
     method, layer = objectives.parse_pooler(ocfg.pooler)
     cl_rng, clm_rng = jax.random.split(rng)
@@ -83,18 +84,24 @@ def afp_losses(model: nnx.Module, batch: Batch, rng: jax.Array, ocfg: Any) -> tu
     out = model(batch["clm_ids"], (batch["clm_segment_ids"] > 0).astype(jnp.int32),
                 positions=batch["clm_positions"], segment_ids=batch["clm_segment_ids"],
                 compute_logits=False, dropout_rng=clm_rng)
-    clm_sum, clm_count = objectives.clm_loss(out.last_hidden_state, batch["clm_targets"], batch["clm_weights"],
-                                             model.logits, chunk_size=ocfg.clm_chunk_size)
-    return cl_loss, clm_sum, {**cl_metrics, "clm_tokens": clm_count}
+    hidden, targets, weights = out.last_hidden_state, batch["clm_targets"], batch["clm_weights"]
+    clm_sum, clm_count = objectives.clm_loss(hidden, targets, weights, model.logits, chunk_size=ocfg.clm_chunk_size,
+                                             supervised_positions=supervised_per_row)
+    aux = {**cl_metrics, "clm_tokens": clm_count}
+    if supervised_per_row:
+        aux["clm_unscored"] = objectives.gather_supervised(hidden, targets, weights, supervised_per_row)[3]
+    return cl_loss, clm_sum, aux
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    ocfg: Any, num_micro: int) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-    """Build the pure step function; ``ocfg`` is the objective config, ``num_micro`` the accumulation count."""
+                    ocfg: Any, num_micro: int,
+                    supervised_per_row: int = 0) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """Build the pure step function; ``ocfg`` is the objective config, ``num_micro`` the accumulation count,
+    ``supervised_per_row`` the packer's cap (``data.supervised_per_row``; 0 = the CE sees every position)."""
 
     def micro_loss(params, micro_batch, rng, total_tokens):
         model = nnx.merge(graphdef, params)
-        cl_loss, clm_sum, aux = afp_losses(model, micro_batch, rng, ocfg)
+        cl_loss, clm_sum, aux = afp_losses(model, micro_batch, rng, ocfg, supervised_per_row)
         loss = ocfg.cl_weight * cl_loss / num_micro + ocfg.clm_weight * clm_sum / total_tokens
         return loss, {"cl_loss": cl_loss / num_micro, "clm_loss": clm_sum / total_tokens, **aux}
 
@@ -127,6 +134,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
             "cl_accuracy": sums["accuracy"] / num_micro, "cl_positive_cosine": sums["positive_cosine"] / num_micro,
             "clm_tokens": sums["clm_tokens"], "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state["step"]),
+            **({"clm_unscored": sums["clm_unscored"]} if supervised_per_row else {}),
         }
         new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1, "rng": rng}
         return new_state, metrics

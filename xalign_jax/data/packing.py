@@ -6,7 +6,9 @@ its own rows. A plan row is a list of ``(example, start, stop)`` token spans.
 Two modes (``data.packing``):
   * ``segments`` (default): whole examples placed first-fit in queue order; each example is its own segment (ids
     1..n per row, 0 = padding), positions restart at 0, attention never crosses segments, and the last token of a
-    segment predicts nothing. Examples that fit no row this step stay in the queue for the next one.
+    segment predicts nothing. Examples that fit no row this step stay in the queue for the next one. With a
+    ``supervised_cap`` a row also takes at most that many supervised (loss-carrying) positions, so that the loss
+    can gather them into a static [rows, cap] buffer and project only those onto the vocabulary.
   * ``reference``: AFP_SPEC §1.3/§7.8, the reference's ``group_texts``: the queue is one token stream cut into rows;
     one segment per row, positions run across examples, an example may continue in the next row. Unlike the
     reference, the remainder that does not fill a row is not dropped: it carries over to the next step (the last
@@ -24,19 +26,25 @@ Span = tuple[int, int, int]          # (example index, first token, one past the
 Pending = list[list[int]]            # the carry queue: [example index, first token not yet packed]
 
 
-def plan_segments(queue: Pending, lengths: Sequence[int], rows: int, seq_len: int) -> tuple[list[list[Span]], Pending]:
-    """First-fit in queue order: each whole example goes to the first row with room; the rest stays queued."""
+def plan_segments(queue: Pending, lengths: Sequence[int], rows: int, seq_len: int, *,
+                  supervised: Sequence[int] | None = None,
+                  supervised_cap: int = 0) -> tuple[list[list[Span]], Pending]:
+    """First-fit in queue order: each whole example goes to the first row with room (tokens, and supervised
+    positions when ``supervised_cap`` is set; ``supervised[e]`` is example e's count); the rest stays queued."""
     plan: list[list[Span]] = [[] for _ in range(rows)]
     room = [seq_len] * rows
+    supervised_room = [supervised_cap if supervised_cap else seq_len] * rows
     left: Pending = []
     for example, start in queue:
         size = lengths[example] - start
-        row = next((r for r in range(rows) if room[r] >= size), None)
+        weight = supervised[example] if supervised_cap else 0
+        row = next((r for r in range(rows) if room[r] >= size and supervised_room[r] >= weight), None)
         if row is None:
             left.append([example, start])
             continue
         plan[row].append((example, start, lengths[example]))
         room[row] -= size
+        supervised_room[row] -= weight
     return plan, left
 
 
@@ -54,9 +62,6 @@ def plan_stream(queue: Pending, lengths: Sequence[int], rows: int, seq_len: int)
             if room == 0:
                 row, room = row + 1, seq_len
     return plan, []
-
-
-PLANNERS = {"segments": plan_segments, "reference": plan_stream}
 
 
 def fill_rows(plan: Sequence[Sequence[Span]], ids: Sequence[np.ndarray], labels: Sequence[np.ndarray], *,

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from xalign_jax.data import packing
+from xalign_jax.sharding import batch_sharding
 from xalign_jax.data.tokenize import TokenizedCorpus
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,21 @@ def _check_divisible(batch_size: int, clm_rows: int, process_count: int, micro_b
         if value % shards:
             raise ValueError(f"config {key}: {value} is not divisible by process_count * train.micro_batches = "
                              f"{process_count} * {micro_batches}")
+
+
+def _check_supervised_cap(corpus: TokenizedCorpus, batch_size: int, clm_rows: int, cap: int, mode: str) -> None:
+    """Refuse a per-row supervised cap that some example alone exceeds or that cannot keep up on average."""
+    if mode != "segments":
+        raise ValueError(f"config data.supervised_per_row: {cap} needs data.packing='segments' (got {mode!r}); "
+                         "set it to 0 for reference packing")
+    counts = [int(e.clm_labels[1:].sum()) for e in corpus.examples if e.clm_labels is not None]
+    if max(counts) > cap:
+        raise ValueError(f"config data.supervised_per_row: {cap} is below the {max(counts)} supervised tokens of "
+                         "one example (it could never be packed); raise it or shorten data.seq_len")
+    demand = sum(counts) / len(corpus) * batch_size
+    if demand > clm_rows * cap:
+        raise ValueError(f"config data.supervised_per_row: {clm_rows} rows x {cap} supervised positions cannot "
+                         f"absorb the {demand:.0f} supervised tokens {batch_size} records bring per step on average")
 
 
 def _check_capacity(corpus: TokenizedCorpus, batch_size: int, clm_rows: int, seq_len: int) -> None:
@@ -85,12 +101,16 @@ class BatchIterator:
             raise ValueError(f"config data.packing: {self.mode!r} is not one of {packing.PACKING_MODES}")
         _check_divisible(self.batch_size, self.rows, process_count, int(train_cfg.micro_batches))
         _check_capacity(corpus, self.batch_size, self.rows, self.seq_len)
+        self.supervised_cap = int(data_cfg.supervised_per_row)
+        if self.supervised_cap:
+            _check_supervised_cap(corpus, self.batch_size, self.rows, self.supervised_cap, self.mode)
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} is outside 0..{process_count - 1}")
         self.seed, self.process_index, self.process_count = int(seed), process_index, process_count
         self._clm_ids = [e.clm_ids for e in corpus.examples]
         self._clm_labels = [e.clm_labels for e in corpus.examples]
         self._clm_lengths = [0 if ids is None else len(ids) for ids in self._clm_ids]
+        self._clm_supervised = [0 if labels is None else int(labels[1:].sum()) for labels in self._clm_labels]
         self._sent_lengths = [max(len(e.sent0_ids), len(e.sent1_ids)) for e in corpus.examples]
         self._permutations: dict[int, np.ndarray] = {}
         self._state = {"epoch": 0, "cursor": 0, "step": 0, "queue": [], "tokens_seen": 0, "carried": 0}
@@ -101,7 +121,8 @@ class BatchIterator:
     # ------------------------------------------------------------------------------------------------ state
     def _fingerprint(self) -> dict:
         return {"version": STATE_VERSION, "records": len(self.corpus), "seed": self.seed,
-                "batch_size": self.batch_size, "clm_rows": self.rows, "seq_len": self.seq_len, "packing": self.mode}
+                "batch_size": self.batch_size, "clm_rows": self.rows, "seq_len": self.seq_len, "packing": self.mode,
+                "supervised_per_row": self.supervised_cap}
 
     def get_state(self) -> dict:
         """JSON-serialisable position: identical on every process (the global plan), so any process may save it."""
@@ -158,7 +179,7 @@ class BatchIterator:
     def __next__(self) -> dict[str, np.ndarray]:
         records = self._draw_records()
         queue = self._state["queue"] + [[i, 0] for i in records if self._clm_lengths[i]]
-        plan, left = packing.PLANNERS[self.mode](queue, self._clm_lengths, self.rows, self.seq_len)
+        plan, left = self._plan(queue)
         length = pick_bucket(max(self._sent_lengths[i] for i in records), self.buckets)
         batch = self._contrastive(records[self._local(self.batch_size)], length)
         batch.update(packing.fill_rows(plan[self._local(self.rows)], self._clm_ids, self._clm_labels,
@@ -166,6 +187,12 @@ class BatchIterator:
                                        one_segment_per_row=self.mode == "reference"))
         self._advance(records, plan, left)
         return batch
+
+    def _plan(self, queue: packing.Pending) -> tuple[list[list[packing.Span]], packing.Pending]:
+        if self.mode == "segments":
+            return packing.plan_segments(queue, self._clm_lengths, self.rows, self.seq_len,
+                                         supervised=self._clm_supervised, supervised_cap=self.supervised_cap)
+        return packing.plan_stream(queue, self._clm_lengths, self.rows, self.seq_len)
 
     def _contrastive(self, records: list[int], length: int) -> dict[str, np.ndarray]:
         batch = {}
@@ -193,15 +220,7 @@ def make_batches(corpus: TokenizedCorpus, data_cfg: Any, train_cfg: Any, *, seed
                          process_count=process_count)
 
 
-def _batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
-    try:
-        from xalign_jax.sharding import batch_sharding
-    except ImportError:
-        return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
-    return batch_sharding(mesh)
-
-
 def to_global(host_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
     """Each process's local slice -> global arrays sharded over ('data', 'fsdp') along the batch axis."""
-    sharding = _batch_sharding(mesh)
+    sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in host_batch.items()}

@@ -42,6 +42,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
         "templates": {"xnli": "xglm", "pawsx": "f3", "xcopa": "reference", "xstorycloze": "reference",
                       "xwinograd": "reference"},
         "max_items": 0,                # per (task, language) on the test split; 0 = all
+        "final_split": "test",         # before/after-training evaluation split; "dev" for hyper-parameter sweeps
         "dev_max_items": 200,          # per (task, language) on the dev split (in-training selection)
         "data_dir": "",                # "" = <repo>/../shared/data
         "tfds_data_dir": "",           # set: read items from TFDS array_record datasets (tfds_source) there
