@@ -113,3 +113,22 @@ def test_evaluate_alignment_end_to_end(tiny, shared_data, tmp_path):  # noqa: F8
     assert set(result["projection"]["flores/avg-1"]) == {"en", "zh", "sw"}
     runner.write_eval_outputs({"details": [], "avg_zero": 0.0, "avg_all": 0.0}, result, tmp_path)
     assert (tmp_path / "pca_flores_avg-1.png").stat().st_size > 1000
+
+
+def test_headline_means_gaps_and_goals_by_hand():
+    table = {"xnli_en_s0_i0": {"before": 0.50, "after": 0.50}, "xnli_sw_s0_i0": {"before": 0.40, "after": 0.44},
+             "pawsx_en_s0_i0": {"before": 0.60, "after": 0.60}, "xnli_en_s5_i0": {"before": 0.1, "after": 0.9},
+             "flores/sw/avg-6/raw/retrieval_x2en": {"before": 0.10, "after": 0.40},
+             "flores/sw/avg-6/raw/retrieval_en2x": {"before": 0.20, "after": 0.30},
+             "flores/sw/avg-6/centred/retrieval_x2en": {"before": 0.0, "after": 1.0}}
+    for row in table.values():
+        row["delta"] = row["after"] - row["before"]
+    summary = compare.headline(table)
+    assert summary["languages"]["en"]["before"] == pytest.approx(55.0)          # 5-shot key ignored
+    sw = summary["languages"]["sw"]
+    assert sw["delta"] == pytest.approx(4.0)
+    assert sw["gap_to_en_before"] == pytest.approx(-10.0) and sw["gap_to_en_after"] == pytest.approx(-6.0)
+    assert summary["retrieval"]["flores/sw/avg-6"]["delta"] == pytest.approx(20.0)   # raw only, both directions
+    assert summary["goals"] == {"retrieval_up_20_points": True, "non_english_zero_shot_up_1_point": True,
+                                "english_not_down_more_than_0.5": True}
+    assert "| sw | 40.0 | 44.0 | +4.0 | -10.0 | -6.0 |" in compare.headline_markdown(summary)

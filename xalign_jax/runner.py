@@ -48,6 +48,8 @@ def _after_training(trainer, config: Any, workdir: pathlib.Path, before: dict | 
         if before is not None and jax.process_index() == 0:
             from xalign_jax.evaluation import compare
             summary["comparison"] = compare.write_before_after(before, after, workdir / "before_after.md")
+            log.info("before vs after (%s splits; every metric in %s):\n%s", config.eval.final_split,
+                     workdir / "before_after.md", "\n".join(compare.headline_markdown(summary["comparison"]["headline"])))
 
 
 def _dev_evaluator(config: Any) -> Callable | None:
