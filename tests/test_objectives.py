@@ -161,9 +161,11 @@ def test_supervised_gather_gives_the_full_loss_and_gradients():
     want_grads = jax.grad(lambda h, w: loss(h, w, 0)[0], argnums=(0, 1))(hidden, head)
     for g, w in zip(got_grads, want_grads):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
-    assert int(objectives.gather_supervised(hidden, targets, weights, cap)[3]) == 0
+    assert int(objectives.supervised_overflow(weights, cap)) == 0
     over = int(np.maximum(np.asarray(weights).sum(axis=1) - (cap - 1), 0).sum())
-    assert over > 0 and int(objectives.gather_supervised(hidden, targets, weights, cap - 1)[3]) == over
+    assert over > 0 and int(objectives.supervised_overflow(weights, cap - 1)) == over
+    kept = objectives.gather_supervised(hidden, targets, weights, cap - 1)[2]
+    assert int((np.asarray(kept) > 0).sum()) == int(np.asarray(weights).sum()) - over   # the overflow is what is lost
 
 
 def test_clm_loss_ignores_weight_zero_positions_even_with_invalid_targets():

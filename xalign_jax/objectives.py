@@ -107,16 +107,18 @@ def _to_chunks(x: jax.Array, chunk: int, num_chunks: int) -> jax.Array:
 
 
 def gather_supervised(hidden: jax.Array, targets: jax.Array, weights: jax.Array,
-                      positions: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """The first ``positions`` supervised positions of every row, in order: ([R, K, D], [R, K], [R, K] weights,
-    number of supervised positions that did NOT fit, which the packer's per-row cap keeps at zero)."""
-    supervised = weights > 0
-    order = jnp.argsort(~supervised, axis=1, stable=True)[:, :positions]     # supervised first, in position order
-    picked_weights = jnp.take_along_axis(weights, order, axis=1)
-    picked = (jnp.take_along_axis(hidden, order[..., None], axis=1), jnp.take_along_axis(targets, order, axis=1),
-              picked_weights)
-    unscored = jnp.sum(supervised) - jnp.sum(picked_weights > 0)
-    return *picked, unscored
+                      positions: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The first ``positions`` supervised positions of every row, in order: ([R, K, D], [R, K], [R, K] weights).
+    Rows with more than ``positions`` lose the rest (``supervised_overflow`` counts them; the packer's cap keeps
+    that at zero)."""
+    order = jnp.argsort(weights <= 0, axis=1, stable=True)[:, :positions]   # supervised first, in position order
+    return (jnp.take_along_axis(hidden, order[..., None], axis=1), jnp.take_along_axis(targets, order, axis=1),
+            jnp.take_along_axis(weights, order, axis=1))
+
+
+def supervised_overflow(weights: jax.Array, positions: int) -> jax.Array:
+    """How many supervised positions ``gather_supervised(..., positions)`` leaves out (those beyond K in a row)."""
+    return jnp.sum(jnp.maximum(jnp.sum(weights > 0, axis=1) - positions, 0))
 
 
 def clm_loss(hidden: jax.Array, targets: jax.Array, weights: jax.Array,
@@ -132,11 +134,11 @@ def clm_loss(hidden: jax.Array, targets: jax.Array, weights: jax.Array,
     ``supervised_positions=K`` first gathers each row's supervised positions into [R, K] (the packer guarantees at
     most K per row): only those reach the vocabulary projection, which dominates the step with 250k+ vocabularies.
     The count returned is always the sum of ALL weights, so a position that did not fit would lower the loss
-    visibly rather than vanish; ``gather_supervised`` reports that number for the metrics.
+    visibly rather than vanish; ``supervised_overflow`` reports that number for the metrics.
     """
     count = jnp.sum(weights.astype(jnp.float32))
     if supervised_positions:
-        hidden, targets, weights, _ = gather_supervised(hidden, targets, weights, supervised_positions)
+        hidden, targets, weights = gather_supervised(hidden, targets, weights, supervised_positions)
     length = hidden.shape[1]
     chunk = max(1, min(int(chunk_size), length))
     num_chunks = -(-length // chunk)

@@ -89,7 +89,7 @@ def afp_losses(model: nnx.Module, batch: Batch, rng: jax.Array, ocfg: Any,
                                              supervised_positions=supervised_per_row)
     aux = {**cl_metrics, "clm_tokens": clm_count}
     if supervised_per_row:
-        aux["clm_unscored"] = objectives.gather_supervised(hidden, targets, weights, supervised_per_row)[3]
+        aux["clm_unscored"] = objectives.supervised_overflow(weights, supervised_per_row)
     return cl_loss, clm_sum, aux
 
 

@@ -22,8 +22,8 @@ import jax
 import numpy as np
 
 from xalign_jax.data import packing
-from xalign_jax.sharding import batch_sharding
 from xalign_jax.data.tokenize import TokenizedCorpus
+from xalign_jax.sharding import batch_sharding
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -37,16 +37,16 @@ def _check_divisible(batch_size: int, clm_rows: int, process_count: int, micro_b
                              f"{process_count} * {micro_batches}")
 
 
-def _check_supervised_cap(corpus: TokenizedCorpus, batch_size: int, clm_rows: int, cap: int, mode: str) -> None:
-    """Refuse a per-row supervised cap that some example alone exceeds or that cannot keep up on average."""
+def _check_supervised_cap(counts: Sequence[int], batch_size: int, clm_rows: int, cap: int, mode: str) -> None:
+    """Refuse a per-row supervised cap that some example alone exceeds or that cannot keep up on average;
+    ``counts`` are the examples' supervised positions (0 for a record without a CLM example)."""
     if mode != "segments":
         raise ValueError(f"config data.supervised_per_row: {cap} needs data.packing='segments' (got {mode!r}); "
                          "set it to 0 for reference packing")
-    counts = [int(e.clm_labels[1:].sum()) for e in corpus.examples if e.clm_labels is not None]
     if max(counts) > cap:
         raise ValueError(f"config data.supervised_per_row: {cap} is below the {max(counts)} supervised tokens of "
                          "one example (it could never be packed); raise it or shorten data.seq_len")
-    demand = sum(counts) / len(corpus) * batch_size
+    demand = sum(counts) / len(counts) * batch_size
     if demand > clm_rows * cap:
         raise ValueError(f"config data.supervised_per_row: {clm_rows} rows x {cap} supervised positions cannot "
                          f"absorb the {demand:.0f} supervised tokens {batch_size} records bring per step on average")
@@ -101,9 +101,6 @@ class BatchIterator:
             raise ValueError(f"config data.packing: {self.mode!r} is not one of {packing.PACKING_MODES}")
         _check_divisible(self.batch_size, self.rows, process_count, int(train_cfg.micro_batches))
         _check_capacity(corpus, self.batch_size, self.rows, self.seq_len)
-        self.supervised_cap = int(data_cfg.supervised_per_row)
-        if self.supervised_cap:
-            _check_supervised_cap(corpus, self.batch_size, self.rows, self.supervised_cap, self.mode)
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} is outside 0..{process_count - 1}")
         self.seed, self.process_index, self.process_count = int(seed), process_index, process_count
@@ -111,6 +108,9 @@ class BatchIterator:
         self._clm_labels = [e.clm_labels for e in corpus.examples]
         self._clm_lengths = [0 if ids is None else len(ids) for ids in self._clm_ids]
         self._clm_supervised = [0 if labels is None else int(labels[1:].sum()) for labels in self._clm_labels]
+        self.supervised_cap = int(data_cfg.supervised_per_row)
+        if self.supervised_cap:
+            _check_supervised_cap(self._clm_supervised, self.batch_size, self.rows, self.supervised_cap, self.mode)
         self._sent_lengths = [max(len(e.sent0_ids), len(e.sent1_ids)) for e in corpus.examples]
         self._permutations: dict[int, np.ndarray] = {}
         self._state = {"epoch": 0, "cursor": 0, "step": 0, "queue": [], "tokens_seen": 0, "carried": 0}

@@ -186,7 +186,7 @@ class Scorer:
         """
         params = self.params if params is None else params
         if self.continuation_only:
-            prefix, first = 0, 1
+            first = 1
             jobs = [(r.ids, max(r.start, 1), r.start) for r in rows]
         else:
             prefix = shared_prefix_length(rows)
