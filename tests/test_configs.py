@@ -46,3 +46,21 @@ def test_a_clm_row_count_the_mesh_cannot_split_is_refused():
     config.data.clm_rows = 4
     with pytest.raises(config_validation.ConfigError, match="config data.clm_rows: 4 is not divisible"):
         config_validation.validate(config, mode="train", num_devices=8)
+
+
+def test_a_supervised_group_that_would_straddle_shards_or_micro_batches_is_refused():
+    """8 rows: 2 devices x 2 micro-batches leave 2 rows per shard's micro-batch (groups of 2 fit, 4 do not)."""
+    config = load_config("demo.py", None)
+    config.data.supervised_cap, config.data.supervised_group_rows = 64, 2
+    config.train.micro_batches = 2
+    config_validation.validate(config, mode="train", num_devices=2)
+    config.data.supervised_group_rows = 4
+    with pytest.raises(config_validation.ConfigError,
+                       match=r"config data.supervised_group_rows: 4 does not divide the 2 CLM rows .* 8 / \(2\*2\)"):
+        config_validation.validate(config, mode="train", num_devices=2)
+    config_validation.validate(config, mode="train", num_devices=1)       # 4 rows per micro-batch on one device
+    config.data.supervised_cap = 0                                        # no cap: the group is unused
+    config_validation.validate(config, mode="train", num_devices=2)
+    config.data.supervised_group_rows = 0
+    with pytest.raises(config_validation.ConfigError, match="config data.supervised_group_rows: must be at least 1"):
+        config_validation.validate(config, mode="train", num_devices=2)

@@ -128,7 +128,7 @@ def _naive_clm(hidden, head, targets, weights):
     return jnp.sum(nll * weights), jnp.sum(weights)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 3, 5, 10, 64])
+@pytest.mark.parametrize("chunk_size", [1, 3, 5, 6, 10, 64])
 def test_clm_loss_matches_full_logits_cross_entropy(chunk_size):
     hidden, head, targets, weights = _clm_problem()
 
@@ -145,26 +145,33 @@ def test_clm_loss_matches_full_logits_cross_entropy(chunk_size):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
 
 
-def test_supervised_gather_gives_the_full_loss_and_gradients():
-    """K = the most supervised positions of any row: same loss and gradients as every position; K one smaller:
-    the gather reports the positions it could not score (the packer's cap exists to keep that at zero)."""
-    hidden, head, targets, weights = _clm_problem()
-    cap = int(np.asarray(weights).sum(axis=1).max())
+@pytest.mark.parametrize("group", [1, 2, 4])
+def test_supervised_gather_gives_the_full_loss_and_gradients(group):
+    """Per group of ``group`` consecutive rows, K = every position (a cap that never binds) or the most supervised
+    positions of any group (binding but satisfied): same loss and gradients as every position; K one smaller: the
+    gather reports, per group, the positions it could not score (the packer's cap exists to keep that at zero)."""
+    hidden, head, targets, weights = _clm_problem(rows=4)
+    per_group = np.asarray(weights).reshape(4 // group, -1).sum(axis=1)
+    cap = int(per_group.max())
 
     def loss(h, w, positions):
-        return objectives.clm_loss(h, targets, weights, lambda x: x @ w, chunk_size=3, supervised_positions=positions)
+        return objectives.clm_loss(h, targets, weights, lambda x: x @ w, chunk_size=3, supervised_positions=positions,
+                                   rows_per_group=group)
 
-    (got, got_count), (want, want_count) = loss(hidden, head, cap), loss(hidden, head, 0)
-    assert float(got_count) == float(want_count)
-    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
-    got_grads = jax.grad(lambda h, w: loss(h, w, cap)[0], argnums=(0, 1))(hidden, head)
+    want, want_count = loss(hidden, head, 0)
     want_grads = jax.grad(lambda h, w: loss(h, w, 0)[0], argnums=(0, 1))(hidden, head)
-    for g, w in zip(got_grads, want_grads):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
-    assert int(objectives.supervised_overflow(weights, cap)) == 0
-    over = int(np.maximum(np.asarray(weights).sum(axis=1) - (cap - 1), 0).sum())
-    assert over > 0 and int(objectives.supervised_overflow(weights, cap - 1)) == over
-    kept = objectives.gather_supervised(hidden, targets, weights, cap - 1)[2]
+    for positions in (group * hidden.shape[1], cap):
+        got, got_count = loss(hidden, head, positions)
+        assert float(got_count) == float(want_count)
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+        got_grads = jax.grad(lambda h, w: loss(h, w, positions)[0], argnums=(0, 1))(hidden, head)
+        for g, w in zip(got_grads, want_grads):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
+        assert int(objectives.supervised_overflow(weights, positions, group)) == 0
+    over = int(np.maximum(per_group - (cap - 1), 0).sum())
+    assert over > 0 and int(objectives.supervised_overflow(weights, cap - 1, group)) == over
+    grouped = [objectives.group_rows(x, group) for x in (hidden, targets, weights)]
+    kept = objectives.gather_supervised(*grouped, cap - 1)[2]
     assert int((np.asarray(kept) > 0).sum()) == int(np.asarray(weights).sum()) - over   # the overflow is what is lost
 
 

@@ -45,7 +45,7 @@ def test_segment_packing_carries_what_does_not_fit():
 
 
 def test_segment_packing_respects_a_supervised_cap_per_row():
-    """Supervised counts 2, 2, 2 (labels[1:]); cap 3 per row: one example per row, the third waits."""
+    """Supervised counts 2, 2, 1 (labels[1:]); cap 3 per row: the third joins the first, or waits on one row."""
     ids, labels = hand_examples()
     counts = [int(x[1:].sum()) for x in labels]
     assert counts == [2, 2, 1]
@@ -57,6 +57,21 @@ def test_segment_packing_respects_a_supervised_cap_per_row():
     assert plan == [[(0, 0, 3), (2, 0, 2)]] and left == [[1, 0]]       # tokens would fit; supervision would not
     rows = packing.fill_rows(plan, ids, labels, seq_len=9, pad_id=PAD, one_segment_per_row=False)
     assert rows["clm_weights"].sum(axis=1).max() <= 3
+
+
+def test_segment_packing_shares_the_supervised_cap_within_a_group_of_rows():
+    """Cap 3 per group of 2 rows (counts 2, 2, 1): example 1 has token room in row 0 or 1 but not supervised room
+    in their group, so it goes to the next group (row 2), or waits when there is none; token room stays per row."""
+    queue, lengths, counts = [[0, 0], [1, 0], [2, 0]], [3, 4, 2], [2, 2, 1]
+    plan, left = packing.plan_segments(queue, lengths, rows=4, seq_len=9, supervised=counts, supervised_cap=3,
+                                       group_rows=2)
+    assert plan == [[(0, 0, 3), (2, 0, 2)], [], [(1, 0, 4)], []] and left == []
+    plan, left = packing.plan_segments(queue, lengths, rows=2, seq_len=9, supervised=counts, supervised_cap=3,
+                                       group_rows=2)
+    assert plan == [[(0, 0, 3), (2, 0, 2)], []] and left == [[1, 0]]     # deferred, not dropped
+    plan, left = packing.plan_segments(queue, lengths, rows=2, seq_len=5, supervised=counts, supervised_cap=5,
+                                       group_rows=2)
+    assert plan == [[(0, 0, 3), (2, 0, 2)], [(1, 0, 4)]] and left == []  # one budget, each row its own tokens
 
 
 def test_reference_stream_packing_by_hand():
@@ -124,11 +139,18 @@ def test_batch_contract_shapes_and_dtypes(corpus, mode):
     assert (batch["sent0_mask"].sum(1) > 0).all() and (batch["sent0_mask"][:, 0] == 1).all()   # right padded
 
 
-def test_every_clm_example_is_packed_whole_exactly_once(corpus):
-    """Segments mode: each drawn record's CLM example appears once, unbroken, in some step; counts add up."""
+def longest_answer(corpus) -> int:
+    return max(int(e.clm_labels[1:].sum()) for e in corpus.examples if e.clm_labels is not None)
+
+
+@pytest.mark.parametrize("group_rows", [None, 2])
+def test_every_clm_example_is_packed_whole_exactly_once(corpus, group_rows):
+    """Segments mode: each drawn record's CLM example appears once, unbroken, in some step; counts add up. Also
+    under a supervised cap per group of rows (``group_rows``), which defers examples but never drops one."""
     data, train = cfgs(batch_size=16, clm_rows=12)       # tight rows: examples must be carried to later steps
+    if group_rows:
+        data.supervised_cap, data.supervised_group_rows = 3 * longest_answer(corpus) // 2, group_rows
     iterator = pipeline.make_batches(corpus, data, train, seed=3)
-    want = collections.Counter()
     seen = collections.Counter()
     steps = 40
     for _ in range(steps):
@@ -138,33 +160,45 @@ def test_every_clm_example_is_packed_whole_exactly_once(corpus):
     state = iterator.get_state()
     assert iterator.carried > 0
     order = np.concatenate([np.random.default_rng([3, e]).permutation(len(corpus)) for e in range(state["epoch"] + 1)])
-    drawn = order[:steps * 16]
-    waiting = {i for i, _ in state["queue"]}
-    for i in drawn:
-        example = corpus.examples[i]
-        if example.clm_ids is not None and i not in waiting:
-            want[tuple(example.clm_ids)] += 1
+    drawn = collections.Counter(int(i) for i in order[:steps * 16] if corpus.examples[i].clm_ids is not None)
+    waiting = collections.Counter(i for i, _ in state["queue"])    # a record drawn in two epochs may wait once
+    placed = drawn - waiting
+    want = collections.Counter()
+    for i, times in placed.items():
+        want[tuple(corpus.examples[i].clm_ids)] += times
     assert seen == want
-    assert sum(seen.values()) + len(waiting) == sum(corpus.examples[i].clm_ids is not None for i in drawn)
+    assert sum(seen.values()) + waiting.total() == drawn.total()
 
 
-def test_supervised_cap_holds_on_every_row_and_nothing_is_lost(corpus):
-    """Real Alpaca examples under a tight cap: no row ever exceeds it, and every packed example keeps all of its
-    supervised positions (the per-example weight sums match the tokenizer's labels)."""
+@pytest.mark.parametrize("group_rows", [1, 2, 4])
+def test_supervised_cap_holds_on_every_group_and_nothing_is_lost(corpus, group_rows):
+    """Real Alpaca examples under a tight cap per group of rows: no group ever exceeds it, every packed example keeps
+    all of its supervised positions (the per-example weight sums match the tokenizer's labels), and with groups
+    the shared budget binds, so examples wait in the queue (the accounting test above checks that they return)."""
     data, train = cfgs(batch_size=8, clm_rows=8)
-    cap = max(int(e.clm_labels[1:].sum()) for e in corpus.examples if e.clm_labels is not None)
-    data.supervised_per_row = cap
+    cap = longest_answer(corpus) * max(1, group_rows // 2)
+    data.supervised_cap, data.supervised_group_rows = cap, group_rows
     iterator = pipeline.make_batches(corpus, data, train, seed=0)
     supervised = {tuple(e.clm_ids): int(e.clm_labels[1:].sum()) for e in corpus.examples if e.clm_ids is not None}
     for batch in take(iterator, 20):
-        assert batch["clm_weights"].sum(axis=1).max() <= cap
+        assert batch["clm_weights"].reshape(8 // group_rows, -1).sum(axis=1).max() <= cap
         for (row, segment), ids in placed_spans(batch).items():
             in_segment = batch["clm_segment_ids"][row] == segment
             assert batch["clm_weights"][row][in_segment].sum() == supervised[tuple(ids)]
-    data.supervised_per_row = cap - 1
-    with pytest.raises(ValueError, match=f"data.supervised_per_row: {cap - 1} is below the {cap} supervised"):
+    if group_rows > 1:       # a per-row cap of the longest answer barely binds on this data; a shared one does
+        assert iterator.carried > 0
+
+
+def test_a_supervised_cap_that_cannot_work_is_refused(corpus):
+    data, train = cfgs(batch_size=8, clm_rows=8)
+    longest = longest_answer(corpus)
+    data.supervised_cap = longest - 1
+    with pytest.raises(ValueError, match=f"data.supervised_cap: {longest - 1} is below the {longest} supervised"):
         pipeline.make_batches(corpus, data, train, seed=0)
-    data.supervised_per_row, data.packing = cap, "reference"
+    data.supervised_cap, data.supervised_group_rows = longest, 8    # one budget for the 8 rows of a step
+    with pytest.raises(ValueError, match="data.supervised_cap: 1 groups of data.supervised_group_rows = 8 rows"):
+        pipeline.make_batches(corpus, data, train, seed=0)
+    data.supervised_group_rows, data.packing = 1, "reference"
     with pytest.raises(ValueError, match="needs data.packing='segments'"):
         pipeline.make_batches(corpus, data, train, seed=0)
 

@@ -140,10 +140,12 @@ def test_gradient_accumulation_keeps_the_exact_token_mean(tokenizer_dir, shared_
 
 
 def test_supervised_only_cross_entropy_gives_the_same_steps(tokenizer_dir, shared_data, tmp_path):
-    """data.supervised_per_row = seq_len (a cap that never binds, so the packing is identical): gathering the
-    supervised positions before the LM head changes no loss, and every supervised token was scored."""
+    """data.supervised_cap = 2 x seq_len per group of 2 rows (a cap that never binds, so the packing is identical),
+    on a mesh with 2 rows per data shard: gathering each group's supervised positions before the LM head changes
+    no loss, and every supervised token was scored."""
     gathered = tiny_train_config(tokenizer_dir, shared_data, checkpoint_every=100)
-    gathered.data.supervised_per_row = gathered.data.seq_len
+    gathered.mesh.update(dict(data=2, fsdp=2, tensor=2))
+    gathered.data.supervised_cap, gathered.data.supervised_group_rows = 2 * gathered.data.seq_len, 2
     reference = _first_losses(tiny_train_config(tokenizer_dir, shared_data, checkpoint_every=100), tmp_path / "a")
     for ours, theirs in zip(_first_losses(gathered, tmp_path / "b"), reference, strict=True):
         assert ours["train/clm_unscored"] == 0

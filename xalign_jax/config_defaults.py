@@ -42,8 +42,11 @@ def data_config() -> ml_collections.ConfigDict:
         "packing": "segments",      # segments (no cross-example attention) | reference (no barrier, AFP_SPEC §1.3)
         "prompt_masking": "offsets",  # offsets (character offsets) | reference (token-prefix heuristic)
         "append_eos": True,         # EOS after every CLM example, supervised (the model learns to stop)
-        "supervised_per_row": 0,    # >0: at most this many supervised positions per CLM row, and the CE projects
-                                    # only those onto the vocabulary (segments packing; 0 = every position)
+        "supervised_cap": 0,        # >0: at most this many supervised positions per group of supervised_group_rows
+                                    # consecutive CLM rows, and the CE projects only those onto the vocabulary
+                                    # (segments packing; 0 = every position)
+        "supervised_group_rows": 1,  # rows sharing one supervised_cap; must divide the rows of one data shard's
+                                     # micro-batch (clm_rows / (data*fsdp*micro_batches))
     })
 
 

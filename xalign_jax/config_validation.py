@@ -46,6 +46,24 @@ def pool_layer(pooler: str) -> int:
     return int(match.group(2))
 
 
+def _validate_supervised_groups(data_cfg: Any, batch_shards: int, micro_batches: int) -> None:
+    """The CE gathers the supervised positions of each group of ``data.supervised_group_rows`` consecutive rows
+    by a reshape of the micro-batch; a group that straddled two data shards or two micro-batches would need
+    rows from another device (or another accumulation step), so it must divide the rows of one shard's micro-batch
+    (``data.clm_rows`` is already known to be a multiple of ``batch_shards * micro_batches``)."""
+    cap, group = int(data_cfg.supervised_cap), int(data_cfg.supervised_group_rows)
+    if cap < 0:
+        _fail("data.supervised_cap", f"must be 0 (off) or positive, got {cap}")
+    if group < 1:
+        _fail("data.supervised_group_rows", f"must be at least 1, got {group}")
+    local_rows = data_cfg.clm_rows // (batch_shards * micro_batches)
+    if cap and local_rows % group:
+        _fail("data.supervised_group_rows", f"{group} does not divide the {local_rows} CLM rows of one data shard's "
+                                            f"micro-batch (data.clm_rows / (data*fsdp*train.micro_batches) = "
+                                            f"{data_cfg.clm_rows} / ({batch_shards}*{micro_batches})); a group of "
+                                            "rows must not straddle a shard or a micro-batch")
+
+
 def validate(config: Any, *, mode: str, num_devices: int | None = None) -> None:
     """Raise ``ConfigError`` for the first problem found; nothing heavy is imported or loaded."""
     num_devices = jax.device_count() if num_devices is None else num_devices
@@ -63,6 +81,7 @@ def validate(config: Any, *, mode: str, num_devices: int | None = None) -> None:
         if value % (batch_shards * train.micro_batches):
             _fail(key, f"{value} is not divisible by data*fsdp*micro_batches = "
                        f"{batch_shards}*{train.micro_batches}")
+    _validate_supervised_groups(data_cfg, batch_shards, train.micro_batches)
     if train.steps <= 0:
         _fail("train.steps", f"must be positive, got {train.steps}")
     if train.warmup_steps > train.steps:

@@ -106,6 +106,12 @@ def _to_chunks(x: jax.Array, chunk: int, num_chunks: int) -> jax.Array:
     return jnp.moveaxis(x, 1, 0)
 
 
+def group_rows(x: jax.Array, rows: int) -> jax.Array:
+    """[R, T, ...] -> [R / rows, rows * T, ...]: each group of ``rows`` consecutive rows becomes one row, so that
+    the supervised cap and the gather apply per group (the packer fills groups the same way)."""
+    return x.reshape((x.shape[0] // rows, rows * x.shape[1]) + x.shape[2:])
+
+
 def gather_supervised(hidden: jax.Array, targets: jax.Array, weights: jax.Array,
                       positions: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The first ``positions`` supervised positions of every row, in order: ([R, K, D], [R, K], [R, K] weights).
@@ -116,32 +122,38 @@ def gather_supervised(hidden: jax.Array, targets: jax.Array, weights: jax.Array,
             jnp.take_along_axis(weights, order, axis=1))
 
 
-def supervised_overflow(weights: jax.Array, positions: int) -> jax.Array:
-    """How many supervised positions ``gather_supervised(..., positions)`` leaves out (those beyond K in a row)."""
-    return jnp.sum(jnp.maximum(jnp.sum(weights > 0, axis=1) - positions, 0))
+def supervised_overflow(weights: jax.Array, positions: int, rows_per_group: int = 1) -> jax.Array:
+    """How many supervised positions ``clm_loss(..., supervised_positions=positions, rows_per_group=...)`` leaves
+    out: those beyond K in a group of rows."""
+    per_group = jnp.sum(group_rows(weights, rows_per_group) > 0, axis=1)
+    return jnp.sum(jnp.maximum(per_group - positions, 0))
 
 
 def clm_loss(hidden: jax.Array, targets: jax.Array, weights: jax.Array,
              logits_fn: Callable[[jax.Array], jax.Array], *, chunk_size: int,
-             supervised_positions: int = 0) -> tuple[jax.Array, jax.Array]:
+             supervised_positions: int = 0, rows_per_group: int = 1) -> tuple[jax.Array, jax.Array]:
     """(sum of weighted token NLL, sum of weights) of next-token prediction, in sequence chunks.
 
     ``targets[r, t]`` is the token to predict AT position t (already shifted by the packer) and ``weights`` are 0/1.
     Returning the sum and the count lets the caller take the exact token mean over the global batch and over
     gradient-accumulation micro-batches. Each chunk's body is rematerialised (``jax.checkpoint``), so backward saves
-    only the [R, C, D] hidden chunks and recomputes one chunk's [R, C, V] logits at a time.
+    only the [R, C, D] hidden chunks and recomputes one chunk's [R, C, V] logits at a time. The chunks are balanced
+    (as few as ``chunk_size`` allows, equal in length), so a length just above ``chunk_size`` is not padded to twice
+    its size.
 
-    ``supervised_positions=K`` first gathers each row's supervised positions into [R, K] (the packer guarantees at
-    most K per row): only those reach the vocabulary projection, which dominates the step with 250k+ vocabularies.
-    The count returned is always the sum of ALL weights, so a position that did not fit would lower the loss
-    visibly rather than vanish; ``supervised_overflow`` reports that number for the metrics.
+    ``supervised_positions=K`` first gathers the supervised positions of each group of ``rows_per_group``
+    consecutive rows into [R / rows_per_group, K] (the packer guarantees at most K per group): only those reach the
+    vocabulary projection, which dominates the step with 250k+ vocabularies. The count returned is always the sum
+    of ALL weights, so a position that did not fit would lower the loss visibly rather than vanish;
+    ``supervised_overflow`` reports that number for the metrics.
     """
     count = jnp.sum(weights.astype(jnp.float32))
     if supervised_positions:
-        hidden, targets, weights = gather_supervised(hidden, targets, weights, supervised_positions)
+        grouped = (group_rows(x, rows_per_group) for x in (hidden, targets, weights))
+        hidden, targets, weights = gather_supervised(*grouped, supervised_positions)
     length = hidden.shape[1]
-    chunk = max(1, min(int(chunk_size), length))
-    num_chunks = -(-length // chunk)
+    num_chunks = -(-length // max(1, int(chunk_size)))
+    chunk = -(-length // num_chunks)
     xs = (_to_chunks(hidden, chunk, num_chunks), _to_chunks(targets, chunk, num_chunks),
           _to_chunks(weights.astype(jnp.float32), chunk, num_chunks))
     chunk_loss = jax.checkpoint(lambda h, t, w: _chunk_nll_sum(logits_fn, h, t, w), prevent_cse=False)

@@ -143,7 +143,8 @@ class Trainer:
         self.state_shardings = jax.tree.map(lambda x: x.sharding, self.state)
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         step_fn = train_step.make_train_step(self.graphdef, tx, self.schedule, config.objective,
-                                             config.train.micro_batches, config.data.supervised_per_row)
+                                             config.train.micro_batches, config.data.supervised_cap,
+                                             config.data.supervised_group_rows)
         self.step_fn = CompiledSteps(step_fn, self.state_shardings, self.batch_sharding)
         self.flops = metrics_lib.ModelFlops.from_config(self.model.config)
         self.peak_flops = metrics_lib.peak_flops_per_device(config.train.peak_tflops) * jax.device_count()
@@ -227,7 +228,7 @@ class Trainer:
         scalars = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
         if scalars.get("clm_unscored", 0):
             raise RuntimeError(f"step {step}: {scalars['clm_unscored']:.0f} supervised CLM tokens exceeded "
-                               "data.supervised_per_row and were not scored (the packer's cap should prevent this)")
+                               "data.supervised_cap and were not scored (the packer's cap should prevent this)")
         seconds = max(self._clock.lap() - window["paused"], 1e-9)   # device time of the window, compiles excluded
         scalars["step_time_s"] = seconds / max(window["steps"], 1)
         scalars["tokens_per_s"] = window["tokens"] / seconds

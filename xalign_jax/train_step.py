@@ -70,9 +70,11 @@ def _split_micro(batch: Batch, num_micro: int) -> Batch:
     return {k: v.reshape((num_micro, v.shape[0] // num_micro) + v.shape[1:]) for k, v in batch.items()}
 
 
-def afp_losses(model: nnx.Module, batch: Batch, rng: jax.Array, ocfg: Any,
-               supervised_per_row: int = 0) -> tuple[jax.Array, jax.Array, dict]:
-    """(contrastive loss, CLM token-loss SUM, aux metrics) for one micro-batch."""
+def afp_losses(model: nnx.Module, batch: Batch, rng: jax.Array, ocfg: Any, supervised_cap: int = 0,
+               supervised_group_rows: int = 1) -> tuple[jax.Array, jax.Array, dict]:
+    """(contrastive loss, CLM token-loss SUM, aux metrics) for one micro-batch. With a ``supervised_cap`` the CE
+    sees only the supervised positions, gathered per group of ``supervised_group_rows`` consecutive rows (a group
+    lies within one shard of the micro-batch: ``config_validation`` checks the divisibility)."""
     method, layer = objectives.parse_pooler(ocfg.pooler)
     cl_rng, clm_rng = jax.random.split(rng)
     ids = jnp.concatenate([batch["sent0_ids"], batch["sent1_ids"]], axis=0)
@@ -86,22 +88,24 @@ def afp_losses(model: nnx.Module, batch: Batch, rng: jax.Array, ocfg: Any,
                 compute_logits=False, dropout_rng=clm_rng)
     hidden, targets, weights = out.last_hidden_state, batch["clm_targets"], batch["clm_weights"]
     clm_sum, clm_count = objectives.clm_loss(hidden, targets, weights, model.logits, chunk_size=ocfg.clm_chunk_size,
-                                             supervised_positions=supervised_per_row)
+                                             supervised_positions=supervised_cap,
+                                             rows_per_group=supervised_group_rows)
     aux = {**cl_metrics, "clm_tokens": clm_count}
-    if supervised_per_row:
-        aux["clm_unscored"] = objectives.supervised_overflow(weights, supervised_per_row)
+    if supervised_cap:
+        aux["clm_unscored"] = objectives.supervised_overflow(weights, supervised_cap, supervised_group_rows)
     return cl_loss, clm_sum, aux
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    ocfg: Any, num_micro: int,
-                    supervised_per_row: int = 0) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+                    ocfg: Any, num_micro: int, supervised_cap: int = 0,
+                    supervised_group_rows: int = 1) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """Build the pure step function; ``ocfg`` is the objective config, ``num_micro`` the accumulation count,
-    ``supervised_per_row`` the packer's cap (``data.supervised_per_row``; 0 = the CE sees every position)."""
+    ``supervised_cap`` and ``supervised_group_rows`` the packer's cap (``data.supervised_cap`` per group of
+    ``data.supervised_group_rows`` rows; a cap of 0 = the CE sees every position)."""
 
     def micro_loss(params, micro_batch, rng, total_tokens):
         model = nnx.merge(graphdef, params)
-        cl_loss, clm_sum, aux = afp_losses(model, micro_batch, rng, ocfg, supervised_per_row)
+        cl_loss, clm_sum, aux = afp_losses(model, micro_batch, rng, ocfg, supervised_cap, supervised_group_rows)
         loss = ocfg.cl_weight * cl_loss / num_micro + ocfg.clm_weight * clm_sum / total_tokens
         return loss, {"cl_loss": cl_loss / num_micro, "clm_loss": clm_sum / total_tokens, **aux}
 
@@ -134,7 +138,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
             "cl_accuracy": sums["accuracy"] / num_micro, "cl_positive_cosine": sums["positive_cosine"] / num_micro,
             "clm_tokens": sums["clm_tokens"], "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state["step"]),
-            **({"clm_unscored": sums["clm_unscored"]} if supervised_per_row else {}),
+            **({"clm_unscored": sums["clm_unscored"]} if supervised_cap else {}),
         }
         new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1, "rng": rng}
         return new_state, metrics

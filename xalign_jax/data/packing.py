@@ -7,8 +7,10 @@ Two modes (``data.packing``):
   * ``segments`` (default): whole examples placed first-fit in queue order; each example is its own segment (ids
     1..n per row, 0 = padding), positions restart at 0, attention never crosses segments, and the last token of a
     segment predicts nothing. Examples that fit no row this step stay in the queue for the next one. With a
-    ``supervised_cap`` a row also takes at most that many supervised (loss-carrying) positions, so that the loss
-    can gather them into a static [rows, cap] buffer and project only those onto the vocabulary.
+    ``supervised_cap`` each group of ``group_rows`` consecutive rows also takes at most that many supervised
+    (loss-carrying) positions in all, so that the loss can gather them into a static [rows / group_rows, cap]
+    buffer and project only those onto the vocabulary. A group of several rows pools the rows' budgets: one long
+    answer may fill most of a row while its neighbour holds prompts, which a per-row cap cannot exploit.
   * ``reference``: AFP_SPEC §1.3/§7.8, the reference's ``group_texts``: the queue is one token stream cut into rows;
     one segment per row, positions run across examples, an example may continue in the next row. Unlike the
     reference, the remainder that does not fill a row is not dropped: it carries over to the next step (the last
@@ -27,24 +29,25 @@ Pending = list[list[int]]            # the carry queue: [example index, first to
 
 
 def plan_segments(queue: Pending, lengths: Sequence[int], rows: int, seq_len: int, *,
-                  supervised: Sequence[int] | None = None,
-                  supervised_cap: int = 0) -> tuple[list[list[Span]], Pending]:
-    """First-fit in queue order: each whole example goes to the first row with room (tokens, and supervised
-    positions when ``supervised_cap`` is set; ``supervised[e]`` is example e's count); the rest stays queued."""
+                  supervised: Sequence[int] | None = None, supervised_cap: int = 0,
+                  group_rows: int = 1) -> tuple[list[list[Span]], Pending]:
+    """First-fit in queue order: each whole example goes to the first row with room for its tokens and, when
+    ``supervised_cap`` is set, whose group (rows ``r`` with the same ``r // group_rows``) still has room for its
+    supervised positions (``supervised[e]`` is example e's count); the rest stays queued."""
     plan: list[list[Span]] = [[] for _ in range(rows)]
     room = [seq_len] * rows
-    supervised_room = [supervised_cap if supervised_cap else seq_len] * rows
+    supervised_room = [supervised_cap if supervised_cap else group_rows * seq_len] * -(-rows // group_rows)
     left: Pending = []
     for example, start in queue:
         size = lengths[example] - start
         weight = supervised[example] if supervised_cap else 0
-        row = next((r for r in range(rows) if room[r] >= size and supervised_room[r] >= weight), None)
+        row = next((r for r in range(rows) if room[r] >= size and supervised_room[r // group_rows] >= weight), None)
         if row is None:
             left.append([example, start])
             continue
         plan[row].append((example, start, lengths[example]))
         room[row] -= size
-        supervised_room[row] -= weight
+        supervised_room[row // group_rows] -= weight
     return plan, left
 
 

@@ -37,19 +37,22 @@ def _check_divisible(batch_size: int, clm_rows: int, process_count: int, micro_b
                              f"{process_count} * {micro_batches}")
 
 
-def _check_supervised_cap(counts: Sequence[int], batch_size: int, clm_rows: int, cap: int, mode: str) -> None:
-    """Refuse a per-row supervised cap that some example alone exceeds or that cannot keep up on average;
-    ``counts`` are the examples' supervised positions (0 for a record without a CLM example)."""
+def _check_supervised_cap(counts: Sequence[int], batch_size: int, clm_rows: int, cap: int, group_rows: int,
+                          mode: str) -> None:
+    """Refuse a supervised cap (per group of ``group_rows`` rows) that some example alone exceeds or that cannot
+    keep up on average; ``counts`` are the examples' supervised positions (0 for a record without a CLM example)."""
     if mode != "segments":
-        raise ValueError(f"config data.supervised_per_row: {cap} needs data.packing='segments' (got {mode!r}); "
+        raise ValueError(f"config data.supervised_cap: {cap} needs data.packing='segments' (got {mode!r}); "
                          "set it to 0 for reference packing")
     if max(counts) > cap:
-        raise ValueError(f"config data.supervised_per_row: {cap} is below the {max(counts)} supervised tokens of "
+        raise ValueError(f"config data.supervised_cap: {cap} is below the {max(counts)} supervised tokens of "
                          "one example (it could never be packed); raise it or shorten data.seq_len")
+    groups = -(-clm_rows // group_rows)
     demand = sum(counts) / len(counts) * batch_size
-    if demand > clm_rows * cap:
-        raise ValueError(f"config data.supervised_per_row: {clm_rows} rows x {cap} supervised positions cannot "
-                         f"absorb the {demand:.0f} supervised tokens {batch_size} records bring per step on average")
+    if demand > groups * cap:
+        raise ValueError(f"config data.supervised_cap: {groups} groups of data.supervised_group_rows = {group_rows} "
+                         f"rows x {cap} supervised positions cannot absorb the {demand:.0f} supervised tokens "
+                         f"{batch_size} records bring per step on average")
 
 
 def _check_capacity(corpus: TokenizedCorpus, batch_size: int, clm_rows: int, seq_len: int) -> None:
@@ -108,9 +111,10 @@ class BatchIterator:
         self._clm_labels = [e.clm_labels for e in corpus.examples]
         self._clm_lengths = [0 if ids is None else len(ids) for ids in self._clm_ids]
         self._clm_supervised = [0 if labels is None else int(labels[1:].sum()) for labels in self._clm_labels]
-        self.supervised_cap = int(data_cfg.supervised_per_row)
+        self.supervised_cap, self.group_rows = int(data_cfg.supervised_cap), int(data_cfg.supervised_group_rows)
         if self.supervised_cap:
-            _check_supervised_cap(self._clm_supervised, self.batch_size, self.rows, self.supervised_cap, self.mode)
+            _check_supervised_cap(self._clm_supervised, self.batch_size, self.rows, self.supervised_cap,
+                                  self.group_rows, self.mode)
         self._sent_lengths = [max(len(e.sent0_ids), len(e.sent1_ids)) for e in corpus.examples]
         self._permutations: dict[int, np.ndarray] = {}
         self._state = {"epoch": 0, "cursor": 0, "step": 0, "queue": [], "tokens_seen": 0, "carried": 0}
@@ -120,9 +124,13 @@ class BatchIterator:
 
     # ------------------------------------------------------------------------------------------------ state
     def _fingerprint(self) -> dict:
+        """What a saved state must match; the supervised cap joins only when set, so that states saved without
+        one (before the cap existed, or with it off) still resume."""
+        supervised = ({"supervised_cap": self.supervised_cap, "supervised_group_rows": self.group_rows}
+                      if self.supervised_cap else {})
         return {"version": STATE_VERSION, "records": len(self.corpus), "seed": self.seed,
                 "batch_size": self.batch_size, "clm_rows": self.rows, "seq_len": self.seq_len, "packing": self.mode,
-                "supervised_per_row": self.supervised_cap}
+                **supervised}
 
     def get_state(self) -> dict:
         """JSON-serialisable position: identical on every process (the global plan), so any process may save it."""
@@ -191,7 +199,8 @@ class BatchIterator:
     def _plan(self, queue: packing.Pending) -> tuple[list[list[packing.Span]], packing.Pending]:
         if self.mode == "segments":
             return packing.plan_segments(queue, self._clm_lengths, self.rows, self.seq_len,
-                                         supervised=self._clm_supervised, supervised_cap=self.supervised_cap)
+                                         supervised=self._clm_supervised, supervised_cap=self.supervised_cap,
+                                         group_rows=self.group_rows)
         return packing.plan_stream(queue, self._clm_lengths, self.rows, self.seq_len)
 
     def _contrastive(self, records: list[int], length: int) -> dict[str, np.ndarray]:
