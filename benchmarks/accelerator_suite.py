@@ -20,13 +20,18 @@ import tempfile
 import time
 
 CONFIG = "configs/bench_gpu.py"
+GEMMA3, BLOOM = f"--config={CONFIG}:gemma3-270m", f"--config={CONFIG}:bloom-560m"
+CUDNN = "--config.model.attention_impl=cudnn"
+HALF_BATCH = ["--config.data.clm_rows=16", "--config.train.batch_size=48"]   # XLA attention holds [B, H, T, T]
 RUNS: dict[str, list[str]] = {
-    "gemma3-xla": [f"--config={CONFIG}:gemma3-270m"],
-    "gemma3-cudnn": [f"--config={CONFIG}:gemma3-270m", "--config.model.attention_impl=cudnn"],
-    "gemma3-xla-chunk512": [f"--config={CONFIG}:gemma3-270m", "--config.objective.clm_chunk_size=512"],
-    "gemma3-xla-remat-dots": [f"--config={CONFIG}:gemma3-270m", "--config.model.remat_policy=dots"],
-    "bloom-xla": [f"--config={CONFIG}:bloom-560m"],
-    "bloom-cudnn": [f"--config={CONFIG}:bloom-560m", "--config.model.attention_impl=cudnn"],
+    "gemma3-cudnn": [GEMMA3, CUDNN],
+    "gemma3-cudnn-r16": [GEMMA3, CUDNN, *HALF_BATCH],
+    "gemma3-xla-r16": [GEMMA3, *HALF_BATCH],
+    "gemma3-cudnn-remat-dots": [GEMMA3, CUDNN, "--config.model.remat_policy=dots"],
+    "bloom-xla-r16": [BLOOM, *HALF_BATCH],
+    "bloom-cudnn-r16": [BLOOM, CUDNN, *HALF_BATCH],
+    "gemma3-xla": [GEMMA3],
+    "bloom-xla": [BLOOM],
 }
 
 
