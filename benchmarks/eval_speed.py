@@ -3,6 +3,8 @@ re-encoded, fp32) on the same random Llama weights and the same real items.
 
     OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 python benchmarks/eval_speed.py --items 100 --out eval_speed.json
 
+On an accelerator add ``--torch-device cuda`` (the scorer uses JAX's default device, the same GPU).
+
 The model is a random small Llama (sizes below) with the real XLM-R tokenizer, saved in HF format and loaded by
 both sides; accuracy is meaningless, only speed and score agreement are reported.
 """
@@ -56,7 +58,7 @@ def _reference(model, tok, per_item) -> tuple[float, np.ndarray]:
     tok.pad_token = tok.eos_token
     scores, start = [], time.perf_counter()
     for prompts in per_item:
-        batch = tok([p.text for p in prompts], padding="longest", return_tensors="pt")
+        batch = tok([p.text for p in prompts], padding="longest", return_tensors="pt").to(model.device)
         with torch.no_grad():
             logprob = torch.log_softmax(model(**batch).logits.float(), dim=-1)
         picked = logprob[:, :-1].gather(2, batch.input_ids[:, 1:, None])[..., 0]
@@ -77,11 +79,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--batch-rows", type=int, default=16)
     parser.add_argument("--out", default="eval_speed.json")
+    parser.add_argument("--torch-device", default="cpu", help="where the reference loop runs (cpu, cuda)")
     args = parser.parse_args()
     tok = xlmr_tokenizer()
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
-        reference_model = _model(tok, pathlib.Path(tmp), args.hidden, args.layers)
+        reference_model = _model(tok, pathlib.Path(tmp), args.hidden, args.layers).to(args.torch_device)
         ours = scorer.Scorer(models.from_pretrained(tmp, dtype="float32"), batch_rows=args.batch_rows)
     rows = []
     for task, language in WORKLOADS:
@@ -97,7 +100,7 @@ def main() -> None:
                          "speedup": ref_s / warm, "max_abs_score_diff": float(np.max(np.abs(got - expected)))})
             print(" | ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()),
                   flush=True)
-    pathlib.Path(args.out).write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
+            pathlib.Path(args.out).write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -12,21 +12,12 @@ projects only the supervised positions, at most 320 for the two rows (``data.sup
 [320, vocab] fp32 logits; with the cap off, one chunk per row: [2, 256, vocab], 0.5 GB; see BENCHMARKS.md).
 """
 from xalign_jax.config_defaults import base_config
+from xalign_jax.models.architectures import GEMMA3_270M
 
 BLOOM_HF_CONFIG = {
     "model_type": "bloom", "vocab_size": 250880, "hidden_size": 384, "n_layer": 4, "n_head": 8,
     "layer_norm_epsilon": 1e-5, "hidden_dropout": 0.0, "attention_dropout": 0.0,
     "bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": True,
-}
-
-GEMMA3_270M_HF_CONFIG = {   # google/gemma-3-270m config.json (the architecture fields)
-    "model_type": "gemma3_text", "vocab_size": 262144, "hidden_size": 640, "intermediate_size": 2048,
-    "num_hidden_layers": 18, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
-    "query_pre_attn_scalar": 256, "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6,
-    "max_position_embeddings": 32768, "sliding_window": 512, "rope_theta": 1_000_000.0,
-    "rope_local_base_freq": 10_000.0,
-    "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 3,
-    "attention_dropout": 0.0, "tie_word_embeddings": True, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2,
 }
 
 
@@ -38,7 +29,7 @@ def get_config(variant: str = "bloom"):
         config.model.hf_config = BLOOM_HF_CONFIG
     elif variant == "gemma3":
         config.model.source = "random:gemma3-270m"
-        config.model.hf_config = GEMMA3_270M_HF_CONFIG
+        config.model.hf_config = GEMMA3_270M
     else:
         raise ValueError(f"configs/bench_bloom.py: unknown variant {variant!r} (bloom | gemma3)")
     config.data.recipe_records = 400

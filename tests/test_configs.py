@@ -22,6 +22,8 @@ CASES = [
     ("llama.py", "smollm2-135m", (1, 8)),
     ("llama.py", "7b", (16, 32)),
     ("bench_bloom.py", None, (1,)),
+    ("bench_gpu.py", "gemma3-270m", (1, 8)),
+    ("bench_gpu.py", "bloom-560m", (1, 8)),
 ]
 
 

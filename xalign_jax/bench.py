@@ -126,7 +126,7 @@ def time_jax_steps(trainer: train.Trainer, host_batches: Sequence[dict], warmup:
 def torch_hf_config(trainer: train.Trainer) -> dict:
     """The HF config dict the JAX model was initialised from (vocabulary filled in as ``model_source`` does)."""
     hf_config = dict(trainer.config.model.hf_config)
-    hf_config.setdefault("vocab_size", len(trainer.tokenizer))
+    hf_config.setdefault("vocab_size", trainer.model.config.vocab_size)
     return hf_config
 
 

@@ -18,7 +18,7 @@ DEFAULT_DATA_DIR = str(REPO_ROOT.parent / "shared" / "data")
 
 def model_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
-        "source": "",              # fetch name | HF dir | .gguf | "random:<tokenizer source>" (then hf_config)
+        "source": "",              # fetch name | HF dir | .gguf | "random:<tokenizer source>" | "random" (hf_config)
         "hf_config": {},           # architecture for random init (a transformers config.json dict)
         "init_seed": 0,
         "dtype": "bfloat16",       # compute dtype; parameters and Adam moments stay fp32
@@ -35,6 +35,7 @@ def data_config() -> ml_collections.ConfigDict:
         "data_dir": DEFAULT_DATA_DIR,
         "recipe_languages": ("en", "zh", "sw"),
         "recipe_records": 6000,
+        "synthetic_records": 0,     # >0: train on this many random-token examples (benchmarks only, data/synthetic.py)
         "skip_bad_records": False,  # True: malformed lines are counted and reported instead of stopping the run
         "seq_len": 512,             # CLM row length (reference clm_block_size 512)
         "clm_rows": 2,              # packed CLM rows per step (global)

@@ -86,15 +86,33 @@ def validate(config: Any, *, mode: str, num_devices: int | None = None) -> None:
         _fail("train.steps", f"must be positive, got {train.steps}")
     if train.warmup_steps > train.steps:
         _fail("train.warmup_steps", f"{train.warmup_steps} exceeds train.steps = {train.steps}")
-    if data_cfg.train_file and not pathlib.Path(data_cfg.train_file).is_file():
-        _fail("data.train_file", f"{data_cfg.train_file} is not a file")
-    if not data_cfg.train_file and not pathlib.Path(data_cfg.data_dir).is_dir():
-        _fail("data.data_dir", f"{data_cfg.data_dir} is not a directory (needed to build the default training set)")
+    _validate_data_source(config)
     if sorted(data_cfg.cl_buckets) != list(data_cfg.cl_buckets) or not data_cfg.cl_buckets:
         _fail("data.cl_buckets", f"must be a non-empty increasing tuple, got {data_cfg.cl_buckets}")
     pool_layer(config.objective.pooler)
     if config.objective.temperature <= 0:
         _fail("objective.temperature", f"must be positive, got {config.objective.temperature}")
+
+
+def _validate_data_source(config: Any) -> None:
+    """Real records (a file, or the shared corpora for the default recipe) unless the run is a synthetic benchmark;
+    a model without tokenizer (``model.source='random'``) can only train on synthetic data and evaluate nothing."""
+    data_cfg = config.data
+    if data_cfg.synthetic_records:
+        if data_cfg.synthetic_records < 0:
+            _fail("data.synthetic_records", f"must be 0 (off) or positive, got {data_cfg.synthetic_records}")
+    elif str(config.model.source) == "random":
+        _fail("model.source", "'random' has no tokenizer, so it can train only on data.synthetic_records")
+    elif data_cfg.train_file and not pathlib.Path(data_cfg.train_file).is_file():
+        _fail("data.train_file", f"{data_cfg.train_file} is not a file")
+    elif not data_cfg.train_file and not pathlib.Path(data_cfg.data_dir).is_dir():
+        _fail("data.data_dir", f"{data_cfg.data_dir} is not a directory (needed to build the default training set)")
+    if str(config.model.source) == "random":
+        for key in ("before_training", "after_training"):
+            if config.eval[key]:
+                _fail(f"eval.{key}", "model.source 'random' has no tokenizer to evaluate with; set it False")
+        if config.train.eval_every:
+            _fail("train.eval_every", "model.source 'random' has no tokenizer to evaluate with; set it 0")
 
 
 def validate_against_model(config: Any, num_layers: int) -> None:

@@ -5,7 +5,9 @@
     once into ``<workdir>/model/<name>`` (no hub download, ever);
   * a path to an HF directory (config.json + safetensors) or a ``.gguf`` file;
   * ``random:<dir or fetch name>``: random initialisation with the architecture given by ``model.hf_config`` and the
-    tokenizer of the named source (the small demo model).
+    tokenizer of the named source (the small demo model);
+  * ``random``: the same without any tokenizer (``None``); ``hf_config`` must give ``vocab_size``. Only for
+    ``data.synthetic_records`` benchmarks on machines that hold no tokenizer files.
 """
 from __future__ import annotations
 
@@ -41,21 +43,34 @@ def resolve_path(source: str, cache_dir: pathlib.Path) -> pathlib.Path:
 def load_model_and_tokenizer(mcfg: Any, *, mesh: jax.sharding.Mesh | None, cache_dir: pathlib.Path | None = None):
     """(Decoder, tokenizer) for the config's model section, parameters placed into the mesh's shardings."""
     source = str(mcfg.source)
+    options = dict(dtype=mcfg.dtype, param_dtype=mcfg.param_dtype, remat_policy=mcfg.remat_policy,
+                   attention_impl=mcfg.attention_impl)
+    if source == "random":
+        if "vocab_size" not in mcfg.hf_config:
+            raise ValueError("config model.hf_config: model.source 'random' has no tokenizer to size the "
+                             "vocabulary from; give vocab_size")
+        return _random_model(mcfg, mesh, options, tokenizer_source="no tokenizer"), None
     random_init = source.startswith("random:")
     path = resolve_path(source.removeprefix("random:"), cache_dir or default_cache_dir())
     tokenizer = models.load_tokenizer(path)
-    options = dict(dtype=mcfg.dtype, param_dtype=mcfg.param_dtype, remat_policy=mcfg.remat_policy,
-                   attention_impl=mcfg.attention_impl)
     if random_init:
-        hf_config = dict(mcfg.hf_config)
-        hf_config.setdefault("vocab_size", len(tokenizer))
-        config = models.ModelConfig.from_hf(hf_config, **options)
-        model = models.init_model(config, seed=mcfg.init_seed, mesh=mesh)
-        log.info("model: random %s init (%s) with the tokenizer of %s", config.family, _size(model), path)
-    else:
-        model = models.from_pretrained(path, mesh=mesh, untie_lm_head=mcfg.untie_lm_head, **options)
-        log.info("model: %s loaded from %s (%s)", model.config.family, path, _size(model))
+        return _random_model(mcfg, mesh, options, tokenizer_source=f"the tokenizer of {path}",
+                             vocab_size=len(tokenizer)), tokenizer
+    model = models.from_pretrained(path, mesh=mesh, untie_lm_head=mcfg.untie_lm_head, **options)
+    log.info("model: %s loaded from %s (%s)", model.config.family, path, _size(model))
     return model, tokenizer
+
+
+def _random_model(mcfg: Any, mesh: jax.sharding.Mesh | None, options: dict, *, tokenizer_source: str,
+                  vocab_size: int | None = None):
+    """A randomly initialised model of ``model.hf_config``; ``vocab_size`` (the tokenizer's) fills a missing one."""
+    hf_config = dict(mcfg.hf_config)
+    if vocab_size is not None:
+        hf_config.setdefault("vocab_size", vocab_size)
+    config = models.ModelConfig.from_hf(hf_config, **options)
+    model = models.init_model(config, seed=mcfg.init_seed, mesh=mesh)
+    log.info("model: random %s init (%s) with %s", config.family, _size(model), tokenizer_source)
+    return model
 
 
 def _size(model) -> str:

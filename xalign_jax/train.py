@@ -134,7 +134,8 @@ class Trainer:
         self.model, self.tokenizer = load_model_and_tokenizer(config.model, mesh=self.mesh)
         config_validation.validate_against_model(config, self.model.config.num_layers)
         self.graphdef, params = nnx.split(self.model, nnx.Param)
-        self.examples = load_training_examples(config, self.tokenizer, self.workdir)
+        self.examples = load_training_examples(config, self.tokenizer, self.workdir,
+                                               vocab_size=self.model.config.vocab_size)
         self.batches = pipeline.make_batches(self.examples, config.data, config.train, seed=config.train.seed,
                                              process_index=jax.process_index(),
                                              process_count=jax.process_count())

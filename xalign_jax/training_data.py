@@ -1,6 +1,8 @@
 """From the config's data section to tokenized training examples: build (if needed), validate, tokenize.
 
-With ``data.train_file`` empty the default recipe (``data/recipes.py``) is built from the shared corpora into
+With ``data.synthetic_records`` set, random-token examples of realistic shapes stand in for data
+(``data/synthetic.py``: throughput benchmarks on machines without corpora or tokenizer). Otherwise, with
+``data.train_file`` empty the default recipe (``data/recipes.py``) is built from the shared corpora into
 ``WORKDIR/data/train.jsonl`` once; process 0 builds and the others wait, so every process reads identical records.
 Every record is validated before anything is compiled: a malformed line stops the run with ``file:line: field: ...``
 unless ``data.skip_bad_records``, in which case the skips are counted and logged.
@@ -14,7 +16,7 @@ from typing import Any
 import jax
 from jax.experimental import multihost_utils
 
-from xalign_jax.data import recipes, tokenize
+from xalign_jax.data import recipes, synthetic, tokenize
 from xalign_jax.data.records import read_records
 
 log = logging.getLogger(__name__)
@@ -35,8 +37,18 @@ def training_file(config: Any, workdir: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def load_training_examples(config: Any, tokenizer: Any, workdir: pathlib.Path) -> tokenize.TokenizedCorpus:
-    """Validated, tokenized examples of the training file (counts of anything dropped are in ``.report``)."""
+def load_training_examples(config: Any, tokenizer: Any, workdir: pathlib.Path, *,
+                           vocab_size: int) -> tokenize.TokenizedCorpus:
+    """Validated, tokenized examples of the training file (counts of anything dropped are in ``.report``), or the
+    random-token examples of ``data.synthetic_records`` (benchmarks without data or tokenizer)."""
+    if config.data.synthetic_records:
+        pad_id = 0 if tokenizer is None else tokenize.special_ids(tokenizer)[2]
+        corpus = synthetic.synthetic_corpus(
+            int(config.data.synthetic_records), vocab_size=vocab_size, seq_len=int(config.data.seq_len),
+            max_sentence_len=int(max(config.data.cl_buckets)), seed=int(config.train.seed), pad_id=pad_id)
+        log.warning("training on %d SYNTHETIC random-token examples (a throughput benchmark, not a model): %s",
+                    len(corpus), corpus.report)
+        return corpus
     path = training_file(config, workdir)
     records, report = read_records(path, skip_bad=config.data.skip_bad_records)
     log.info("records: %s", report)

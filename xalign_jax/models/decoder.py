@@ -169,10 +169,10 @@ class Decoder(nnx.Module):
         dtype = jnp.dtype(cfg.dtype)
         if cfg.tie_word_embeddings:
             weight = self.top.embed[...].astype(dtype)
-            out = jnp.einsum("...d,vd->...v", hidden.astype(dtype), weight, preferred_element_type=jnp.float32)
+            out = layers.einsum_fp32_out("...d,vd->...v", hidden.astype(dtype), weight)
         else:
             weight = self.top.lm_head[...].astype(dtype)
-            out = jnp.einsum("...d,dv->...v", hidden.astype(dtype), weight, preferred_element_type=jnp.float32)
+            out = layers.einsum_fp32_out("...d,dv->...v", hidden.astype(dtype), weight)
         if cfg.final_logit_softcap:
             out = jnp.tanh(out / cfg.final_logit_softcap) * cfg.final_logit_softcap
         return out

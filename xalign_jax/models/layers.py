@@ -5,6 +5,7 @@ the compute dtype with fp32 accumulation, RoPE angles in fp32.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -12,6 +13,31 @@ import jax.numpy as jnp
 import numpy as np
 
 MASKED = -1e30   # finite, so a fully masked (padding) query row gives a uniform softmax instead of NaN
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def einsum_fp32_out(spec: str, x: jax.Array, y: jax.Array) -> jax.Array:
+    """``einsum`` of compute-dtype operands with fp32 accumulation and output (logits, attention scores and
+    outputs) whose backward ALSO runs in the operands' dtype.
+
+    Plain autodiff of ``preferred_element_type=float32`` hands the fp32 cotangent to the transposed matmuls, which
+    then run in fp32: the LM head's two backward matmuls, the largest of the step with a 250k vocabulary, ran at
+    fp32 rather than bf16 speed. Here the cotangent is rounded to the operands' dtype first, the usual mixed
+    precision contract (bf16 operands, fp32 accumulation). With fp32 operands this is exactly plain autodiff."""
+    return jnp.einsum(spec, x, y, preferred_element_type=jnp.float32)
+
+
+def _einsum_fp32_out_fwd(spec: str, x: jax.Array, y: jax.Array):
+    return einsum_fp32_out(spec, x, y), (x, y)
+
+
+def _einsum_fp32_out_bwd(spec: str, residuals: tuple[jax.Array, jax.Array], cotangent: jax.Array):
+    x, y = residuals
+    _, pullback = jax.vjp(functools.partial(jnp.einsum, spec), x, y)   # product in the operands' dtype
+    return pullback(cotangent.astype(jnp.result_type(x, y)))
+
+
+einsum_fp32_out.defvjp(_einsum_fp32_out_fwd, _einsum_fp32_out_bwd)
 
 
 def normalize(x: jax.Array, scale: jax.Array, bias: jax.Array | None, kind: str, eps: float) -> jax.Array:
@@ -129,14 +155,14 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, scal
     batch, length, heads, dim = q.shape
     kv_heads = k.shape[2]
     grouped = q.reshape(batch, length, kv_heads, heads // kv_heads, dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", grouped, k, preferred_element_type=jnp.float32) * scale
+    scores = einsum_fp32_out("btkgd,bskd->bkgts", grouped, k) * scale
     if softcap:
         scores = jnp.tanh(scores / softcap) * softcap
     if bias is not None:
         scores = scores + bias.reshape(batch, kv_heads, heads // kv_heads, *bias.shape[2:])
     scores = jnp.where(mask[:, :, None], scores, MASKED)
     probs = dropout(jax.nn.softmax(scores, axis=-1), probs_dropout, rng).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+    out = einsum_fp32_out("bkgts,bskd->btkgd", probs, v)
     return out.reshape(batch, length, heads, dim).astype(q.dtype)
 
 

@@ -1,0 +1,62 @@
+"""``layers.einsum_fp32_out``: plain autodiff in fp32; in bf16 the backward matmuls stay in bf16 (the fp32
+cotangent of an fp32-output product would otherwise turn them into fp32 matmuls)."""
+from __future__ import annotations
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+
+from xalign_jax.models import layers
+
+SPEC = "btd,vd->btv"
+
+
+def _operands(dtype):
+    kx, ky, kg = jax.random.split(jax.random.PRNGKey(0), 3)
+    return (jax.random.normal(kx, (2, 5, 16), jnp.float32).astype(dtype),
+            jax.random.normal(ky, (40, 16), jnp.float32).astype(dtype),
+            jax.random.normal(kg, (2, 5, 40), jnp.float32))
+
+
+def _grads(fn, x, y, g):
+    return jax.grad(lambda a, b: jnp.sum(fn(a, b) * g), argnums=(0, 1))(x, y)
+
+
+def _plain(a, b):
+    return jnp.einsum(SPEC, a, b, preferred_element_type=jnp.float32)
+
+
+def _custom(a, b):
+    return layers.einsum_fp32_out(SPEC, a, b)
+
+
+def _dot_operand_dtypes(fn, x, y, g) -> list[tuple]:
+    """Operand dtypes of every dot_general in the gradient's jaxpr (sub-jaxprs included)."""
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                yield tuple(str(v.aval.dtype) for v in eqn.invars)
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                yield from walk(sub)
+    return list(walk(jax.make_jaxpr(lambda a, b: _grads(fn, a, b, g))(x, y).jaxpr))
+
+
+def test_fp32_operands_give_exactly_plain_autodiff():
+    x, y, g = _operands(jnp.float32)
+    np.testing.assert_array_equal(np.asarray(_custom(x, y)), np.asarray(_plain(x, y)))
+    for got, want in zip(_grads(_custom, x, y, g), _grads(_plain, x, y, g)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+
+
+def test_bf16_backward_matmuls_run_in_bf16_and_stay_close():
+    x, y, g = _operands(jnp.bfloat16)
+    plain_dots = _dot_operand_dtypes(_plain, x, y, g)
+    assert any("float32" in dtypes for dtypes in plain_dots)          # the problem this exists for
+    custom_dots = _dot_operand_dtypes(_custom, x, y, g)
+    assert len(custom_dots) >= 3 and all(set(d) == {"bfloat16"} for d in custom_dots), custom_dots
+    assert _custom(x, y).dtype == jnp.float32
+    exact = _grads(_plain, x.astype(jnp.float32), y.astype(jnp.float32), g)
+    for got, want in zip(_grads(_custom, x, y, g), exact):
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want), rtol=3e-2, atol=3e-2)
