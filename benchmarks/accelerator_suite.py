@@ -1,7 +1,7 @@
 """Train-step MFU on an accelerator: a fixed list of ``xalign_jax.bench`` runs, one process each, plus the chip's
 measured bf16 matmul rate as the achievable ceiling, summarised in one table.
 
-    python benchmarks/accelerator_suite.py --out DIR [--runs gemma3-xla,bloom-xla] [--steps 10] [--timeout 150]
+    python benchmarks/accelerator_suite.py --out DIR [--runs gemma3-cudnn,bloom-xla-r16] [--steps 10] [--timeout 150]
 
 ``DIR/suite.json`` collects every run's bench report and the tail of its log, ``DIR/summary.md`` the table (two
 files, whatever the number of runs). A run that fails or times out is recorded as such and the suite goes on, so
@@ -21,21 +21,22 @@ import time
 
 CONFIG = "configs/bench_gpu.py"
 GEMMA3, BLOOM = f"--config={CONFIG}:gemma3-270m", f"--config={CONFIG}:bloom-560m"
-CUDNN = "--config.model.attention_impl=cudnn"
+CUDNN, XLA = "--config.model.attention_impl=cudnn", "--config.model.attention_impl=xla"
+FULL_BATCH = ["--config.data.clm_rows=32", "--config.train.batch_size=96"]
 HALF_BATCH = ["--config.data.clm_rows=16", "--config.train.batch_size=48"]   # XLA attention holds [B, H, T, T]
 # only supervised positions reach the LM head: at most 1536 of each 4 rows' 2048 (synthetic answers are ~73%)
 CAPPED = ["--config.data.supervised_cap=1536", "--config.data.supervised_group_rows=4"]
 RUNS: dict[str, list[str]] = {
-    "gemma3-cudnn": [GEMMA3, CUDNN],
+    "gemma3-cudnn": [GEMMA3, CUDNN, *FULL_BATCH],
+    "gemma3-cudnn-capped": [GEMMA3, CUDNN, *FULL_BATCH, *CAPPED],
     "gemma3-cudnn-r16": [GEMMA3, CUDNN, *HALF_BATCH],
-    "gemma3-xla-r16": [GEMMA3, *HALF_BATCH],
-    "gemma3-cudnn-capped": [GEMMA3, CUDNN, *CAPPED],
-    "bloom-cudnn-r16-capped": [BLOOM, CUDNN, *HALF_BATCH, *CAPPED],
-    "gemma3-cudnn-remat-dots": [GEMMA3, CUDNN, "--config.model.remat_policy=dots"],
-    "bloom-xla-r16": [BLOOM, *HALF_BATCH],
+    "gemma3-xla-r16": [GEMMA3, XLA, *HALF_BATCH],
+    "gemma3-cudnn-remat-dots": [GEMMA3, CUDNN, *FULL_BATCH, "--config.model.remat_policy=dots"],
+    "bloom-xla-r16": [BLOOM, XLA, *HALF_BATCH],
     "bloom-cudnn-r16": [BLOOM, CUDNN, *HALF_BATCH],
-    "gemma3-xla": [GEMMA3],
-    "bloom-xla": [BLOOM],
+    "bloom-cudnn-r16-capped": [BLOOM, CUDNN, *HALF_BATCH, *CAPPED],
+    "gemma3-xla": [GEMMA3, XLA, *FULL_BATCH],
+    "bloom-xla": [BLOOM, XLA, *FULL_BATCH],
 }
 
 

@@ -8,8 +8,10 @@ Variants: ``gemma3-270m`` (google/gemma-3-270m: 268M parameters, 262,144 vocabul
 ``data.synthetic_records`` makes random-token examples of realistic lengths (``data/synthetic.py``) that go
 through the real packer, so the compiled step is the production one. Per step: 96 records, i.e. 96 translation
 pairs for the contrastive loss (bucket 64) and their CLM examples packed into 32 rows of 512 tokens (about 13k
-CLM tokens, ~70% supervised). Override the batch with ``--config.data.clm_rows`` / ``--config.train.batch_size``
-and the attention kernel with ``--config.model.attention_impl=cudnn``.
+CLM tokens, ~73% supervised), with cuDNN attention for gemma3-270m. bloom-560m takes half that batch (16 rows, 48
+records): at 32 rows its step ran out of the H200's 141 GB with either attention (BENCHMARKS.md), as gemma3's did
+with XLA attention. Override with ``--config.data.clm_rows`` / ``--config.train.batch_size`` /
+``--config.model.attention_impl``; ``benchmarks/accelerator_suite.py`` runs the measured variants.
 """
 from xalign_jax.config_defaults import base_config
 from xalign_jax.models.architectures import BLOOM_560M, GEMMA3_270M
@@ -28,6 +30,10 @@ def get_config(variant: str = "gemma3-270m"):
     config.data.clm_rows = 32
     config.data.cl_buckets = (64,)
     config.train.batch_size = 96
+    if variant == "gemma3-270m":
+        config.model.attention_impl = "cudnn"
+    else:
+        config.data.clm_rows, config.train.batch_size = 16, 48
     config.train.steps = 1000          # only sets the learning-rate schedule; the benchmark runs --steps
     config.train.warmup_steps = 10
     config.train.log_every = 1000
