@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 
+import jax
 import numpy as np
 import pytest
 
 from xalign_jax import bench, config_validation
 from xalign_jax.config_defaults import base_config
-from xalign_jax.data import synthetic
+from xalign_jax.data import pipeline, synthetic
 from xalign_jax.model_source import load_model_and_tokenizer
 
 VOCAB = 512
@@ -79,3 +80,17 @@ def test_bench_runs_on_synthetic_data_without_tokenizer_or_data(tmp_path):
     assert batch["clm_rows"] == 8 and batch["seq_len"] == 256
     assert 0.5 * 8 * 256 < batch["clm_tokens_per_step"] <= 8 * 256      # 8 records of ~136 tokens fill half or more
     assert batch["contrastive_lengths"] == [64]
+
+
+def test_an_out_of_memory_step_is_reported_with_the_compiled_memory_and_the_knobs(tmp_path, monkeypatch):
+    """Device OOM (simulated: this CPU has room) ends the bench with the step's compiled memory, not a traceback."""
+    def exhausted(trainer, host_batches, warmup):
+        trainer.step_fn(trainer.state, pipeline.to_global(host_batches[0], trainer.mesh))   # compiles the step
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 31.86GiB")
+
+    monkeypatch.setattr(bench, "time_jax_steps", exhausted)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.run_benchmark(_synthetic_config(), steps=1, warmup=1, workdir=tmp_path, measure_load=False)
+    message = str(exit_info.value)
+    assert "ran out of device memory (RESOURCE_EXHAUSTED: Out of memory" in message
+    assert "temp" in message and "argument" in message and "model.remat_policy" in message

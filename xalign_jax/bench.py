@@ -122,6 +122,19 @@ def time_jax_steps(trainer: train.Trainer, host_batches: Sequence[dict], warmup:
     return {"step_seconds": seconds, "losses": losses}
 
 
+def out_of_memory_message(trainer: train.Trainer, error: Exception) -> str:
+    """What the compiled step asked for against what the device holds, and the knobs that trade memory for time."""
+    memory = memory_analysis_dict(trainer.step_fn.memory_analysis())
+    limit = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+    need = ", ".join(f"{k.removesuffix('_size_in_bytes')} {v / 2**30:.1f} GiB" for k, v in memory.items()
+                     if k != "generated_code_size_in_bytes" and isinstance(v, int))
+    held = f"{limit / 2**30:.1f} GiB" if limit else "unknown"
+    return (f"the train step ran out of device memory ({str(error).splitlines()[0][:200]}).\n"
+            f"compiled step: {need}; device memory limit: {held}.\n"
+            "Lower data.clm_rows / train.batch_size, raise train.micro_batches, set model.remat_policy "
+            "(full | dots), lower objective.clm_chunk_size, or use model.attention_impl=cudnn (RoPE models).")
+
+
 # ------------------------------------------------------------------------------------------------- torch side
 def torch_hf_config(trainer: train.Trainer) -> dict:
     """The HF config dict the JAX model was initialised from (vocabulary filled in as ``model_source`` does)."""
@@ -236,7 +249,12 @@ def run_benchmark(config: Any, *, steps: int, warmup: int, workdir: pathlib.Path
     try:
         host_batches, data_seconds = draw_batches(trainer, warmup + steps)
         counts = batch_counts(host_batches[warmup:], trainer)
-        jax_run = time_jax_steps(trainer, host_batches, warmup)
+        try:
+            jax_run = time_jax_steps(trainer, host_batches, warmup)
+        except jax.errors.JaxRuntimeError as error:
+            if "RESOURCE_EXHAUSTED" not in str(error):
+                raise
+            raise SystemExit(out_of_memory_message(trainer, error)) from error
         report = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine_info(),
             "model": model_info(trainer), "batch": batch_info(trainer, host_batches, counts),
