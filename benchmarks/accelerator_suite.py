@@ -38,6 +38,9 @@ RUNS: dict[str, list[str]] = {
     "gemma3-xla": [GEMMA3, XLA, *FULL_BATCH],
     "bloom-xla": [BLOOM, XLA, *FULL_BATCH],
 }
+# gemma3-xla and bloom-xla ran out of memory on a 141 GB H200 (BENCHMARKS.md) and remat-dots is an extra:
+# kept to re-check, not run by default
+DEFAULT_RUNS = [name for name in RUNS if name not in ("gemma3-xla", "bloom-xla", "gemma3-cudnn-remat-dots")]
 
 
 def matmul_tflops(size: int = 8192, repeats: int = 20) -> float:
@@ -99,7 +102,7 @@ def table(results: list[dict], measured_tflops: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=pathlib.Path, required=True)
-    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, from {', '.join(RUNS)}")
+    parser.add_argument("--runs", default=",".join(DEFAULT_RUNS), help=f"comma-separated, from {', '.join(RUNS)}")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--timeout", type=int, default=150, help="seconds per run")
