@@ -16,24 +16,23 @@ with XLA attention. Override with ``--config.data.clm_rows`` / ``--config.train.
 from xalign_jax.config_defaults import base_config
 from xalign_jax.models.architectures import BLOOM_560M, GEMMA3_270M
 
-ARCHITECTURES = {"gemma3-270m": GEMMA3_270M, "bloom-560m": BLOOM_560M}
+# architecture, packed CLM rows, records per step, attention (gemma3 measured to fit; bloom expected to)
+VARIANTS = {"gemma3-270m": (GEMMA3_270M, 32, 96, "cudnn"), "bloom-560m": (BLOOM_560M, 16, 48, "xla")}
 
 
 def get_config(variant: str = "gemma3-270m"):
-    if variant not in ARCHITECTURES:
-        raise ValueError(f"configs/bench_gpu.py: unknown variant {variant!r} ({' | '.join(ARCHITECTURES)})")
+    if variant not in VARIANTS:
+        raise ValueError(f"configs/bench_gpu.py: unknown variant {variant!r} ({' | '.join(VARIANTS)})")
+    architecture, clm_rows, records, attention = VARIANTS[variant]
     config = base_config()
     config.model.source = "random"
-    config.model.hf_config = ARCHITECTURES[variant]
+    config.model.hf_config = architecture
+    config.model.attention_impl = attention
     config.data.synthetic_records = 4096
     config.data.seq_len = 512
-    config.data.clm_rows = 32
+    config.data.clm_rows = clm_rows
     config.data.cl_buckets = (64,)
-    config.train.batch_size = 96
-    if variant == "gemma3-270m":
-        config.model.attention_impl = "cudnn"
-    else:
-        config.data.clm_rows, config.train.batch_size = 16, 48
+    config.train.batch_size = records
     config.train.steps = 1000          # only sets the learning-rate schedule; the benchmark runs --steps
     config.train.warmup_steps = 10
     config.train.log_every = 1000

@@ -98,16 +98,17 @@ def _validate_data_source(config: Any) -> None:
     """Real records (a file, or the shared corpora for the default recipe) unless the run is a synthetic benchmark;
     a model without tokenizer (``model.source='random'``) can only train on synthetic data and evaluate nothing."""
     data_cfg = config.data
+    no_tokenizer = str(config.model.source) == "random"
     if data_cfg.synthetic_records:
         if data_cfg.synthetic_records < 0:
             _fail("data.synthetic_records", f"must be 0 (off) or positive, got {data_cfg.synthetic_records}")
-    elif str(config.model.source) == "random":
+    elif no_tokenizer:
         _fail("model.source", "'random' has no tokenizer, so it can train only on data.synthetic_records")
     elif data_cfg.train_file and not pathlib.Path(data_cfg.train_file).is_file():
         _fail("data.train_file", f"{data_cfg.train_file} is not a file")
     elif not data_cfg.train_file and not pathlib.Path(data_cfg.data_dir).is_dir():
         _fail("data.data_dir", f"{data_cfg.data_dir} is not a directory (needed to build the default training set)")
-    if str(config.model.source) == "random":
+    if no_tokenizer:
         for key in ("before_training", "after_training"):
             if config.eval[key]:
                 _fail(f"eval.{key}", "model.source 'random' has no tokenizer to evaluate with; set it False")
