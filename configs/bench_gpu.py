@@ -8,16 +8,15 @@ Variants: ``gemma3-270m`` (google/gemma-3-270m: 268M parameters, 262,144 vocabul
 ``data.synthetic_records`` makes random-token examples of realistic lengths (``data/synthetic.py``) that go
 through the real packer, so the compiled step is the production one. Per step: 96 records, i.e. 96 translation
 pairs for the contrastive loss (bucket 64) and their CLM examples packed into 32 rows of 512 tokens (about 13k
-CLM tokens, ~73% supervised), with cuDNN attention for gemma3-270m. bloom-560m takes half that batch (16 rows, 48
-records): at 32 rows its step ran out of the H200's 141 GB with either attention (BENCHMARKS.md), as gemma3's did
-with XLA attention. Override with ``--config.data.clm_rows`` / ``--config.train.batch_size`` /
-``--config.model.attention_impl``; ``benchmarks/accelerator_suite.py`` runs the measured variants.
+CLM tokens, ~73% supervised), with cuDNN attention (faster than XLA's for both on an H200: BENCHMARKS.md). Override
+with ``--config.data.clm_rows`` / ``--config.train.batch_size`` / ``--config.model.attention_impl``;
+``benchmarks/accelerator_suite.py`` runs the measured variants.
 """
 from xalign_jax.config_defaults import base_config
 from xalign_jax.models.architectures import BLOOM_560M, GEMMA3_270M
 
-# architecture, packed CLM rows, records per step, attention (gemma3 measured to fit; bloom expected to)
-VARIANTS = {"gemma3-270m": (GEMMA3_270M, 32, 96, "cudnn"), "bloom-560m": (BLOOM_560M, 16, 48, "xla")}
+# architecture, packed CLM rows, records per step, attention
+VARIANTS = {"gemma3-270m": (GEMMA3_270M, 32, 96, "cudnn"), "bloom-560m": (BLOOM_560M, 32, 96, "cudnn")}
 
 
 def get_config(variant: str = "gemma3-270m"):

@@ -1,11 +1,13 @@
-"""The accelerator suite's run list applies cleanly to configs/bench_gpu.py, and a failing run is recorded, not
-fatal (the suite exists to keep one broken kernel choice from costing the other measurements)."""
+"""The accelerator suite's run list applies cleanly to configs/bench_gpu.py, a failing run is recorded, not fatal
+(the suite exists to keep one broken kernel choice from costing the other measurements), and a profiled run brings
+back its summary, not the raw profile."""
 from __future__ import annotations
 
 import pytest
 
 from benchmarks import accelerator_suite
 from tests.test_configs import load_config
+from tests.test_trace_summary import write_trace
 from xalign_jax import config_validation
 
 
@@ -37,3 +39,20 @@ def test_a_failing_run_is_recorded_with_its_output(tmp_path):
     assert result["status"] == "exit 1" and result["report"] is None
     assert "no_such_config.py" in result["error_tail"]
     assert "| broken | exit 1 |" in accelerator_suite.table([result], measured_tflops=800.0)
+
+
+def test_a_profiled_run_brings_back_its_summary_and_perfetto_trace(tmp_path):
+    write_trace(tmp_path / "profile")
+    out = tmp_path / "out"
+    out.mkdir()
+    accelerator_suite.write_profile("gemma3-cudnn", tmp_path / "profile", steps=2, out=out)
+    assert sorted(p.name for p in out.iterdir()) == ["profile_gemma3-cudnn.md",
+                                                    "profile_gemma3-cudnn.perfetto_trace.json.gz"]
+    assert "## device: 10.0 ms over 2 steps" in (out / "profile_gemma3-cudnn.md").read_text()
+
+
+def test_the_matmul_ceiling_is_measured_in_a_child_process():
+    """The suite's own process must not hold the accelerator (JAX reserves 75% of its memory in the first process
+    that uses it); the child reports the rate and the device it measured."""
+    rate, devices = accelerator_suite.matmul_tflops_in_child(64)
+    assert rate > 0 and devices.startswith("jax ") and "devices [" in devices

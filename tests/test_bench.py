@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks import torch_reference
-from tests.tiny_models import TINY_HF_CONFIGS
+from tests.tiny_models import TINY_HF_CONFIGS, reference_batch
 from tests.train_fixtures import tiny_train_config, train_tiny_tokenizer
 from xalign_jax import bench
 
@@ -63,23 +63,6 @@ def test_torch_reference_runs_on_the_same_batches(report):
 
 
 # ------------------------------------------------------------------------------------------------- torch reference
-def _synthetic_batch(vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Right-padded sentence pairs of different lengths and two packed CLM rows with next-token targets."""
-    rng = np.random.default_rng(seed)
-    batch = {}
-    for name in ("sent0", "sent1"):
-        lengths = np.array([3, 8, 5, 6])
-        mask = (np.arange(8)[None, :] < lengths[:, None]).astype(np.int32)
-        batch[f"{name}_ids"] = np.where(mask, rng.integers(4, vocab, (4, 8)), 3).astype(np.int32)
-        batch[f"{name}_mask"] = mask
-    ids = rng.integers(4, vocab, (2, 17)).astype(np.int32)
-    batch["clm_ids"], batch["clm_targets"] = ids[:, :-1], ids[:, 1:]
-    weights = (rng.random((2, 16)) < 0.6).astype(np.float32)
-    weights[:, -1] = 1.0
-    batch["clm_weights"] = weights
-    return batch
-
-
 def test_last_token_pool_and_info_nce_match_numpy():
     rng = np.random.default_rng(1)
     hidden = rng.normal(size=(4, 6, 5)).astype(np.float32)
@@ -99,7 +82,7 @@ def test_clm_loss_equals_transformers_own_shifted_loss():
     extra last token changes no earlier logit)."""
     hf_config = TINY_HF_CONFIGS["bloom"]
     model = torch_reference.build_model(hf_config).eval()
-    host = _synthetic_batch(hf_config["vocab_size"])
+    host = reference_batch(hf_config["vocab_size"])
     ids = torch.from_numpy(np.concatenate([host["clm_ids"], host["clm_targets"][:, -1:]], axis=1)).long()
     labels = ids.clone()
     labels[:, 1:][torch.from_numpy(host["clm_weights"]) == 0] = torch_reference.IGNORE_INDEX
@@ -114,7 +97,7 @@ def test_reference_step_trains():
     hf_config = TINY_HF_CONFIGS["bloom"]
     model = torch_reference.build_model(hf_config)
     optimizer = torch_reference.make_optimizer(model, lr=1e-3)
-    batch = torch_reference.to_torch_batch(_synthetic_batch(hf_config["vocab_size"]))
+    batch = torch_reference.to_torch_batch(reference_batch(hf_config["vocab_size"]))
     losses = [torch_reference.reference_step(model, optimizer, batch) for _ in range(3)]
     assert all(math.isfinite(loss) for loss in losses)
     assert losses[2] < losses[1] < losses[0]

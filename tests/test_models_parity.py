@@ -1,14 +1,23 @@
-"""Logits and every hidden state of our models against transformers PyTorch, fp32, left and right padding."""
+"""Logits and every hidden state of our models against transformers PyTorch, fp32, left and right padding; the AFP
+loss and its gradients against the reference recipe's autograd."""
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
-from tests.tiny_models import TINY_HF_CONFIGS, make_tiny_hf_model
-from xalign_jax import models
+from benchmarks import torch_reference
+from tests.tiny_models import TINY_HF_CONFIGS, make_tiny_hf_model, reference_batch
+from xalign_jax import models, objectives
+from xalign_jax.models.decoder import lm_head_logits
+from xalign_jax.models.hf_io import export_tensors
+from xalign_jax.train_step import afp_losses
 from xalign_jax.models import layers
 
 TOL = 1e-4
@@ -92,3 +101,60 @@ def test_bf16_compute_stays_close_to_fp32(pair):
     real = mask.astype(bool)
     assert bf16.dtype == jnp.float32
     assert np.abs(np.asarray(bf16)[real] - np.asarray(fp32)[real]).max() < 0.1, name
+
+
+def test_afp_loss_and_gradients_match_the_torch_reference(pair):
+    """The whole dual objective (contrastive pass stopped after block 1, chunked CE with in-forward gradients,
+    tied or untied head) against the reference recipe's autograd on the same weights and batch, every parameter."""
+    name, reference, model = pair
+    model.config = model.config.replace(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    host = reference_batch(model.config.vocab_size)
+    rows, length = host["clm_ids"].shape
+    batch = {**{k: jnp.asarray(v) for k, v in host.items()},
+             "clm_positions": jnp.broadcast_to(jnp.arange(length), (rows, length)),
+             "clm_segment_ids": jnp.ones((rows, length), jnp.int32)}
+    ocfg = ml_collections.ConfigDict(dict(pooler="last-1", temperature=0.05, symmetric=False, clm_chunk_size=5))
+    graphdef, params = nnx.split(model)
+
+    def loss_fn(state):
+        cl, clm_sum, aux = afp_losses(nnx.merge(graphdef, state), batch, jax.random.PRNGKey(0), ocfg)
+        return cl + 1.5 * clm_sum / aux["clm_tokens"]
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    reference.zero_grad()
+    cl_ref, clm_ref = torch_reference.reference_losses(reference, torch_reference.to_torch_batch(host), layer=1,
+                                                       temperature=0.05)
+    loss_ref = cl_ref + 1.5 * clm_ref
+    loss_ref.backward()
+    assert float(loss) == pytest.approx(loss_ref.item(), rel=1e-5)
+    theirs = {key: param.grad.numpy() for key, param in reference.named_parameters()}
+    ours = {key: thunk() for key, (_, thunk) in export_tensors(nnx.merge(graphdef, grads)).items()}
+    assert set(theirs) <= set(ours), sorted(set(theirs) - set(ours))
+    for key, grad in theirs.items():
+        np.testing.assert_allclose(ours[key], grad, atol=2e-5, rtol=1e-3, err_msg=f"{name} {key}")
+
+
+def test_bf16_logits_round_the_head_output_and_keep_the_loss():
+    """``logits_dtype='bfloat16'``: the head's product is rounded to bf16 (the reference's autocast logits); the
+    chunked CE then gives the fp32-logit loss and gradients to bf16 rounding. An unknown dtype is refused."""
+    rng = np.random.default_rng(0)
+    hidden = jnp.asarray(rng.normal(size=(2, 16, 48)), jnp.float32)
+    head = {"embed": jnp.asarray(0.3 * rng.normal(size=(256, 48)), jnp.float32)}
+    targets = jnp.asarray(rng.integers(0, 256, (2, 16)), jnp.int32)
+    weights = jnp.asarray(rng.integers(0, 2, (2, 16)), jnp.float32)
+    results = {}
+    for logits_dtype in ("float32", "bfloat16"):
+        cfg = models.ModelConfig.from_hf(TINY_HF_CONFIGS["llama3"], dtype="bfloat16", logits_dtype=logits_dtype)
+        logits_fn = functools.partial(lm_head_logits, cfg)
+        assert logits_fn(head, hidden).dtype == jnp.dtype(logits_dtype)
+        loss = lambda p, h: objectives.clm_loss(h, targets, weights, p, logits_fn, chunk_size=5)[0]   # noqa: E731
+        results[logits_dtype] = jax.value_and_grad(loss, argnums=(0, 1))(head, hidden)
+    (want, want_grads), (got, got_grads) = results["float32"], results["bfloat16"]
+    assert float(got) == pytest.approx(float(want), rel=1e-3) and float(got) != float(want)
+    for ours, reference in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+        assert ours.dtype == reference.dtype
+        error = np.linalg.norm(np.asarray(ours) - np.asarray(reference)) / np.linalg.norm(np.asarray(reference))
+        assert 0 < error < 1e-2, error
+    wrong = models.ModelConfig.from_hf(TINY_HF_CONFIGS["llama3"], logits_dtype="float16")
+    with pytest.raises(ValueError, match="logits_dtype 'float16'"):
+        lm_head_logits(wrong, head, hidden)

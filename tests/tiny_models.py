@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pathlib
 
+import numpy as np
+
 TINY_HF_CONFIGS: dict[str, dict] = {
     # bigscience/bloom-560m: 24 layers, 1024 wide, 16 heads, vocab 250880
     "bloom": dict(model_type="bloom", vocab_size=256, hidden_size=48, n_layer=2, n_head=6,
@@ -64,3 +66,21 @@ def make_tiny_hf_model(name: str, out_dir: str | pathlib.Path, *, tokenizer=None
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     return model
+
+
+def reference_batch(vocab: int, seed: int = 0) -> dict:
+    """A batch in the pipeline's layout: right-padded sentence pairs of different lengths and two CLM rows of
+    one sequence each with next-token targets (the torch reference recipe's inputs)."""
+    rng = np.random.default_rng(seed)
+    batch = {}
+    for name in ("sent0", "sent1"):
+        lengths = np.array([3, 8, 5, 6])
+        mask = (np.arange(8)[None, :] < lengths[:, None]).astype(np.int32)
+        batch[f"{name}_ids"] = np.where(mask, rng.integers(4, vocab, (4, 8)), 3).astype(np.int32)
+        batch[f"{name}_mask"] = mask
+    ids = rng.integers(4, vocab, (2, 17)).astype(np.int32)
+    batch["clm_ids"], batch["clm_targets"] = ids[:, :-1], ids[:, 1:]
+    weights = (rng.random((2, 16)) < 0.6).astype(np.float32)
+    weights[:, -1] = 1.0
+    batch["clm_weights"] = weights
+    return batch

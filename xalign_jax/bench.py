@@ -1,7 +1,7 @@
 """Train-step benchmark: the real trainer's compiled step on the real data pipeline, optionally beside PyTorch.
 
     python -m xalign_jax.bench --config configs/bench_bloom.py[:gemma3] [--config.x=y] [--steps N] [--warmup W]
-                               [--torch] [--out FILE.json]
+                               [--torch] [--out FILE.json] [--profile_dir DIR [--profile_steps 3]]
 
 What it does, in order:
   1. builds ``train.Trainer`` (model, tokenized real data, optimizer, sharded state, the AOT-compiled step), so
@@ -10,9 +10,12 @@ What it does, in order:
      timings cover the step only (the host batch time is measured separately and reported as ``data_s_per_step``);
   3. the first call compiles (timed by ``CompiledSteps``), ``warmup`` steps run untimed, then each of ``steps``
      steps is timed to ``jax.block_until_ready``; the number of compiles must stay 1 with a single bucket;
-  4. with ``--torch`` the reference recipe (``benchmarks/torch_reference.py``) runs on the SAME host batches with
+  4. with ``--profile_dir``, ``profile_steps`` more steps run on the timed steps' batches under
+     ``jax.profiler.trace`` (not counted in the timings: tracing costs host time); ``benchmarks/trace_summary.py``
+     turns the trace into per-op device time;
+  5. with ``--torch`` the reference recipe (``benchmarks/torch_reference.py``) runs on the SAME host batches with
      the same HF config, and the ratio of median step times is printed (same tokens, so it is the tokens/s ratio);
-  5. saves the parameters as an HF checkpoint and measures, in a fresh process, the peak RSS growth of
+  6. saves the parameters as an HF checkpoint and measures, in a fresh process, the peak RSS growth of
      ``models.from_pretrained`` against the parameter bytes.
 
 Figures:
@@ -42,6 +45,7 @@ import time
 from typing import Any, Sequence
 
 import jax
+from absl import logging
 from flax import nnx
 
 from xalign_jax import objectives, train
@@ -122,6 +126,34 @@ def time_jax_steps(trainer: train.Trainer, host_batches: Sequence[dict], warmup:
     return {"step_seconds": seconds, "losses": losses}
 
 
+def profile_jax_steps(trainer: train.Trainer, host_batches: Sequence[dict], steps: int,
+                      profile_dir: pathlib.Path) -> None:
+    """Run ``steps`` more steps under ``jax.profiler.trace`` so the trace shows where a step's device time goes.
+
+    Apart from the timed steps because tracing adds host overhead; the batches are placed before the trace starts
+    so that their host-to-device copies are not in it, and each step is waited for so steps do not overlap."""
+    device_batches = [pipeline.to_global(host_batches[i % len(host_batches)], trainer.mesh) for i in range(steps)]
+    state = jax.block_until_ready(trainer.state)
+    jax.block_until_ready(device_batches)
+    with jax.profiler.trace(str(profile_dir), create_perfetto_trace=True):
+        for batch in device_batches:
+            state, metrics = trainer.step_fn(state, batch)
+            jax.block_until_ready((state, metrics))
+    trainer.state = state
+
+
+def profile_or_error(trainer: train.Trainer, host_batches: Sequence[dict], steps: int,
+                     profile_dir: pathlib.Path) -> dict:
+    """``profile_jax_steps``, whose failure (no profiler plugin, CUPTI refused) is reported instead of raised: the
+    timings are already measured and must not be lost to an optional trace."""
+    try:
+        profile_jax_steps(trainer, host_batches, steps, profile_dir)
+    except Exception as error:   # noqa: BLE001 - any profiler failure, reported in the JSON
+        logging.warning("profiling failed: %s", error)
+        return {"dir": str(profile_dir), "error": f"{type(error).__name__}: {error}"}
+    return {"dir": str(profile_dir), "steps": steps}
+
+
 def out_of_memory_message(trainer: train.Trainer, error: Exception) -> str:
     """What the compiled step asked for against what the device holds, and the knobs that trade memory for time."""
     memory = memory_analysis_dict(trainer.step_fn.memory_analysis())
@@ -171,6 +203,7 @@ def time_torch_reference(trainer: train.Trainer, host_batches: Sequence[dict], w
 _LOAD_PROBE = """
 import json, pathlib, sys, time
 import jax
+from absl import logging
 from flax import nnx
 from xalign_jax import bench, models
 jax.devices()
@@ -241,7 +274,8 @@ def machine_info() -> dict:
 
 
 def run_benchmark(config: Any, *, steps: int, warmup: int, workdir: pathlib.Path, with_torch: bool = False,
-                  torch_bf16: bool = False, measure_load: bool = True) -> dict:
+                  torch_bf16: bool = False, measure_load: bool = True, profile_dir: pathlib.Path | None = None,
+                  profile_steps: int = 3) -> dict:
     """Everything the module docstring lists, as one JSON-ready dict."""
     if steps < 1 or warmup < 1:
         raise ValueError(f"--steps and --warmup must be >= 1 (the first warmup step compiles), got {steps}, {warmup}")
@@ -251,6 +285,8 @@ def run_benchmark(config: Any, *, steps: int, warmup: int, workdir: pathlib.Path
         counts = batch_counts(host_batches[warmup:], trainer)
         try:
             jax_run = time_jax_steps(trainer, host_batches, warmup)
+            jax_part = jax_report(trainer, jax_run, counts, data_seconds)    # peak RSS before any profiling
+            profile = profile_dir and profile_or_error(trainer, host_batches[warmup:], profile_steps, profile_dir)
         except jax.errors.JaxRuntimeError as error:
             if "RESOURCE_EXHAUSTED" not in str(error):
                 raise
@@ -258,8 +294,10 @@ def run_benchmark(config: Any, *, steps: int, warmup: int, workdir: pathlib.Path
         report = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine_info(),
             "model": model_info(trainer), "batch": batch_info(trainer, host_batches, counts),
-            "jax": jax_report(trainer, jax_run, counts, data_seconds),
+            "jax": jax_part,
         }
+        if profile:
+            report["profile"] = profile
         if with_torch:
             torch_run = time_torch_reference(trainer, host_batches, warmup, bf16_autocast=torch_bf16)
             report["torch"] = torch_report(torch_run, counts)
@@ -352,12 +390,16 @@ def cli() -> None:
     load = flags.DEFINE_bool("load_memory", True, "Measure the peak RSS of loading a checkpoint.")
     workdir = flags.DEFINE_string("workdir", None, "Where the data set and probe checkpoint go (default: temp).")
     out = flags.DEFINE_string("out", None, "Write the JSON report here.")
+    profile_dir = flags.DEFINE_string("profile_dir", None, "Also trace --profile_steps untimed steps into this dir.")
+    profile_steps = flags.DEFINE_integer("profile_steps", 3, "Steps traced when --profile_dir is set.")
 
     def main(argv: list[str]) -> None:
         del argv
         report = run_benchmark(config.value, steps=steps.value, warmup=warmup.value,
                                workdir=pathlib.Path(workdir.value or tempfile.mkdtemp(prefix="xalign_bench_")),
-                               with_torch=with_torch.value, torch_bf16=torch_bf16.value, measure_load=load.value)
+                               with_torch=with_torch.value, torch_bf16=torch_bf16.value, measure_load=load.value,
+                               profile_dir=pathlib.Path(profile_dir.value) if profile_dir.value else None,
+                               profile_steps=profile_steps.value)
         report["command"] = " ".join(["python", "-m", "xalign_jax.bench", *sys.argv[1:]])
         print(format_report(report))
         if out.value:

@@ -25,6 +25,7 @@ def model_config() -> ml_collections.ConfigDict:
         "param_dtype": "float32",
         "remat_policy": "none",    # none | full | dots | dots_no_batch ...
         "attention_impl": "xla",   # xla | cudnn (GPU, RoPE/sinusoidal families)
+        "logits_dtype": "float32",  # LM head output; bfloat16 halves the CE's memory traffic (torch autocast's)
         "untie_lm_head": False,    # reference: True (it trains a separate head initialised from the embedding)
     })
 

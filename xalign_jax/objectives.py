@@ -5,13 +5,15 @@
   ``z0 @ z1.T`` below gives every device every negative WITH gradients (XLA inserts the gathers); the reference's
   non-differentiable all-gather, which scales the contrastive gradient by 1/world_size, is not reproduced (§7.3).
 * ``clm_loss``: next-token cross-entropy computed chunk by chunk over the sequence, so the fp32 logits of the whole
-  batch ([rows, T, vocab], gigabytes with a 262k vocabulary) never exist, not even as saved residuals for backward.
+  batch ([rows, T, vocab], gigabytes with a 262k vocabulary) never exist, not even as saved residuals for backward;
+  each chunk's gradient is taken while its logits exist, so the head's matmul never runs twice.
 
 Similarities, log-sum-exps and losses run in fp32 whatever the compute dtype, as the reference does under autocast.
 """
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -89,13 +91,99 @@ def contrastive_loss(z0: jax.Array, z1: jax.Array, *, temperature: float = 0.05,
     return loss, {"accuracy": accuracy, "positive_cosine": jnp.mean(jnp.diagonal(cosine))}
 
 
-def _chunk_nll_sum(logits_fn: Callable[[jax.Array], jax.Array], hidden: jax.Array, targets: jax.Array,
+LogitsFn = Callable[[Any, jax.Array], jax.Array]   # (head parameters, [..., D] hidden) -> [..., V] logits
+
+
+def _nll_terms(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(weighted NLL sum, log-sum-exp) of fp32 ``logits``; weight-0 positions (any target id) contribute 0."""
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(weights > 0, (lse - target_logit) * weights, 0.0)), lse
+
+
+def _chunk_nll_sum(logits_fn: LogitsFn, head: Any, hidden: jax.Array, targets: jax.Array,
                    weights: jax.Array) -> jax.Array:
     """Weighted sum of -log p(target) over one [R, C] chunk; logits in the compute dtype, softmax maths in fp32."""
-    logits = logits_fn(hidden).astype(jnp.float32)
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
-    return jnp.sum(jnp.where(weights > 0, nll * weights, 0.0))
+    return _nll_terms(logits_fn(head, hidden).astype(jnp.float32), targets, weights)[0]
+
+
+def _chunk_grads_by_autodiff(logits_fn: LogitsFn, head: Any, hidden: jax.Array, targets: jax.Array,
+                             weights: jax.Array) -> tuple[jax.Array, Any, jax.Array]:
+    """``_chunk_nll_sum`` and its gradients for the head and the hidden chunk, by ``jax.vjp``."""
+    loss, pullback = jax.vjp(lambda p, h: _chunk_nll_sum(logits_fn, p, h, targets, weights), head, hidden)
+    return (loss, *pullback(jnp.ones((), jnp.float32)))
+
+
+def _chunk_grads_by_hand(logits_fn: LogitsFn, head: Any, hidden: jax.Array, targets: jax.Array,
+                         weights: jax.Array) -> tuple[jax.Array, Any, jax.Array]:
+    """``_chunk_grads_by_autodiff`` with the logits' gradient written out: ``(softmax - onehot(target)) * weight``,
+    the one-hot an iota comparison. Autodiff transposes the target gather into a scatter into a zero [R, C, V]
+    array, which on a GPU kept the softmax gradient and its cast to the compute dtype in separate fp32 passes over
+    the step's largest tensor. Only the head's own backward (``logits_fn``'s pullback) is autodiff."""
+    raw_logits, pullback = jax.vjp(logits_fn, head, hidden)
+    logits = raw_logits.astype(jnp.float32)
+    loss, lse = _nll_terms(logits, targets, weights)
+    is_target = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1) == targets[..., None]
+    scale = jnp.where(weights > 0, weights, 0.0)[..., None]
+    logits_grad = (jnp.exp(logits - lse[..., None]) - is_target) * scale
+    head_grad, hidden_grad = pullback(logits_grad.astype(raw_logits.dtype))
+    return loss, head_grad, hidden_grad
+
+
+# Measured (BENCHMARKS.md): by hand, the gemma3-270m step on an H200 went from 114.7 to 109.0 ms; on the 2-core CPU
+# the bloom bench step went from 2.07-2.09 to 2.19-2.20 s (why was not pinned down: sharing one exponential between
+# the log-sum-exp and the gradient did not help). "auto" takes the faster one for the backend.
+CHUNK_GRADS = {"autodiff": _chunk_grads_by_autodiff, "by_hand": _chunk_grads_by_hand}
+
+
+def _chunk_grads(logits_grad: str) -> Callable[..., tuple[jax.Array, Any, jax.Array]]:
+    if logits_grad == "auto":
+        logits_grad = "autodiff" if jax.default_backend() == "cpu" else "by_hand"
+    if logits_grad not in CHUNK_GRADS:
+        raise ValueError(f"logits_grad {logits_grad!r}: choose auto or one of {sorted(CHUNK_GRADS)}")
+    return CHUNK_GRADS[logits_grad]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _chunked_nll_sum(logits_fn: LogitsFn, logits_grad: str, head: Any, hidden: jax.Array, targets: jax.Array,
+                     weights: jax.Array) -> jax.Array:
+    """Sum of ``_chunk_nll_sum`` over [num_chunks, R, C, ...] chunks, one chunk's logits alive at a time.
+
+    Differentiated, the forward pass already computes each chunk's gradients while its logits exist (the fused
+    linear cross-entropy of Liger-Kernel / Cut Cross-Entropy): backward then only scales them by the incoming
+    cotangent. Rematerialising the chunk instead would run the vocabulary projection, the largest matmul of the
+    step with a 250k vocabulary, a second time: four head matmuls per chunk instead of three.
+    """
+    def body(total, chunk):
+        return total + _chunk_nll_sum(logits_fn, head, *chunk), None
+
+    return jax.lax.scan(body, jnp.zeros((), jnp.float32), (hidden, targets, weights))[0]
+
+
+def _chunked_nll_sum_fwd(logits_fn: LogitsFn, logits_grad: str, head: Any, hidden: jax.Array, targets: jax.Array,
+                         weights: jax.Array):
+    chunk_grads = _chunk_grads(logits_grad)
+
+    def body(carry, chunk):
+        total, head_grad = carry
+        chunk_hidden, chunk_targets, chunk_weights = chunk
+        loss, chunk_head_grad, hidden_grad = chunk_grads(logits_fn, head, chunk_hidden, chunk_targets, chunk_weights)
+        return (total + loss, jax.tree.map(jnp.add, head_grad, chunk_head_grad)), hidden_grad
+
+    zero_head = jax.tree.map(jnp.zeros_like, head)
+    (total, head_grad), hidden_grad = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zero_head),
+                                                   (hidden, targets, weights))
+    return total, (head_grad, hidden_grad)
+
+
+def _chunked_nll_sum_bwd(logits_fn: LogitsFn, logits_grad: str, residuals: tuple[Any, jax.Array],
+                         cotangent: jax.Array):
+    head_grad, hidden_grad = residuals
+    scale = lambda g: (g * cotangent).astype(g.dtype)   # noqa: E731
+    return jax.tree.map(scale, head_grad), scale(hidden_grad), None, None
+
+
+_chunked_nll_sum.defvjp(_chunked_nll_sum_fwd, _chunked_nll_sum_bwd)
 
 
 def _to_chunks(x: jax.Array, chunk: int, num_chunks: int) -> jax.Array:
@@ -129,17 +217,19 @@ def supervised_overflow(weights: jax.Array, positions: int, rows_per_group: int 
     return jnp.sum(jnp.maximum(per_group - positions, 0))
 
 
-def clm_loss(hidden: jax.Array, targets: jax.Array, weights: jax.Array,
-             logits_fn: Callable[[jax.Array], jax.Array], *, chunk_size: int,
-             supervised_positions: int = 0, rows_per_group: int = 1) -> tuple[jax.Array, jax.Array]:
+def clm_loss(hidden: jax.Array, targets: jax.Array, weights: jax.Array, head: Any, logits_fn: LogitsFn, *,
+             chunk_size: int, supervised_positions: int = 0, rows_per_group: int = 1,
+             logits_grad: str = "auto") -> tuple[jax.Array, jax.Array]:
     """(sum of weighted token NLL, sum of weights) of next-token prediction, in sequence chunks.
 
     ``targets[r, t]`` is the token to predict AT position t (already shifted by the packer) and ``weights`` are 0/1.
     Returning the sum and the count lets the caller take the exact token mean over the global batch and over
-    gradient-accumulation micro-batches. Each chunk's body is rematerialised (``jax.checkpoint``), so backward saves
-    only the [R, C, D] hidden chunks and recomputes one chunk's [R, C, V] logits at a time. The chunks are balanced
-    (as few as ``chunk_size`` allows, equal in length), so a length just above ``chunk_size`` is not padded to twice
-    its size.
+    gradient-accumulation micro-batches. ``logits_fn(head, h)`` is the vocabulary projection and ``head`` its
+    parameters (a pytree), explicit so that the gradient can be taken chunk by chunk in the forward pass: one
+    chunk's [R, C, V] logits exist at a time, and backward keeps only the [R, T, D] hidden gradient and the head's
+    gradient (``_chunked_nll_sum``); ``logits_grad`` picks how the logits' gradient is formed (``CHUNK_GRADS``;
+    "auto" by backend). The chunks are balanced (as few as ``chunk_size`` allows, equal in length), so a length just
+    above ``chunk_size`` is not padded to twice its size.
 
     ``supervised_positions=K`` first gathers the supervised positions of each group of ``rows_per_group``
     consecutive rows into [R / rows_per_group, K] (the packer guarantees at most K per group): only those reach the
@@ -154,12 +244,7 @@ def clm_loss(hidden: jax.Array, targets: jax.Array, weights: jax.Array,
     length = hidden.shape[1]
     num_chunks = -(-length // max(1, int(chunk_size)))
     chunk = -(-length // num_chunks)
-    xs = (_to_chunks(hidden, chunk, num_chunks), _to_chunks(targets, chunk, num_chunks),
-          _to_chunks(weights.astype(jnp.float32), chunk, num_chunks))
-    chunk_loss = jax.checkpoint(lambda h, t, w: _chunk_nll_sum(logits_fn, h, t, w), prevent_cse=False)
-
-    def body(total, chunk_inputs):
-        return total + chunk_loss(*chunk_inputs), None
-
-    loss_sum, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), xs)
+    loss_sum = _chunked_nll_sum(logits_fn, logits_grad, head, _to_chunks(hidden, chunk, num_chunks),
+                                _to_chunks(targets, chunk, num_chunks),
+                                _to_chunks(weights.astype(jnp.float32), chunk, num_chunks))
     return loss_sum, count

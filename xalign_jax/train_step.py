@@ -13,6 +13,7 @@ Gradient accumulation scans over micro-batches inside the same compiled function
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -21,6 +22,7 @@ import optax
 from flax import nnx
 
 from xalign_jax import objectives
+from xalign_jax.models.decoder import lm_head_logits
 
 Batch = dict[str, jax.Array]
 TrainState = dict[str, Any]   # {"params": nnx.State, "opt_state": optax state, "step": int32[], "rng": uint32[2]}
@@ -87,8 +89,9 @@ def afp_losses(model: nnx.Module, batch: Batch, rng: jax.Array, ocfg: Any, super
                 positions=batch["clm_positions"], segment_ids=batch["clm_segment_ids"],
                 compute_logits=False, dropout_rng=clm_rng)
     hidden, targets, weights = out.last_hidden_state, batch["clm_targets"], batch["clm_weights"]
-    clm_sum, clm_count = objectives.clm_loss(hidden, targets, weights, model.logits, chunk_size=ocfg.clm_chunk_size,
-                                             supervised_positions=supervised_cap,
+    clm_sum, clm_count = objectives.clm_loss(hidden, targets, weights, model.head(),
+                                             functools.partial(lm_head_logits, model.config),
+                                             chunk_size=ocfg.clm_chunk_size, supervised_positions=supervised_cap,
                                              rows_per_group=supervised_group_rows)
     aux = {**cl_metrics, "clm_tokens": clm_count}
     if supervised_cap:

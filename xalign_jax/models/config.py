@@ -51,6 +51,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat_policy: str = "none"
     attention_impl: str = "xla"
+    logits_dtype: str = "float32"   # the LM head's output: float32 | bfloat16 (what torch autocast gives)
     hf_config: dict = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property

@@ -163,19 +163,34 @@ class Decoder(nnx.Module):
         logits = self.logits(hidden) if compute_logits and not stopped_early else None
         return DecoderOutput(logits, states, hidden)
 
+    def head(self) -> dict[str, jax.Array]:
+        """The vocabulary projection's parameters, in param dtype: ``lm_head_logits``'s ``head`` argument."""
+        name = "embed" if self.config.tie_word_embeddings else "lm_head"
+        return {name: getattr(self.top, name)[...]}
+
     def logits(self, hidden: jax.Array) -> jax.Array:
-        """Final-normed hidden [..., D] -> fp32 vocabulary logits (the chunked CE and the scorer call this)."""
-        cfg = self.config
-        dtype = jnp.dtype(cfg.dtype)
-        if cfg.tie_word_embeddings:
-            weight = self.top.embed[...].astype(dtype)
-            out = layers.einsum_fp32_out("...d,vd->...v", hidden.astype(dtype), weight)
-        else:
-            weight = self.top.lm_head[...].astype(dtype)
-            out = layers.einsum_fp32_out("...d,dv->...v", hidden.astype(dtype), weight)
-        if cfg.final_logit_softcap:
-            out = jnp.tanh(out / cfg.final_logit_softcap) * cfg.final_logit_softcap
-        return out
+        """Final-normed hidden [..., D] -> vocabulary logits in ``logits_dtype`` (the scorer calls this)."""
+        return lm_head_logits(self.config, self.head(), hidden)
+
+
+def lm_head_logits(cfg: ModelConfig, head: Mapping[str, jax.Array], hidden: jax.Array) -> jax.Array:
+    """Hidden [..., D] -> logits [..., V] from ``Decoder.head()``: a pure function of the head's parameters, so
+    that the chunked CE can differentiate it chunk by chunk (``objectives.clm_loss``).
+
+    The product always accumulates in fp32; ``cfg.logits_dtype`` is what it is rounded to. fp32 by default;
+    ``bfloat16`` is what the reference's autocast runs produce, and it halves the bytes of the [tokens, 262k]
+    logits that the CE's softmax passes read and write (the CE upcasts to fp32 inside those passes)."""
+    dtype = jnp.dtype(cfg.dtype)
+    spec, weight = ("...d,vd->...v", head["embed"]) if cfg.tie_word_embeddings else ("...d,dv->...v", head["lm_head"])
+    if cfg.logits_dtype == "float32":
+        out = layers.einsum_fp32_out(spec, hidden.astype(dtype), weight.astype(dtype))
+    elif cfg.logits_dtype == "bfloat16":
+        out = jnp.einsum(spec, hidden.astype(dtype), weight.astype(dtype), preferred_element_type=jnp.bfloat16)
+    else:
+        raise ValueError(f"model.logits_dtype {cfg.logits_dtype!r}: choose float32 or bfloat16")
+    if cfg.final_logit_softcap:
+        out = jnp.tanh(out / cfg.final_logit_softcap) * cfg.final_logit_softcap
+    return out
 
 
 def _embed(cfg: ModelConfig, top: dict, table: jax.Array, input_ids: jax.Array, positions: jax.Array,
