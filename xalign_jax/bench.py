@@ -133,13 +133,11 @@ def profile_jax_steps(trainer: train.Trainer, host_batches: Sequence[dict], step
     Apart from the timed steps because tracing adds host overhead; the batches are placed before the trace starts
     so that their host-to-device copies are not in it, and each step is waited for so steps do not overlap."""
     device_batches = [pipeline.to_global(host_batches[i % len(host_batches)], trainer.mesh) for i in range(steps)]
-    state = jax.block_until_ready(trainer.state)
-    jax.block_until_ready(device_batches)
+    jax.block_until_ready((trainer.state, device_batches))
     with jax.profiler.trace(str(profile_dir), create_perfetto_trace=True):
-        for batch in device_batches:
-            state, metrics = trainer.step_fn(state, batch)
-            jax.block_until_ready((state, metrics))
-    trainer.state = state
+        for batch in device_batches:    # the state is donated: keep the trainer's copy the live one at every step
+            trainer.state, metrics = trainer.step_fn(trainer.state, batch)
+            jax.block_until_ready((trainer.state, metrics))
 
 
 def profile_or_error(trainer: train.Trainer, host_batches: Sequence[dict], steps: int,
