@@ -151,8 +151,9 @@ def kind_tables(kind: str, totals: dict, steps: int, top: int) -> list[str]:
     all_us = sum(us for us, _ in totals.values())
     groups = collections.defaultdict(lambda: [0.0, 0])
     for name, (us, count) in totals.items():
-        groups[category(name)][0] += us
-        groups[category(name)][1] += count
+        group = groups[category(name)]
+        group[0] += us
+        group[1] += count
     lines = [f"## {kind}: {all_us / 1e3:.1f} ms over {steps} steps = {all_us / 1e3 / steps:.2f} ms/step", "",
              f"top {min(top, len(totals))} of {len(totals)} names:", "",
              "| op | total ms | ms/step | % | count |", "|---|---|---|---|---|"]

@@ -15,10 +15,10 @@ from flax import nnx
 from benchmarks import torch_reference
 from tests.tiny_models import TINY_HF_CONFIGS, make_tiny_hf_model, reference_batch
 from xalign_jax import models, objectives
+from xalign_jax.models import layers
 from xalign_jax.models.decoder import lm_head_logits
 from xalign_jax.models.hf_io import export_tensors
 from xalign_jax.train_step import afp_losses
-from xalign_jax.models import layers
 
 TOL = 1e-4
 LENGTHS = [9, 5, 1, 7]
@@ -107,7 +107,7 @@ def test_afp_loss_and_gradients_match_the_torch_reference(pair):
     """The whole dual objective (contrastive pass stopped after block 1, chunked CE with in-forward gradients,
     tied or untied head) against the reference recipe's autograd on the same weights and batch, every parameter."""
     name, reference, model = pair
-    model.config = model.config.replace(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    no_dropout = model.config.replace(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
     host = reference_batch(model.config.vocab_size)
     rows, length = host["clm_ids"].shape
     batch = {**{k: jnp.asarray(v) for k, v in host.items()},
@@ -116,8 +116,10 @@ def test_afp_loss_and_gradients_match_the_torch_reference(pair):
     ocfg = ml_collections.ConfigDict(dict(pooler="last-1", temperature=0.05, symmetric=False, clm_chunk_size=5))
     graphdef, params = nnx.split(model)
 
-    def loss_fn(state):
-        cl, clm_sum, aux = afp_losses(nnx.merge(graphdef, state), batch, jax.random.PRNGKey(0), ocfg)
+    def loss_fn(state):   # the reference model is in eval mode: no dropout on our side either
+        ours = nnx.merge(graphdef, state)
+        ours.config = no_dropout
+        cl, clm_sum, aux = afp_losses(ours, batch, jax.random.PRNGKey(0), ocfg)
         return cl + 1.5 * clm_sum / aux["clm_tokens"]
 
     loss, grads = jax.value_and_grad(loss_fn)(params)

@@ -201,7 +201,6 @@ def time_torch_reference(trainer: train.Trainer, host_batches: Sequence[dict], w
 _LOAD_PROBE = """
 import json, pathlib, sys, time
 import jax
-from absl import logging
 from flax import nnx
 from xalign_jax import bench, models
 jax.devices()
