@@ -11,7 +11,7 @@ import torch
 from benchmarks import torch_reference
 from tests.tiny_models import TINY_HF_CONFIGS, reference_batch
 from tests.train_fixtures import tiny_train_config, train_tiny_tokenizer
-from xalign_jax import bench
+from xalign_jax import bench, metrics
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,24 @@ def test_torch_reference_runs_on_the_same_batches(report):
     assert torch_part["threads"]["OMP_WAIT_POLICY"] == "PASSIVE"
     assert report["torch_over_jax_step_time"] == pytest.approx(
         torch_part["step_s"]["median"] / report["jax"]["step_s"]["median"])
+
+
+def test_work_ratio_counts_what_each_side_computes(report):
+    """The reference runs every position through the head and every contrastive token through all blocks; we skip
+    the blocks after the pooled layer, so our executed FLOPs are smaller, and the printed ratio is theirs / ours."""
+    batch = report["batch"]
+    assert 0 < batch["executed_flops_per_step"] < batch["reference_executed_flops_per_step"]
+    assert batch["flops_per_step"] <= batch["executed_flops_per_step"]          # real tokens <= computed positions
+    ratio = batch["reference_executed_flops_per_step"] / batch["executed_flops_per_step"]
+    assert f"work ratio (reference / our executed FLOPs, the speed-up at equal matmul rates): {ratio:.2f}x" in \
+        bench.format_report(report)
+
+
+def test_reference_step_flops_by_hand():
+    flops = metrics.ModelFlops(block_params=10, num_layers=4, attn_dim=2, head_flops=100)
+    per_block = 2 * 10 + 4 * 8 * 2                                      # sequence 8
+    expected = 3 * 5 * (4 * per_block + 100) + 6 * (4 * per_block + 2 * 3 * per_block)
+    assert flops.reference_step_flops(clm_tokens=5, clm_seq=8, cl_tokens=6, cl_seq=8, cl_layers=3) == expected
 
 
 # ------------------------------------------------------------------------------------------------- torch reference

@@ -160,3 +160,53 @@ def test_bf16_logits_round_the_head_output_and_keep_the_loss():
     wrong = models.ModelConfig.from_hf(TINY_HF_CONFIGS["llama3"], logits_dtype="float16")
     with pytest.raises(ValueError, match="logits_dtype 'float16'"):
         lm_head_logits(wrong, head, hidden)
+
+
+@pytest.mark.parametrize("slots", [6, 9])
+def test_rows_continuing_a_cached_prefix_equal_whole_rows(pair, slots):
+    """Prefix (6 tokens, in 6 or 9 slots) cached once, then rows of 1-5 own tokens: the same final hidden states as
+    the whole rows, for every family (ALiBi key positions, sinusoidal offsets, Gemma's window of 4 < prefix)."""
+    _assert_prefix_continuation_is_exact(pair[2], slots)
+
+
+def test_fused_attention_path_equals_xla_attention(pair):
+    """``attention_impl='dot_product'`` (``jax.nn.dot_product_attention``, the call the cuDNN setting makes on a
+    GPU) on the CPU: the same logits as the XLA attention, and the same prefix continuation."""
+    _, _, model = pair
+    ids, mask = padded_batch(model.config.vocab_size, "right")
+    expected = model(jnp.asarray(ids), jnp.asarray(mask)).logits
+    original = model.config
+    model.config = original.replace(attention_impl="dot_product", attention_dropout=0.0)
+    try:
+        fused = model(jnp.asarray(ids), jnp.asarray(mask)).logits
+        _assert_prefix_continuation_is_exact(model, 9)
+    finally:
+        model.config = original
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(fused)[real], np.asarray(expected)[real], atol=1e-5, rtol=0)
+
+
+def _assert_prefix_continuation_is_exact(model, slots: int) -> None:
+    rng = np.random.default_rng(2)
+    vocab = model.config.vocab_size
+    prefix = rng.integers(4, vocab, 6)
+    suffixes = [rng.integers(4, vocab, n) for n in (5, 1, 3)]
+    whole_ids, whole_mask = _right_padded([np.concatenate([prefix, s]) for s in suffixes])
+    whole = model(jnp.asarray(whole_ids), jnp.asarray(whole_mask)).last_hidden_state
+    prefix_ids, prefix_mask = _right_padded([prefix], width=slots)
+    first = model(jnp.asarray(prefix_ids), jnp.asarray(prefix_mask), return_keys_values=True, compute_logits=False)
+    cache = models.PrefixCache.from_row(first.keys_values, len(prefix))
+    own_ids, own_mask = _right_padded(suffixes)
+    continued = model(jnp.asarray(own_ids), jnp.asarray(own_mask), prefix=cache).last_hidden_state
+    np.testing.assert_allclose(np.asarray(first.last_hidden_state)[0, :6], np.asarray(whole)[0, :6], atol=1e-5)
+    for row, suffix in enumerate(suffixes):
+        np.testing.assert_allclose(np.asarray(continued)[row, :len(suffix)],
+                                   np.asarray(whole)[row, 6:6 + len(suffix)], atol=1e-5, rtol=0)
+
+
+def _right_padded(rows, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    width = width or max(len(r) for r in rows)
+    ids, mask = np.zeros((len(rows), width), np.int32), np.zeros((len(rows), width), np.int32)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)], mask[i, :len(row)] = row, 1
+    return ids, mask

@@ -86,8 +86,25 @@ def batch_counts(host_batches: Sequence[dict], trainer: train.Trainer) -> dict:
     totals = window.take()
     clm = sum(int((b["clm_segment_ids"] > 0).sum()) for b in host_batches) / len(host_batches)
     tokens = totals["tokens"] / len(host_batches)
+    executed = [executed_step_flops(b, trainer) for b in host_batches]
     return {"tokens_per_step": tokens, "clm_tokens_per_step": clm, "contrastive_tokens_per_step": tokens - clm,
-            "flops_per_step": totals["flops"] / len(host_batches)}
+            "flops_per_step": totals["flops"] / len(host_batches),
+            "executed_flops_per_step": statistics.mean(ours for ours, _ in executed),
+            "reference_executed_flops_per_step": statistics.mean(theirs for _, theirs in executed)}
+
+
+def executed_step_flops(host_batch: dict, trainer: train.Trainer) -> tuple[float, float]:
+    """(ours, the reference recipe's) model FLOPs for the positions each side actually computes, padding included:
+    their ratio is the speed-up to expect when both run matmuls at the same rate. We send CLM positions through
+    the head only at the supervised-cap slots (all positions without a cap) and contrastive sentences through the
+    pooled blocks only; the reference sends everything through everything (``ModelFlops.reference_step_flops``)."""
+    rows, seq = host_batch["clm_ids"].shape
+    sentences, cl_seq = host_batch["sent0_ids"].shape
+    data = trainer.config.data
+    head = rows // data.supervised_group_rows * data.supervised_cap if data.supervised_cap else rows * seq
+    shapes = dict(clm_tokens=rows * seq, clm_seq=seq, cl_tokens=2 * sentences * cl_seq, cl_seq=cl_seq,
+                  cl_layers=train._pool_layer(trainer.config.objective)[1])
+    return trainer.flops.train_step_flops(**shapes, head_tokens=head), trainer.flops.reference_step_flops(**shapes)
 
 
 def peak_rss_bytes() -> int:
@@ -359,7 +376,9 @@ def format_report(report: dict) -> str:
         torch_part = report["torch"]
         lines.append(f"torch reference ({torch_part['precision']}, {torch_part['threads']['num_threads']} threads): "
                      f"step {_fmt_step(torch_part['step_s'])}, {torch_part['tokens_per_s']:.0f} tokens/s")
-        lines.append(f"speed-up (torch median / jax median): {report['torch_over_jax_step_time']:.2f}x")
+        lines.append(f"speed-up (torch median / jax median): {report['torch_over_jax_step_time']:.2f}x; work ratio "
+                     f"(reference / our executed FLOPs, the speed-up at equal matmul rates): "
+                     f"{batch['reference_executed_flops_per_step'] / batch['executed_flops_per_step']:.2f}x")
     if "checkpoint_load" in report:
         load = report["checkpoint_load"]
         lines.append(f"checkpoint load: peak RSS growth {load['peak_rss_growth_bytes'] / 2**20:.0f} MiB for "

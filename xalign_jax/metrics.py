@@ -93,6 +93,15 @@ class ModelFlops:
         cl = cl_tokens * self.forward_per_token(cl_seq, layers=cl_layers, with_head=False)
         return 3.0 * (clm + cl)
 
+    def reference_step_flops(self, *, clm_tokens: int, clm_seq: int, cl_tokens: int, cl_seq: int,
+                             cl_layers: int) -> float:
+        """FLOPs of the reference recipe's step (``benchmarks/torch_reference.py``): every CLM token through all
+        blocks and the head, forward and backward; every contrastive token forward through all L blocks (the
+        reference pools layer k of a full pass) and backward through the first k."""
+        clm = 3.0 * clm_tokens * self.forward_per_token(clm_seq)
+        full, pooled = (self.forward_per_token(cl_seq, layers=n, with_head=False) for n in (None, cl_layers))
+        return clm + cl_tokens * (full + 2.0 * pooled)
+
 
 class MetricWriter:
     """Writes scalars to ``WORKDIR/metrics.jsonl`` and TensorBoard; a no-op on non-zero processes."""

@@ -48,7 +48,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
         "tfds_data_dir": "",           # set: read items from TFDS array_record datasets (tfds_source) there
         "batch_rows": 8,
         "buckets": DEFAULT_BUCKETS,
-        "logits_budget_mb": 256,       # fp32 logits per vocabulary chunk
+        "head_positions": 64,          # positions per vocabulary-projection call ([64, V] fp32 logits)
         "predictions": False,          # keep per-item candidate scores (written as predictions.jsonl)
         "alignment": {
             "enabled": True, "sources": ("flores",), "languages": ("zh",), "poolers": ("last-1", "avg-1"),
@@ -129,7 +129,7 @@ def evaluate_tasks(model: Any, tokenizer: Any, eval_cfg: ml_collections.ConfigDi
     data_dir = pathlib.Path(eval_cfg.data_dir or tasks.default_data_dir())
     limit = eval_cfg.max_items if split == "test" else eval_cfg.dev_max_items
     scorer = Scorer(model, batch_rows=eval_cfg.batch_rows, buckets=eval_cfg.buckets, mesh=mesh,
-                    logits_budget_bytes=int(eval_cfg.logits_budget_mb) << 20,
+                    head_positions=eval_cfg.head_positions,
                     pad_id=tokenizer.pad_token_id or 0, positions=eval_cfg.score_positions)
     compiles_before, started, details = compile_count(), time.perf_counter(), []
     for task in eval_cfg.tasks:

@@ -9,25 +9,29 @@ tokenized with the tokenizer's default special tokens):
   ``_encode_pair`` does, the context's trailing whitespace moves to the continuation, the whole string is encoded,
   and the continuation is what follows the encoded context's length (a split at the token level).
 
-Only positions that are scored reach the vocabulary: the model returns final-normed hidden states
-(``compute_logits=False``) and the logits + log-sum-exp are computed in fp32 one sequence chunk at a time, so full
-``[B, T, V]`` fp32 logits never exist (262k-token vocabularies). Rows are right-padded into a few bucket lengths
-with a fixed number of rows per call (pad rows fill the last call), so a whole benchmark compiles a handful of
-times; results stay on device until one ``device_get`` per scoring call.
+Every distinct token prefix is scored once. A position's log-probability depends only on the tokens up to it
+(causal attention), so the rows of one call form a prefix tree (``plan_scoring``): under the reference rule every
+item of a (task, language, seed) carries the same demonstrations, an item's candidates share its premise, and
+identical rows (the reference XNLI template's identical candidates) share everything. Each tree node is computed by
+one row that contains it; a row runs through the model only up to its last such position, and a row that owns none
+does not run. A row's score is the sum over its path, summed on the host in fp64: the same quantity as the plain
+computation, up to float summation order. When the rows that run share a prefix (the demonstrations), it runs
+once, and its keys and values are cached (``models.PrefixCache``): the rows then run only their own tokens,
+attending to the cache.
 
-Shared prefix: under the reference rule every item of a (task, language, seed) carries the same demonstrations, so
-all rows of one call start with the same tokens. Those tokens' log-probabilities depend only on the prefix (causal
-attention), so they are computed once, from a row holding just the prefix, and added to every row; the other rows
-send only their later positions through the vocabulary projection (the dominant cost with 250k+ vocabularies).
-The sum is the same quantity as the plain computation (equal up to float summation order). The forward pass still
-re-reads the prefix in every row: skipping it needs a KV-cache entry point in the model.
-Identical rows (e.g. the reference XNLI template's identical candidates) are scored once.
+Only owned positions reach the vocabulary projection (the dominant cost with 250k+ vocabularies): the model returns
+final-normed hidden states (``compute_logits=False``), the owned positions of a call are gathered into one flat
+list across its rows (no padding positions), and their logits + log-sum-exp are computed in fp32
+``head_positions`` at a time (one compiled shape; only a call's last chunk is padded), so full ``[B, T, V]`` fp32
+logits never exist. Rows are right-padded into a few bucket lengths with a fixed number of rows per call, so a
+whole benchmark compiles a handful of times; results stay on device until one ``device_get`` per ``score`` call.
 
-``positions="continuation"`` serves the completion rules alone: each row sends only its continuation positions
-through the vocabulary projection (often a third of the row), and the reference score is NaN (not computed).
+``positions="continuation"`` serves the completion rules alone: only the continuation positions are needed, and
+the reference score is NaN (not computed).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -39,12 +43,14 @@ import numpy as np
 from flax import nnx
 
 from xalign_jax.evaluation.fewshot import Prompt
+from xalign_jax.models.decoder import PrefixCache
 
 log = logging.getLogger(__name__)
 
 BATCH_AXES = ("data", "fsdp")
 DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048)
 SCORE_POSITIONS = ("all", "continuation")   # what reaches the vocabulary: every token, or continuations only
+MIN_CACHED_PREFIX = 16                     # shorter shared prefixes are not worth a pass and a compile of their own
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,89 +93,97 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
     return -(-length // top) * top
 
 
-def _chunk_length(batch_rows: int, length: int, vocab: int, budget_bytes: int) -> int:
-    """Largest power-of-two sequence chunk (dividing the bucket) whose fp32 logits fit the budget."""
-    chunk = length
-    while chunk > 1 and batch_rows * chunk * vocab * 4 > budget_bytes and chunk % 2 == 0:
-        chunk //= 2
-    return chunk
-
-
 _COMPILES: dict[str, int] = {"count": 0}
 
 
 def compile_count() -> int:
-    """How many times the scoring function has been traced (= compiled) in this process."""
+    """How many times a scoring function has been traced (= compiled) in this process."""
     return _COMPILES["count"]
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "scored", "chunk"))
-def _score_batch(graphdef, params, ids: jax.Array, mask: jax.Array, first: jax.Array, start: jax.Array, *,
-                 scored: int, chunk: int):
-    """[B, L] rows -> ([B] log-lik of tokens >= ``first``, [B] log-lik of tokens >= ``start``), fp32.
-
-    Only the ``scored`` positions from ``first - 1`` on reach the vocabulary projection (a row's shared prefix is
-    scored once elsewhere), in chunks of ``chunk`` positions.
-    """
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _prefix_pass(graphdef, params, ids: jax.Array, length: jax.Array) -> tuple[PrefixCache, jax.Array]:
+    """One shared prefix [1, P] (its first ``length`` tokens real) -> its cache and [1, P, D] final hidden."""
     _COMPILES["count"] += 1
-    model = nnx.merge(graphdef, params)
-    hidden = model(ids, mask, compute_logits=False).last_hidden_state
-    batch, length = ids.shape
-    target_pos = first[:, None] + jnp.arange(scored)[None, :]            # token predicted at each scored slot
-    valid = (target_pos < length) & jnp.take_along_axis(mask, jnp.minimum(target_pos, length - 1), axis=1).astype(bool)
-    target_pos = jnp.minimum(target_pos, length - 1)
-    source = jnp.take_along_axis(hidden, (target_pos - 1)[..., None], axis=1)     # [B, S, D]
-    targets = jnp.take_along_axis(ids, target_pos, axis=1)
-    chunks = scored // chunk
-
-    def chunk_logprob(_, xs):
-        h, t = xs                                          # [B, C, D], [B, C]
-        logits = model.logits(h).astype(jnp.float32)
-        picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
-        return None, picked - jax.nn.logsumexp(logits, axis=-1)
-
-    def split(x):
-        return jnp.moveaxis(x.reshape((batch, chunks, chunk) + x.shape[2:]), 1, 0)
-
-    _, logprob = jax.lax.scan(chunk_logprob, None, (split(source), split(targets)))
-    logprob = jnp.moveaxis(logprob, 0, 1).reshape(batch, scored)
-    reference = jnp.where(valid, logprob, 0.0).sum(axis=1)
-    completion = jnp.where(valid & (target_pos >= start[:, None]), logprob, 0.0).sum(axis=1)
-    return reference, completion
+    mask = (jnp.arange(ids.shape[1]) < length).astype(jnp.int32)[None]
+    out = nnx.merge(graphdef, params)(ids, mask, compute_logits=False, return_keys_values=True)
+    return PrefixCache.from_row(out.keys_values, length), out.last_hidden_state
 
 
-def shared_prefix_length(rows: Sequence[EncodedRow]) -> int:
-    """Tokens every row starts with, capped so each row keeps its whole continuation and one scored token."""
-    if len(rows) < 2:
-        return 0
-    first, common = rows[0].ids, len(rows[0].ids)
-    for row in rows[1:]:
-        limit = min(common, len(row.ids))
-        common = next((i for i in range(limit) if row.ids[i] != first[i]), limit)
-    return min(common, min(r.start for r in rows), min(len(r.ids) for r in rows) - 1)
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _final_hidden(graphdef, params, ids: jax.Array, mask: jax.Array, prefix: PrefixCache | None) -> jax.Array:
+    """[B, L] rows (continuing ``prefix`` when given) -> [B, L, D] final-normed hidden states, no logits."""
+    _COMPILES["count"] += 1
+    return nnx.merge(graphdef, params)(ids, mask, compute_logits=False, prefix=prefix).last_hidden_state
 
 
-def _vocab_size(graphdef, params) -> int:
-    """Vocabulary size read from an abstract (shape-only) call of the model's logits."""
-    def logits(p):
-        return nnx.merge(graphdef, p)(jnp.zeros((1, 2), jnp.int32)).logits
-    return int(jax.eval_shape(logits, params).shape[-1])
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _position_logprob(graphdef, params, hidden: jax.Array, row: jax.Array, source: jax.Array,
+                      target: jax.Array) -> jax.Array:
+    """[C] fp32 log p(target | the state at hidden[row, source]): only these C positions reach the vocabulary
+    projection, as [C, V] fp32 logits, never [B, L, V]."""
+    _COMPILES["count"] += 1
+    logits = nnx.merge(graphdef, params).logits(hidden[row, source]).astype(jnp.float32)
+    picked = jnp.take_along_axis(logits, target[:, None], axis=-1)[:, 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringPlan:
+    """Which distinct token positions the rows need, and which row computes each.
+
+    A position's log-probability depends only on the tokens up to it (causal attention), so every distinct token
+    prefix is one node of a prefix tree, computed once. ``row_nodes[r][i]`` is the node of row r's token i + 1;
+    node n is the log-probability of token ``token[n]``, computed by row ``owner_row[n]`` at position
+    ``owner_pos[n]``; ``-1`` marks nodes no row needs (continuation-only scoring)."""
+    row_nodes: list[np.ndarray]
+    owner_row: np.ndarray
+    owner_pos: np.ndarray
+    token: np.ndarray
+
+
+def plan_scoring(rows: Sequence[EncodedRow], continuation_only: bool) -> ScoringPlan:
+    """The prefix tree of ``rows``: each needed node is owned by the first row that needs it.
+
+    Under the reference rule every item of a (task, language, seed) shares the demonstrations, and an item's
+    candidates share its premise; identical rows share everything. Continuation-only scoring needs the positions
+    from each row's ``start`` on."""
+    children: dict[tuple[int, int], int] = {}    # (parent node, token) -> node; parent -1 for the first token
+    owners: dict[int, tuple[int, int]] = {}
+    row_nodes = []
+    for r, row in enumerate(rows):
+        node = children.setdefault((-1, row.ids[0]), len(children))
+        nodes = np.empty(len(row.ids) - 1, np.int64)
+        first_needed = max(row.start, 1) if continuation_only else 1
+        for t in range(1, len(row.ids)):
+            node = nodes[t - 1] = children.setdefault((node, row.ids[t]), len(children))
+            if t >= first_needed:
+                owners.setdefault(node, (r, t))
+        row_nodes.append(nodes)
+    owner_row, owner_pos = np.full(len(children), -1, np.int64), np.zeros(len(children), np.int64)
+    token = np.zeros(len(children), np.int32)
+    for node, (r, t) in owners.items():
+        owner_row[node], owner_pos[node], token[node] = r, t, rows[r].ids[t]
+    return ScoringPlan(row_nodes, owner_row, owner_pos, token)
 
 
 class Scorer:
-    """Scores ``EncodedRow``s with a fixed model graph; ``params`` can be swapped per call (trainer evaluation)."""
+    """Scores ``EncodedRow``s with a fixed model graph; ``params`` can be swapped per call (trainer evaluation).
+
+    ``batch_rows`` rows per forward call, right-padded to ``buckets``; ``head_positions`` positions per vocabulary
+    call, whose fp32 logits are ``head_positions x vocab x 4`` bytes (64: 67 MB at a 262k vocabulary; on a CPU
+    64-128 run the projection at its best rate per position, an accelerator can take more)."""
 
     def __init__(self, model: Any, *, batch_rows: int = 8, buckets: Sequence[int] = DEFAULT_BUCKETS,
-                 mesh: jax.sharding.Mesh | None = None, logits_budget_bytes: int = 1 << 28, pad_id: int = 0,
+                 mesh: jax.sharding.Mesh | None = None, head_positions: int = 64, pad_id: int = 0,
                  positions: str = "all"):
         if positions not in SCORE_POSITIONS:
             raise ValueError(f"positions {positions!r}: expected one of {SCORE_POSITIONS}")
         self.continuation_only = positions == "continuation"
         self.graphdef, self.params = nnx.split(model, nnx.Param)
-        self.vocab = _vocab_size(self.graphdef, self.params)
         self.batch_rows, self.buckets, self.mesh = batch_rows, tuple(buckets), mesh
-        self.logits_budget_bytes, self.pad_id = logits_budget_bytes, pad_id
-        self.shapes_seen: set[tuple[int, int, int]] = set()
+        self.head_positions, self.pad_id = head_positions, pad_id
+        self.shapes_seen: set[tuple[str, int, int]] = set()
         if mesh is not None:
             axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
             devices = int(np.prod([mesh.shape[a] for a in axes]))
@@ -180,62 +194,103 @@ class Scorer:
     def score(self, rows: Sequence[EncodedRow], params=None) -> RowScores:
         """Scores of every row, fetched from the device in one transfer.
 
-        The tokens all rows share (the demonstrations, identical for every item under the reference rule) are
-        scored once as a row of their own; every other row sends only its later positions through the vocabulary
-        projection and adds that prefix score. Identical rows are computed once.
+        Every distinct token prefix is scored once (``plan_scoring``). When the rows that run share a prefix of at
+        least ``MIN_CACHED_PREFIX`` tokens (the demonstrations), it runs once and is cached; the rows then run only
+        their own tokens after it.
         """
         params = self.params if params is None else params
-        if self.continuation_only:
-            first = 1
-            jobs = [(r.ids, max(r.start, 1), r.start) for r in rows]
-        else:
-            prefix = shared_prefix_length(rows)
-            first = prefix if prefix >= 2 else 1
-            jobs = [(r.ids, first, r.start) for r in rows] + ([(rows[0].ids[:prefix], 1, prefix)] if first > 1 else [])
-        unique = list(dict.fromkeys(jobs))
-        batches = self._batches(unique)
-        outputs = [self._run(params, *batch[:5]) for batch in batches]   # dispatched asynchronously
-        reference, completion = np.zeros(len(unique), np.float64), np.zeros(len(unique), np.float64)
-        for (*_, members), (ref, comp) in zip(batches, jax.device_get(outputs)):
-            reference[members] = ref[:len(members)]
-            completion[members] = comp[:len(members)]
-        index = {job: i for i, job in enumerate(unique)}
-        order = np.array([index[job] for job in jobs[:len(rows)]], dtype=np.int64)
-        prefix_score = reference[index[jobs[-1]]] if first > 1 else 0.0
+        plan = plan_scoring(rows, self.continuation_only)
+        owned = plan.owner_row >= 0
+        cut = cached_prefix_length(rows, plan)
+        work, prefix = [], None
+        if cut:
+            prefix, hidden = self._prefix(params, rows[int(plan.owner_row[owned][0])].ids[:cut])
+            nodes = np.flatnonzero(owned & (plan.owner_pos <= cut))    # none when only continuations are scored
+            if len(nodes):
+                work.append((nodes, self._heads(params, hidden, np.zeros_like(nodes), plan.owner_pos[nodes] - 1,
+                                                plan.token[nodes])))
+        for ids, mask, slots, nodes in self._batches(rows, plan, cut):     # dispatched asynchronously
+            hidden = self._forward(params, ids, mask, prefix)
+            work.append((nodes, self._heads(params, hidden, slots, plan.owner_pos[nodes] - 1 - cut, plan.token[nodes])))
+        logprob = np.full(len(plan.owner_row), np.nan, np.float64)
+        for (nodes, _), values in zip(work, jax.device_get([out for _, out in work])):
+            logprob[nodes] = np.concatenate(values)[:len(nodes)]
+        reference = np.array([logprob[nodes].sum() for nodes in plan.row_nodes])
+        completion = np.array([logprob[nodes[max(r.start, 1) - 1:]].sum() for r, nodes in zip(rows, plan.row_nodes)])
         if self.continuation_only:
             reference[:] = np.nan
-        return RowScores(reference[order] + prefix_score, completion[order],
-                         np.array([len(r.ids) - r.start for r in rows]), np.array([r.continuation_chars for r in rows]))
+        return RowScores(reference, completion, np.array([len(r.ids) - r.start for r in rows]),
+                         np.array([r.continuation_chars for r in rows]))
 
-    def _batches(self, unique: list[tuple[tuple[int, ...], int, int]]):
-        """Jobs grouped by (length bucket, scored-positions bucket) as padded arrays of ``batch_rows`` rows."""
-        by_shape: dict[tuple[int, int], list[int]] = {}
-        for i in sorted(range(len(unique)), key=lambda i: -len(unique[i][0])):
-            tokens, first, _ = unique[i]
-            shape = (bucket_length(len(tokens), self.buckets), bucket_length(len(tokens) - first, self.buckets))
-            by_shape.setdefault(shape, []).append(i)
-        batches = []
-        for (length, scored), members in by_shape.items():
+    def _batches(self, rows: Sequence[EncodedRow], plan: ScoringPlan, cut: int):
+        """The rows owning positions after ``cut``, longest first, grouped by length bucket into
+        ``batch_rows``-row arrays of their tokens from ``cut`` on, each with its nodes and their rows' slots."""
+        owned = np.flatnonzero((plan.owner_row >= 0) & (plan.owner_pos > cut))
+        nodes_of_row = dict(zip(*_group_by(plan.owner_row[owned], owned)))
+        ends = {r: int(plan.owner_pos[nodes].max()) + 1 for r, nodes in nodes_of_row.items()}
+        by_length: dict[int, list[int]] = {}
+        for r in sorted(nodes_of_row, key=lambda r: -ends[r]):
+            by_length.setdefault(bucket_length(ends[r] - cut, self.buckets), []).append(r)
+        for length, members in by_length.items():
             for lo in range(0, len(members), self.batch_rows):
                 group = members[lo:lo + self.batch_rows]
                 ids = np.full((self.batch_rows, length), self.pad_id, np.int32)
                 mask = np.zeros((self.batch_rows, length), np.int32)
-                first, start = np.ones(self.batch_rows, np.int32), np.ones(self.batch_rows, np.int32)
-                for row, i in enumerate(group):
-                    tokens, first[row], start[row] = unique[i]
-                    ids[row, :len(tokens)], mask[row, :len(tokens)] = tokens, 1
-                batches.append((ids, mask, first, start, scored, np.array(group, dtype=np.int64)))
-        return batches
+                for slot, r in enumerate(group):
+                    ids[slot, :ends[r] - cut], mask[slot, :ends[r] - cut] = rows[r].ids[cut:ends[r]], 1
+                slots = np.concatenate([np.full(len(nodes_of_row[r]), slot) for slot, r in enumerate(group)])
+                yield ids, mask, slots, np.concatenate([nodes_of_row[r] for r in group])
 
-    def _run(self, params, ids: np.ndarray, mask: np.ndarray, first: np.ndarray, start: np.ndarray, scored: int):
-        shape = (self.batch_rows, ids.shape[1], scored)
-        if shape not in self.shapes_seen:
-            self.shapes_seen.add(shape)
-            log.info("scorer: new shape rows=%d length=%d scored=%d (%d compiled so far)", *shape, compile_count())
-        chunk = _chunk_length(self.batch_rows, scored, self.vocab, self.logits_budget_bytes)
-        arrays = (ids, mask, first, start)
-        if self.mesh is None:
-            return _score_batch(self.graphdef, params, *arrays, scored=scored, chunk=chunk)
-        with jax.set_mesh(self.mesh):
-            arrays = tuple(jax.device_put(x, self._sharding) for x in arrays)
-            return _score_batch(self.graphdef, params, *arrays, scored=scored, chunk=chunk)
+    def _mesh(self):
+        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
+    def _prefix(self, params, tokens: Sequence[int]) -> tuple[PrefixCache, jax.Array]:
+        ids = np.full((1, bucket_length(len(tokens), self.buckets)), self.pad_id, np.int32)
+        ids[0, :len(tokens)] = tokens
+        self._log_shape("prefix", 1, ids.shape[1])
+        with self._mesh():
+            return _prefix_pass(self.graphdef, params, ids, np.int32(len(tokens)))
+
+    def _forward(self, params, ids: np.ndarray, mask: np.ndarray, prefix: PrefixCache | None) -> jax.Array:
+        self._log_shape("rows", *ids.shape)
+        with self._mesh():
+            if self.mesh is not None:
+                ids, mask = (jax.device_put(x, self._sharding) for x in (ids, mask))
+            return _final_hidden(self.graphdef, params, ids, mask, prefix)
+
+    def _heads(self, params, hidden: jax.Array, rows: np.ndarray, sources: np.ndarray, targets: np.ndarray) -> list:
+        """Positions through the vocabulary ``head_positions`` at a time (the last call padded with the state at
+        (0, 0), whose results are dropped)."""
+        size = -(-len(rows) // self.head_positions) * self.head_positions
+        padded = [np.zeros(size, np.int32) for _ in range(3)]
+        for full, values in zip(padded, (rows, sources, targets)):
+            full[:len(values)] = values
+        with self._mesh():
+            return [_position_logprob(self.graphdef, params, hidden, *(x[lo:lo + self.head_positions] for x in padded))
+                    for lo in range(0, size, self.head_positions)]
+
+    def _log_shape(self, kind: str, rows: int, length: int) -> None:
+        if (kind, rows, length) not in self.shapes_seen:
+            self.shapes_seen.add((kind, rows, length))
+            log.info("scorer: new %s shape %d x %d (%d compiled so far)", kind, rows, length, compile_count())
+
+
+def cached_prefix_length(rows: Sequence[EncodedRow], plan: ScoringPlan) -> int:
+    """Tokens every row that runs starts with, when there are at least ``MIN_CACHED_PREFIX`` (else 0)."""
+    running = np.unique(plan.owner_row[plan.owner_row >= 0])
+    if len(running) < 2:
+        return 0
+    first = rows[running[0]].ids
+    common = len(first)
+    for r in running[1:]:
+        other = rows[r].ids
+        limit = min(common, len(other))
+        common = next((i for i in range(limit) if other[i] != first[i]), limit)
+    return common if common >= MIN_CACHED_PREFIX else 0
+
+
+def _group_by(keys: np.ndarray, values: np.ndarray) -> tuple[list[int], list[np.ndarray]]:
+    """``values`` split by ``keys`` (stable): the distinct keys and each one's values."""
+    order = np.argsort(keys, kind="stable")
+    distinct, first = np.unique(keys[order], return_index=True)
+    return [int(k) for k in distinct], np.split(values[order], first[1:])

@@ -6,8 +6,8 @@
     tok = models.load_tokenizer(path)
 """
 from xalign_jax.models.config import ModelConfig
-from xalign_jax.models.decoder import Decoder, DecoderOutput, init_model, param_specs
+from xalign_jax.models.decoder import Decoder, DecoderOutput, PrefixCache, init_model, param_specs
 from xalign_jax.models.hf_io import from_pretrained, load_tokenizer, save_pretrained
 
-__all__ = ["ModelConfig", "Decoder", "DecoderOutput", "init_model", "param_specs", "from_pretrained",
+__all__ = ["ModelConfig", "Decoder", "DecoderOutput", "PrefixCache", "init_model", "param_specs", "from_pretrained",
            "load_tokenizer", "save_pretrained"]

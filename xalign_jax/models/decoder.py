@@ -39,6 +39,23 @@ class DecoderOutput(NamedTuple):
     logits: jax.Array | None                    # [B, T, V] fp32, None when not asked for or stopped early
     hidden_states: tuple[jax.Array, ...] | None  # HF convention (see Decoder.__call__)
     last_hidden_state: jax.Array                 # final-normed output, or the residual after block k
+    keys_values: tuple[jax.Array, jax.Array] | None = None   # per block [depth, B, T, KV, d] when asked for
+
+
+class PrefixCache(NamedTuple):
+    """The keys and values every block computed for one shared prompt prefix (e.g. few-shot demonstrations), so
+    that rows continuing it run only their own tokens. ``P`` slots, of which the first ``length`` are real (the
+    slot count is a bucket, so a task grid compiles a few shapes); keys are stored as attention uses them (normed,
+    rotated)."""
+    keys: jax.Array      # [depth, P, KV, d]
+    values: jax.Array    # [depth, P, KV, d]
+    length: jax.Array    # int32 scalar
+
+    @classmethod
+    def from_row(cls, keys_values: tuple[jax.Array, jax.Array], length: jax.Array) -> "PrefixCache":
+        """Row 0 of a forward pass run with ``return_keys_values=True``."""
+        keys, values = keys_values
+        return cls(keys[:, 0], values[:, 0], jnp.asarray(length, jnp.int32))
 
 
 def param_specs(cfg: ModelConfig) -> dict[str, ParamSpec]:
@@ -130,7 +147,8 @@ class Decoder(nnx.Module):
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
                  positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
                  output_hidden_states: bool = False, num_layers: int | None = None, compute_logits: bool = True,
-                 dropout_rng: jax.Array | None = None) -> DecoderOutput:
+                 dropout_rng: jax.Array | None = None, prefix: PrefixCache | None = None,
+                 return_keys_values: bool = False) -> DecoderOutput:
         """Run the model.
 
         ``attention_mask`` [B,T] (1 real, 0 pad; left or right padding); ``positions`` default to the mask-derived
@@ -138,12 +156,20 @@ class Decoder(nnx.Module):
         restart per segment). ``hidden_states`` follow HF: index 0 the embedding output, index i the residual after
         block i, the last index the final-norm output. ``num_layers=k`` stops after block k: ``last_hidden_state``
         is then HF's ``hidden_states[k]`` and no logits are computed.
+
+        ``prefix`` continues every (right-padded) row after a shared cached prefix: the rows hold only their own
+        tokens, their positions start at ``prefix.length``, and every block attends to the prefix's keys first.
+        ``return_keys_values`` returns each block's keys and values, from which ``PrefixCache.from_row`` makes one.
         """
         cfg = self.config
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         if positions is None:
             positions = layers.positions_from_mask(attention_mask)
+            if prefix is not None:
+                positions = positions + prefix.length
+        if prefix is not None and segment_ids is not None:
+            raise ValueError("a cached prefix cannot be combined with packed segments")
         depth = cfg.num_layers if num_layers is None else num_layers
         if not 0 <= depth <= cfg.num_layers:
             raise ValueError(f"num_layers={num_layers} outside [0, {cfg.num_layers}]")
@@ -151,9 +177,11 @@ class Decoder(nnx.Module):
         top = self.top.values(dtype, skip=("embed", "lm_head"))   # the head casts per chunk
         rng_embed, rng_blocks = jax.random.split(dropout_rng) if dropout_rng is not None else (None, None)
         embedded = _embed(cfg, top, self.top.embed[...], input_ids, positions, rng_embed)
-        context = _attention_context(cfg, attention_mask, positions, segment_ids)
+        context = _attention_context(cfg, attention_mask, positions, segment_ids, prefix)
         blocks = jax.tree.map(lambda x: x[:depth], self.blocks.values(dtype))
-        hidden, per_block = _run_blocks(cfg, blocks, embedded, context, rng_blocks, output_hidden_states)
+        past = None if prefix is None else (prefix.keys[:depth].astype(dtype), prefix.values[:depth].astype(dtype))
+        hidden, (per_block, keys_values) = _run_blocks(cfg, blocks, embedded, context, rng_blocks,
+                                                       output_hidden_states, past, return_keys_values)
         stopped_early = depth < cfg.num_layers
         if not stopped_early:
             hidden = layers.normalize(hidden, top["final_norm"], top.get("final_norm_bias"), cfg.norm, cfg.norm_eps)
@@ -161,7 +189,7 @@ class Decoder(nnx.Module):
         if output_hidden_states:   # HF: embeddings, residual after blocks 1..k-1, then the (normed) output
             states = (embedded,) + tuple(per_block[i] for i in range(depth - 1)) + ((hidden,) if depth else ())
         logits = self.logits(hidden) if compute_logits and not stopped_early else None
-        return DecoderOutput(logits, states, hidden)
+        return DecoderOutput(logits, states, hidden, keys_values)
 
     def head(self) -> dict[str, jax.Array]:
         """The vocabulary projection's parameters, in param dtype: ``lm_head_logits``'s ``head`` argument."""
@@ -206,14 +234,29 @@ def _embed(cfg: ModelConfig, top: dict, table: jax.Array, input_ids: jax.Array, 
     return layers.dropout(hidden, cfg.dropout, rng)
 
 
-def _attention_context(cfg: ModelConfig, mask: jax.Array, positions: jax.Array,
-                       segment_ids: jax.Array | None) -> dict[str, jax.Array]:
-    """Everything attention needs that does not depend on the layer's weights, computed once per call."""
-    context = {"mask": layers.attention_mask(mask, segment_ids, 0)}
+def _attention_context(cfg: ModelConfig, mask: jax.Array, positions: jax.Array, segment_ids: jax.Array | None,
+                       prefix: PrefixCache | None) -> dict[str, jax.Array]:
+    """Everything attention needs that does not depend on the layer's weights, computed once per call. With a
+    prefix, keys are the prefix's slots followed by the row's own tokens."""
+    def mask_for(window: int) -> jax.Array:
+        own = layers.attention_mask(mask, segment_ids, window)
+        if prefix is None:
+            return own
+        slots = jnp.arange(prefix.keys.shape[1])
+        cached = (slots < prefix.length)[None, None, None, :]
+        if window:
+            cached = cached & ((positions[:, None, :, None] - slots) < window)
+        return jnp.concatenate([jnp.broadcast_to(cached, own.shape[:3] + slots.shape), own], axis=-1)
+
+    context = {"mask": mask_for(0)}
     if cfg.sliding_window and any(cfg.layer_is_sliding):
-        context["local_mask"] = layers.attention_mask(mask, segment_ids, cfg.sliding_window)
+        context["local_mask"] = mask_for(cfg.sliding_window)
     if cfg.positions == "alibi":
-        context["bias"] = layers.alibi_bias(positions, cfg.num_heads)
+        key_positions = positions
+        if prefix is not None:
+            slots = jnp.broadcast_to(jnp.arange(prefix.keys.shape[1]), (positions.shape[0], prefix.keys.shape[1]))
+            key_positions = jnp.concatenate([slots, positions], axis=1)
+        context["bias"] = layers.alibi_bias(key_positions, cfg.num_heads)
     if cfg.positions == "rope":
         context["rope"] = layers.rope_tables(positions, cfg.rope_inv_freq)
         if cfg.rope_local_inv_freq:
@@ -222,29 +265,33 @@ def _attention_context(cfg: ModelConfig, mask: jax.Array, positions: jax.Array,
 
 
 def _run_blocks(cfg: ModelConfig, blocks: dict, hidden: jax.Array, context: dict, rng: jax.Array | None,
-                collect: bool) -> tuple[jax.Array, jax.Array | None]:
-    """Scan the (already sliced) stacked blocks; the per-block residuals come back stacked when ``collect``."""
+                collect: bool, past: tuple[jax.Array, jax.Array] | None = None, return_keys_values: bool = False):
+    """Scan the (already sliced) stacked blocks, each attending to its slice of ``past`` keys/values first.
+
+    Returns the last residual and (per-block residuals when ``collect``, per-block (keys, values) when
+    ``return_keys_values``), stacked on a leading depth axis."""
     depth = next(iter(blocks.values())).shape[0]
     sliding = jnp.asarray((cfg.layer_is_sliding or (False,) * cfg.num_layers)[:depth], bool)
 
     def body(h, xs):
-        params, is_sliding, index = xs
+        params, is_sliding, index, layer_past = xs
         layer_rng = None if rng is None else jax.random.fold_in(rng, index)
-        h = _block(cfg, params, h, context, is_sliding, layer_rng)
-        return h, (h if collect else None)
+        h, keys_values = _block(cfg, params, h, context, is_sliding, layer_rng, layer_past)
+        return h, (h if collect else None, keys_values if return_keys_values else None)
 
     if cfg.remat_policy != "none":
         if cfg.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"unknown remat_policy {cfg.remat_policy!r}; choose none or {sorted(REMAT_POLICIES)}")
         body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
-    return jax.lax.scan(body, hidden, (blocks, sliding, jnp.arange(depth)))
+    return jax.lax.scan(body, hidden, (blocks, sliding, jnp.arange(depth), past))
 
 
 def _block(cfg: ModelConfig, p: dict, h: jax.Array, context: dict, is_sliding: jax.Array,
-           rng: jax.Array | None) -> jax.Array:
+           rng: jax.Array | None, past: tuple[jax.Array, jax.Array] | None) -> tuple[jax.Array, tuple]:
+    """One block; also returns its own (keys, values) for a prefix cache."""
     rngs = jax.random.split(rng, 4) if rng is not None else (None,) * 4
     x = layers.normalize(h, p["attn_norm"], p.get("attn_norm_bias"), cfg.norm, cfg.norm_eps)
-    attn = _self_attention(cfg, p, x, context, is_sliding, rngs[0])
+    attn, keys_values = _self_attention(cfg, p, x, context, is_sliding, rngs[0], past)
     if cfg.sandwich_norms:
         attn = layers.normalize(attn, p["post_attn_norm"], None, cfg.norm, cfg.norm_eps)
     h = h + layers.dropout(attn, cfg.dropout, rngs[1])
@@ -252,7 +299,7 @@ def _block(cfg: ModelConfig, p: dict, h: jax.Array, context: dict, is_sliding: j
     mlp = _mlp(cfg, p, x, rngs[2])
     if cfg.sandwich_norms:
         mlp = layers.normalize(mlp, p["post_mlp_norm"], None, cfg.norm, cfg.norm_eps)
-    return h + layers.dropout(mlp, cfg.dropout, rngs[3])
+    return h + layers.dropout(mlp, cfg.dropout, rngs[3]), keys_values
 
 
 def _project(x: jax.Array, weight: jax.Array, bias: jax.Array | None) -> jax.Array:
@@ -261,7 +308,7 @@ def _project(x: jax.Array, weight: jax.Array, bias: jax.Array | None) -> jax.Arr
 
 
 def _self_attention(cfg: ModelConfig, p: dict, x: jax.Array, context: dict, is_sliding: jax.Array,
-                    rng: jax.Array | None) -> jax.Array:
+                    rng: jax.Array | None, past: tuple[jax.Array, jax.Array] | None) -> tuple[jax.Array, tuple]:
     q = _project(x, p["q"], p.get("q_bias"))
     k = _project(x, p["k"], p.get("k_bias"))
     v = _project(x, p["v"], p.get("v_bias"))
@@ -273,6 +320,10 @@ def _self_attention(cfg: ModelConfig, p: dict, x: jax.Array, context: dict, is_s
         if "local_rope" in context:
             cos, sin = (jnp.where(is_sliding, local, full) for local, full in zip(context["local_rope"], (cos, sin)))
         q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
+    keys_values = (k, v)
+    if past is not None:   # [P, KV, d] shared by every row, in front of the row's own keys
+        k, v = (jnp.concatenate([jnp.broadcast_to(cached, (x.shape[0],) + cached.shape), own], axis=1)
+                for cached, own in zip(past, keys_values))
     mask = context["mask"]
     if "local_mask" in context:
         mask = jnp.where(is_sliding, context["local_mask"], mask)
@@ -282,7 +333,7 @@ def _self_attention(cfg: ModelConfig, p: dict, x: jax.Array, context: dict, is_s
     else:
         out = _fused_attention(cfg, q, k, v, mask, context.get("bias"))
     out = jnp.einsum("bthk,hkd->btd", out, p["o"])
-    return out if "o_bias" not in p else out + p["o_bias"]
+    return (out if "o_bias" not in p else out + p["o_bias"]), keys_values
 
 
 def _fused_attention(cfg: ModelConfig, q, k, v, mask, bias) -> jax.Array:
