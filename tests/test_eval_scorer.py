@@ -179,6 +179,16 @@ def test_continuation_plan_leaves_context_positions_unowned():
     np.testing.assert_array_equal(plan.owner_row[plan.row_nodes[1]], [-1, 1, 1])
 
 
+def test_only_a_long_prefix_shared_by_every_running_row_is_cached():
+    shared = list(range(5, 5 + scorer.MIN_CACHED_PREFIX))
+    rows = [_row(shared + [1, 2], 2), _row(shared + [3], 2), _row(shared + [1, 2], 2)]
+    assert scorer.cached_prefix_length(rows, scorer.plan_scoring(rows, False)) == len(shared)
+    short = [_row(shared[:-1] + [1], 2), _row(shared[:-1] + [3], 2)]
+    assert scorer.cached_prefix_length(short, scorer.plan_scoring(short, False)) == 0
+    other = rows + [_row([7] + shared, 2)]
+    assert scorer.cached_prefix_length(other, scorer.plan_scoring(other, False)) == 0
+
+
 def test_rows_with_different_demonstrations_score_like_separate_calls(tiny, shared_data):
     """Per-item demonstrations share no prefix across items: the tree must still give each row its own score."""
     _, model, tok, _ = tiny
@@ -187,3 +197,13 @@ def test_rows_with_different_demonstrations_score_like_separate_calls(tiny, shar
     together = ours.score(scorer.encode_prompts(tok, [p for prompts in per_item for p in prompts]))
     apart = np.concatenate([ours.score(scorer.encode_prompts(tok, prompts)).reference for prompts in per_item])
     np.testing.assert_allclose(together.reference, apart, rtol=1e-5)
+
+
+def test_eval_speed_work_ratio_is_reference_positions_over_distinct_prefixes():
+    from benchmarks import eval_speed
+    tok = xlmr_tokenizer()
+    item = [fewshot.Prompt("The cat sat on the", " mat."), fewshot.Prompt("The cat sat on the", " big red chair.")]
+    first, second = (tok(p.text)["input_ids"] for p in item)
+    common = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
+    distinct = (len(first) - 1) + (len(second) - common)       # every position of one row, the rest of the other
+    assert eval_speed.work_ratio(tok, [item]) == pytest.approx(2 * max(len(first), len(second)) / distinct)

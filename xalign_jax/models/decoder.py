@@ -3,8 +3,9 @@
 Parameters live in a flat table (``param_specs``) with logical axis names; per-layer parameters are stacked on a
 leading ``layers`` axis and the blocks run under ``jax.lax.scan`` + ``jax.checkpoint`` with a named remat policy,
 so compile time stays flat in depth. ``num_layers=k`` slices the stack so a contrastive pass that pools layer k runs
-only k blocks. The module is a plain parameter container: ``nnx.split(model, nnx.Param)`` gives the trainable state
-and the forward is a pure function of it.
+only k blocks. ``prefix=PrefixCache`` continues rows after a shared prefix whose keys and values were computed
+once (the evaluator's few-shot demonstrations). The module is a plain parameter container:
+``nnx.split(model, nnx.Param)`` gives the trainable state and the forward is a pure function of it.
 """
 from __future__ import annotations
 
