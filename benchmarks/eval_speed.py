@@ -1,12 +1,13 @@
 """Items/s of the jitted evaluator vs the reference procedure (PyTorch, one item per batch, every candidate fully
-re-encoded, fp32) on the same random Llama weights and the same real items.
+re-encoded, fp32) on the same weights and the same real items.
 
     OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 python benchmarks/eval_speed.py --items 100 --out eval_speed.json
 
 On an accelerator add ``--torch-device cuda`` (the scorer uses JAX's default device, the same GPU).
 
 The model is a random small Llama (sizes below) with the real XLM-R tokenizer, saved in HF format and loaded by
-both sides; accuracy is meaningless, only speed and score agreement are reported.
+both sides (accuracy is meaningless, only speed and score agreement are reported), or with ``--model DIR`` a real
+HF checkpoint such as the main job's converted Gemma-3-270M.
 """
 from __future__ import annotations
 
@@ -54,8 +55,12 @@ def _prompts(task: str, language: str, shots: int, items: int, eos: str) -> list
 
 
 def _reference(model, tok, per_item) -> tuple[float, np.ndarray]:
-    """The reference loop: per item, tokenize its candidates padded together, one fp32 forward, masked sum."""
-    tok.pad_token = tok.eos_token
+    """The reference loop: per item, tokenize its candidates padded together, one fp32 forward, masked sum.
+
+    Padded on the right whatever the tokenizer's default: under left padding (Gemma's) the reference's mask also
+    scores each shorter row's first token from a pad position, a padding artefact of ~20 nats that is not the
+    quantity the scorer computes (``tests/test_eval_scorer.py`` compares both sides under both paddings)."""
+    tok.pad_token, tok.padding_side = tok.eos_token, "right"
     scores, start = [], time.perf_counter()
     for prompts in per_item:
         batch = tok([p.text for p in prompts], padding="longest", return_tensors="pt").to(model.device)
@@ -87,14 +92,24 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--batch-rows", type=int, default=16)
+    parser.add_argument("--buckets", default=",".join(map(str, scorer.DEFAULT_BUCKETS)),
+                        help="row length buckets, comma-separated")
+    parser.add_argument("--model", default="", help="an HF directory with its tokenizer (e.g. the main job's "
+                        "converted Gemma-3-270M) instead of the random Llama; both sides load it")
     parser.add_argument("--out", default="eval_speed.json")
     parser.add_argument("--torch-device", default="cpu", help="where the reference loop runs (cpu, cuda)")
     args = parser.parse_args()
-    tok = xlmr_tokenizer()
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
-        reference_model = _model(tok, pathlib.Path(tmp), args.hidden, args.layers).to(args.torch_device)
-        ours = scorer.Scorer(models.from_pretrained(tmp, dtype="float32"), batch_rows=args.batch_rows)
+        if args.model:
+            tok, directory = transformers.AutoTokenizer.from_pretrained(args.model), args.model
+            reference_model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+        else:
+            tok, directory = xlmr_tokenizer(), tmp
+            reference_model = _model(tok, pathlib.Path(tmp), args.hidden, args.layers)
+        reference_model = reference_model.to(args.torch_device)
+        ours = scorer.Scorer(models.from_pretrained(directory, dtype="float32"), batch_rows=args.batch_rows,
+                             buckets=tuple(int(b) for b in args.buckets.split(",")))
     rows = []
     for task, language in WORKLOADS:
         for shots in (0, 5):

@@ -164,8 +164,9 @@ def test_bf16_logits_round_the_head_output_and_keep_the_loss():
 
 @pytest.mark.parametrize("slots", [6, 9])
 def test_rows_continuing_a_cached_prefix_equal_whole_rows(pair, slots):
-    """Prefix (6 tokens, in 6 or 9 slots) cached once, then rows of 1-5 own tokens: the same final hidden states as
-    the whole rows, for every family (ALiBi key positions, sinusoidal offsets, Gemma's window of 4 < prefix)."""
+    """Prefix (6 tokens, in 6 or 9 slots) cached once, then rows of 1-5 own tokens, padded or packed as segments of
+    one row: the same final hidden states as the whole rows, for every family (ALiBi key positions, sinusoidal
+    offsets, Gemma's window of 4 < prefix)."""
     _assert_prefix_continuation_is_exact(pair[2], slots)
 
 
@@ -202,6 +203,13 @@ def _assert_prefix_continuation_is_exact(model, slots: int) -> None:
     for row, suffix in enumerate(suffixes):
         np.testing.assert_allclose(np.asarray(continued)[row, :len(suffix)],
                                    np.asarray(whole)[row, 6:6 + len(suffix)], atol=1e-5, rtol=0)
+    packed = np.concatenate(suffixes)[None]                  # the three continuations as segments of one row
+    segments = np.concatenate([np.full(len(s), i + 1) for i, s in enumerate(suffixes)])[None]
+    positions = np.concatenate([6 + np.arange(len(s)) for s in suffixes])[None]
+    out = model(jnp.asarray(packed), positions=jnp.asarray(positions), segment_ids=jnp.asarray(segments),
+                prefix=cache).last_hidden_state
+    expected = np.concatenate([np.asarray(whole)[row, 6:6 + len(s)] for row, s in enumerate(suffixes)])
+    np.testing.assert_allclose(np.asarray(out)[0], expected, atol=1e-5, rtol=0)
 
 
 def _right_padded(rows, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -23,8 +23,10 @@ Only owned positions reach the vocabulary projection (the dominant cost with 250
 final-normed hidden states (``compute_logits=False``), the owned positions of a call are gathered into one flat
 list across its rows (no padding positions), and their logits + log-sum-exp are computed in fp32
 ``head_positions`` at a time (one compiled shape; only a call's last chunk is padded), so full ``[B, T, V]`` fp32
-logits never exist. Rows are right-padded into a few bucket lengths with a fixed number of rows per call, so a
-whole benchmark compiles a handful of times; results stay on device until one ``device_get`` per ``score`` call.
+logits never exist. The rows that run are packed as segments (block-diagonal attention, positions restarting per
+row) into a fixed number of rows of one bucket length per ``score`` call, so the forward pass computes few padding
+tokens and a whole benchmark compiles a handful of times; results stay on device until one ``device_get`` per
+``score`` call.
 
 ``positions="continuation"`` serves the completion rules alone: only the continuation positions are needed, and
 the reference score is NaN (not computed).
@@ -42,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from xalign_jax.data import packing
 from xalign_jax.evaluation.fewshot import Prompt
 from xalign_jax.models.decoder import PrefixCache
 
@@ -111,10 +114,14 @@ def _prefix_pass(graphdef, params, ids: jax.Array, length: jax.Array) -> tuple[P
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _final_hidden(graphdef, params, ids: jax.Array, mask: jax.Array, prefix: PrefixCache | None) -> jax.Array:
-    """[B, L] rows (continuing ``prefix`` when given) -> [B, L, D] final-normed hidden states, no logits."""
+def _final_hidden(graphdef, params, ids: jax.Array, positions: jax.Array, segments: jax.Array,
+                  prefix: PrefixCache | None) -> jax.Array:
+    """[B, L] packed rows (segments > 0, each continuing ``prefix`` when given) -> [B, L, D] final-normed hidden
+    states, no logits."""
     _COMPILES["count"] += 1
-    return nnx.merge(graphdef, params)(ids, mask, compute_logits=False, prefix=prefix).last_hidden_state
+    model = nnx.merge(graphdef, params)
+    return model(ids, (segments > 0).astype(jnp.int32), positions=positions, segment_ids=segments,
+                 compute_logits=False, prefix=prefix).last_hidden_state
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -170,9 +177,10 @@ def plan_scoring(rows: Sequence[EncodedRow], continuation_only: bool) -> Scoring
 class Scorer:
     """Scores ``EncodedRow``s with a fixed model graph; ``params`` can be swapped per call (trainer evaluation).
 
-    ``batch_rows`` rows per forward call, right-padded to ``buckets``; ``head_positions`` positions per vocabulary
-    call, whose fp32 logits are ``head_positions x vocab x 4`` bytes (64: 67 MB at a 262k vocabulary; on a CPU
-    64-128 run the projection at its best rate per position, an accelerator can take more)."""
+    ``batch_rows`` packed rows per forward call, of the ``buckets`` length that fits the longest row;
+    ``head_positions`` positions per vocabulary call, whose fp32 logits are ``head_positions x vocab x 4`` bytes
+    (64: 67 MB at a 262k vocabulary; on a CPU 64-128 run the projection at its best rate per position, an
+    accelerator can take more)."""
 
     def __init__(self, model: Any, *, batch_rows: int = 8, buckets: Sequence[int] = DEFAULT_BUCKETS,
                  mesh: jax.sharding.Mesh | None = None, head_positions: int = 64, pad_id: int = 0,
@@ -209,9 +217,9 @@ class Scorer:
             if len(nodes):
                 work.append((nodes, self._heads(params, hidden, np.zeros_like(nodes), plan.owner_pos[nodes] - 1,
                                                 plan.token[nodes])))
-        for ids, mask, slots, nodes in self._batches(rows, plan, cut):     # dispatched asynchronously
-            hidden = self._forward(params, ids, mask, prefix)
-            work.append((nodes, self._heads(params, hidden, slots, plan.owner_pos[nodes] - 1 - cut, plan.token[nodes])))
+        for ids, positions, segments, slots, sources, nodes in self._batches(rows, plan, cut):   # dispatched async
+            hidden = self._forward(params, ids, positions, segments, prefix)
+            work.append((nodes, self._heads(params, hidden, slots, sources, plan.token[nodes])))
         logprob = np.full(len(plan.owner_row), np.nan, np.float64)
         for (nodes, _), values in zip(work, jax.device_get([out for _, out in work])):
             logprob[nodes] = np.concatenate(values)[:len(nodes)]
@@ -223,23 +231,32 @@ class Scorer:
                          np.array([r.continuation_chars for r in rows]))
 
     def _batches(self, rows: Sequence[EncodedRow], plan: ScoringPlan, cut: int):
-        """The rows owning positions after ``cut``, longest first, grouped by length bucket into
-        ``batch_rows``-row arrays of their tokens from ``cut`` on, each with its nodes and their rows' slots."""
+        """The rows owning positions after ``cut``: their tokens from ``cut`` on, packed as segments (first fit,
+        longest first) into ``batch_rows`` rows per call of one bucket length, the longest's; each call with its
+        nodes and their (packed row, index) places. Packing, not padding, keeps a call's forward work near its
+        real tokens."""
         owned = np.flatnonzero((plan.owner_row >= 0) & (plan.owner_pos > cut))
         nodes_of_row = dict(zip(*_group_by(plan.owner_row[owned], owned)))
-        ends = {r: int(plan.owner_pos[nodes].max()) + 1 for r, nodes in nodes_of_row.items()}
-        by_length: dict[int, list[int]] = {}
-        for r in sorted(nodes_of_row, key=lambda r: -ends[r]):
-            by_length.setdefault(bucket_length(ends[r] - cut, self.buckets), []).append(r)
-        for length, members in by_length.items():
-            for lo in range(0, len(members), self.batch_rows):
-                group = members[lo:lo + self.batch_rows]
-                ids = np.full((self.batch_rows, length), self.pad_id, np.int32)
-                mask = np.zeros((self.batch_rows, length), np.int32)
-                for slot, r in enumerate(group):
-                    ids[slot, :ends[r] - cut], mask[slot, :ends[r] - cut] = rows[r].ids[cut:ends[r]], 1
-                slots = np.concatenate([np.full(len(nodes_of_row[r]), slot) for slot, r in enumerate(group)])
-                yield ids, mask, slots, np.concatenate([nodes_of_row[r] for r in group])
+        order = sorted(nodes_of_row, key=lambda r: -int(plan.owner_pos[nodes_of_row[r]].max()))
+        sizes = [int(plan.owner_pos[nodes_of_row[r]].max()) + 1 - cut for r in order]
+        length = bucket_length(max(sizes, default=1), self.buckets)
+        queue = [[i, 0] for i in range(len(order))]
+        while queue:
+            layout, queue = packing.plan_segments(queue, sizes, self.batch_rows, length)
+            ids = np.full((self.batch_rows, length), self.pad_id, np.int32)
+            positions, segments = np.zeros_like(ids), np.zeros_like(ids)
+            slots, sources, nodes = [], [], []
+            for slot, spans in enumerate(layout):
+                offset = 0
+                for segment, (i, _, size) in enumerate(spans, start=1):
+                    r, placed = order[i], slice(offset, offset + size)
+                    ids[slot, placed] = rows[r].ids[cut:cut + size]
+                    positions[slot, placed], segments[slot, placed] = cut + np.arange(size), segment
+                    nodes.append(nodes_of_row[r])
+                    slots.append(np.full(len(nodes[-1]), slot))
+                    sources.append(offset + plan.owner_pos[nodes[-1]] - 1 - cut)
+                    offset += size
+            yield ids, positions, segments, np.concatenate(slots), np.concatenate(sources), np.concatenate(nodes)
 
     def _mesh(self):
         return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
@@ -251,12 +268,13 @@ class Scorer:
         with self._mesh():
             return _prefix_pass(self.graphdef, params, ids, np.int32(len(tokens)))
 
-    def _forward(self, params, ids: np.ndarray, mask: np.ndarray, prefix: PrefixCache | None) -> jax.Array:
+    def _forward(self, params, ids: np.ndarray, positions: np.ndarray, segments: np.ndarray,
+                 prefix: PrefixCache | None) -> jax.Array:
         self._log_shape("rows", *ids.shape)
         with self._mesh():
             if self.mesh is not None:
-                ids, mask = (jax.device_put(x, self._sharding) for x in (ids, mask))
-            return _final_hidden(self.graphdef, params, ids, mask, prefix)
+                ids, positions, segments = (jax.device_put(x, self._sharding) for x in (ids, positions, segments))
+            return _final_hidden(self.graphdef, params, ids, positions, segments, prefix)
 
     def _heads(self, params, hidden: jax.Array, rows: np.ndarray, sources: np.ndarray, targets: np.ndarray) -> list:
         """Positions through the vocabulary ``head_positions`` at a time (the last call padded with the state at

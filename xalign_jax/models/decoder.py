@@ -160,6 +160,8 @@ class Decoder(nnx.Module):
 
         ``prefix`` continues every (right-padded) row after a shared cached prefix: the rows hold only their own
         tokens, their positions start at ``prefix.length``, and every block attends to the prefix's keys first.
+        Packed rows continue it too: each segment attends to the prefix and to itself (pass positions that restart
+        at ``prefix.length`` per segment).
         ``return_keys_values`` returns each block's keys and values, from which ``PrefixCache.from_row`` makes one.
         """
         cfg = self.config
@@ -169,8 +171,6 @@ class Decoder(nnx.Module):
             positions = layers.positions_from_mask(attention_mask)
             if prefix is not None:
                 positions = positions + prefix.length
-        if prefix is not None and segment_ids is not None:
-            raise ValueError("a cached prefix cannot be combined with packed segments")
         depth = cfg.num_layers if num_layers is None else num_layers
         if not 0 <= depth <= cfg.num_layers:
             raise ValueError(f"num_layers={num_layers} outside [0, {cfg.num_layers}]")
