@@ -237,8 +237,9 @@ class Scorer:
         real tokens."""
         owned = np.flatnonzero((plan.owner_row >= 0) & (plan.owner_pos > cut))
         nodes_of_row = dict(zip(*_group_by(plan.owner_row[owned], owned)))
-        order = sorted(nodes_of_row, key=lambda r: -int(plan.owner_pos[nodes_of_row[r]].max()))
-        sizes = [int(plan.owner_pos[nodes_of_row[r]].max()) + 1 - cut for r in order]
+        own_tokens = {r: int(plan.owner_pos[nodes].max()) + 1 - cut for r, nodes in nodes_of_row.items()}
+        order = sorted(own_tokens, key=lambda r: -own_tokens[r])
+        sizes = [own_tokens[r] for r in order]
         length = bucket_length(max(sizes, default=1), self.buckets)
         queue = [[i, 0] for i in range(len(order))]
         while queue:

@@ -238,12 +238,13 @@ def _embed(cfg: ModelConfig, top: dict, table: jax.Array, input_ids: jax.Array, 
 def _attention_context(cfg: ModelConfig, mask: jax.Array, positions: jax.Array, segment_ids: jax.Array | None,
                        prefix: PrefixCache | None) -> dict[str, jax.Array]:
     """Everything attention needs that does not depend on the layer's weights, computed once per call. With a
-    prefix, keys are the prefix's slots followed by the row's own tokens."""
+    prefix, keys are the prefix's slots (at positions 0..P-1) followed by the row's own tokens."""
+    slots = None if prefix is None else jnp.arange(prefix.keys.shape[1])
+
     def mask_for(window: int) -> jax.Array:
         own = layers.attention_mask(mask, segment_ids, window)
         if prefix is None:
             return own
-        slots = jnp.arange(prefix.keys.shape[1])
         cached = (slots < prefix.length)[None, None, None, :]
         if window:
             cached = cached & ((positions[:, None, :, None] - slots) < window)
@@ -255,8 +256,8 @@ def _attention_context(cfg: ModelConfig, mask: jax.Array, positions: jax.Array, 
     if cfg.positions == "alibi":
         key_positions = positions
         if prefix is not None:
-            slots = jnp.broadcast_to(jnp.arange(prefix.keys.shape[1]), (positions.shape[0], prefix.keys.shape[1]))
-            key_positions = jnp.concatenate([slots, positions], axis=1)
+            key_positions = jnp.concatenate([jnp.broadcast_to(slots, (positions.shape[0],) + slots.shape), positions],
+                                            axis=1)
         context["bias"] = layers.alibi_bias(key_positions, cfg.num_heads)
     if cfg.positions == "rope":
         context["rope"] = layers.rope_tables(positions, cfg.rope_inv_freq)
