@@ -1,5 +1,6 @@
 """``layers.einsum_fp32_out``: plain autodiff in fp32; in bf16 the backward matmuls stay in bf16 (the fp32
-cotangent of an fp32-output product would otherwise turn them into fp32 matmuls)."""
+cotangent of an fp32-output product would otherwise turn them into fp32 matmuls). ``layers.dense``: the einsum
+over the trailing dimensions, as one flattened product."""
 from __future__ import annotations
 
 import jax
@@ -60,3 +61,17 @@ def test_bf16_backward_matmuls_run_in_bf16_and_stay_close():
     for got, want in zip(_grads(_custom, x, y, g), exact):
         assert got.dtype == jnp.bfloat16
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want), rtol=3e-2, atol=3e-2)
+
+
+def test_dense_is_the_einsum_over_the_trailing_dimensions_with_its_gradients():
+    kx, kw = jax.random.split(jax.random.PRNGKey(1))
+    x = jax.random.normal(kx, (2, 3, 4, 5))
+    for in_dims, weight_shape, spec in ((1, (5, 6, 7), "btij,jkl->btikl"), (2, (4, 5, 6), "btij,ijk->btk")):
+        weight = jax.random.normal(kw, weight_shape)
+        got, got_grads = jax.value_and_grad(lambda a, w: jnp.sum(jnp.sin(layers.dense(a, w, in_dims))),
+                                            argnums=(0, 1))(x, weight)
+        want, want_grads = jax.value_and_grad(lambda a, w: jnp.sum(jnp.sin(jnp.einsum(spec, a, w))),
+                                              argnums=(0, 1))(x, weight)
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+        for ours, reference in zip(got_grads, want_grads):
+            np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), rtol=1e-4, atol=1e-5)

@@ -136,9 +136,12 @@ def test_afp_loss_and_gradients_match_the_torch_reference(pair):
         np.testing.assert_allclose(ours[key], grad, atol=2e-5, rtol=1e-3, err_msg=f"{name} {key}")
 
 
-def test_bf16_logits_round_the_head_output_and_keep_the_loss():
+@pytest.mark.parametrize("logits_grad", sorted(objectives.CHUNK_GRADS))
+def test_bf16_logits_round_the_head_output_and_keep_the_loss(logits_grad):
     """``logits_dtype='bfloat16'``: the head's product is rounded to bf16 (the reference's autocast logits); the
-    chunked CE then gives the fp32-logit loss and gradients to bf16 rounding. An unknown dtype is refused."""
+    chunked CE then gives the fp32-logit loss and gradients to bf16 rounding, whichever way the logits' gradient is
+    formed (with the vocabulary-major layout XLA folded the bf16 output into an fp32 product until the CE enforced
+    the rounding). An unknown dtype is refused."""
     rng = np.random.default_rng(0)
     hidden = jnp.asarray(rng.normal(size=(2, 16, 48)), jnp.float32)
     head = {"embed": jnp.asarray(0.3 * rng.normal(size=(256, 48)), jnp.float32)}
@@ -149,7 +152,8 @@ def test_bf16_logits_round_the_head_output_and_keep_the_loss():
         cfg = models.ModelConfig.from_hf(TINY_HF_CONFIGS["llama3"], dtype="bfloat16", logits_dtype=logits_dtype)
         logits_fn = functools.partial(lm_head_logits, cfg)
         assert logits_fn(head, hidden).dtype == jnp.dtype(logits_dtype)
-        loss = lambda p, h: objectives.clm_loss(h, targets, weights, p, logits_fn, chunk_size=5)[0]   # noqa: E731
+        loss = lambda p, h: objectives.clm_loss(h, targets, weights, p, logits_fn, chunk_size=5,   # noqa: E731
+                                                logits_grad=logits_grad)[0]
         results[logits_dtype] = jax.value_and_grad(loss, argnums=(0, 1))(head, hidden)
     (want, want_grads), (got, got_grads) = results["float32"], results["bfloat16"]
     assert float(got) == pytest.approx(float(want), rel=1e-3) and float(got) != float(want)
@@ -160,6 +164,24 @@ def test_bf16_logits_round_the_head_output_and_keep_the_loss():
     wrong = models.ModelConfig.from_hf(TINY_HF_CONFIGS["llama3"], logits_dtype="float16")
     with pytest.raises(ValueError, match="logits_dtype 'float16'"):
         lm_head_logits(wrong, head, hidden)
+
+
+@pytest.mark.parametrize("name, overrides", [("llama", {}), ("llama3", {}),
+                                             ("gemma3", {"final_logit_softcapping": 3.0})])
+@pytest.mark.parametrize("logits_dtype", ["float32", "bfloat16"])
+def test_vocab_major_logits_are_the_transposed_logits(name, overrides, logits_dtype):
+    """``vocab_major=True`` (the CPU step's CE layout) gives [V, N], the transpose of the usual logits: an untied
+    head, a tied one, and a soft-capped one, in both logits dtypes."""
+    cfg = models.ModelConfig.from_hf(dict(TINY_HF_CONFIGS[name], **overrides), logits_dtype=logits_dtype)
+    assert cfg.tie_word_embeddings == (name != "llama") and bool(cfg.final_logit_softcap) == bool(overrides)
+    head = models.init_model(cfg, seed=0, std=0.5).head()
+    hidden = jnp.asarray(np.random.default_rng(0).normal(size=(7, cfg.hidden_size)), jnp.float32)
+    want = lm_head_logits(cfg, head, hidden)
+    got = lm_head_logits(cfg, head, hidden, vocab_major=True)
+    assert got.shape == (cfg.vocab_size, 7) and got.dtype == want.dtype == jnp.dtype(logits_dtype)
+    tolerance = 1e-5 if logits_dtype == "float32" else 1e-2
+    np.testing.assert_allclose(np.asarray(got.T, np.float32), np.asarray(want, np.float32), rtol=tolerance,
+                               atol=tolerance)
 
 
 @pytest.mark.parametrize("slots", [6, 9])

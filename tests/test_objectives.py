@@ -122,8 +122,8 @@ def _clm_problem(rows=3, length=10, dim=8, vocab=37, seed=3):
     return hidden, head, targets, weights
 
 
-def _matmul(head, hidden):
-    return hidden @ head
+def _matmul(head, hidden, vocab_major=False):
+    return (hidden @ head).T if vocab_major else hidden @ head
 
 
 def _naive_clm(hidden, head, targets, weights):

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests.train_fixtures import tiny_train_config, train_tiny_tokenizer
-from xalign_jax import config_validation, train
+from xalign_jax import config_defaults, config_validation, train
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +153,33 @@ def test_supervised_only_cross_entropy_gives_the_same_steps(tokenizer_dir, share
         assert ours["train/clm_unscored"] == 0
         for key in ("train/loss", "train/clm_loss", "train/grad_norm"):
             np.testing.assert_allclose(ours[key], theirs[key], rtol=2e-5, err_msg=key)
+
+
+def _matmul_step(state, batch):
+    return state + batch["x"] @ batch["y"], {"corner": state[0, 0]}
+
+
+def _compiled_matmul_step(options):
+    steps = train.CompiledSteps(_matmul_step, None, None, options)
+    x, y = (jnp.asarray(np.random.default_rng(i).normal(size=(64, 64)), jnp.float32) for i in (0, 1))
+    state, _ = steps(jnp.ones((64, 64)), {"x": x, "y": y})
+    np.testing.assert_allclose(np.asarray(state), 1 + np.asarray(x) @ np.asarray(y), rtol=1e-5, atol=1e-5)
+    assert steps.num_compiles == 1
+    return next(iter(steps._compiled.values())).as_text()
+
+
+def test_the_cpu_compiler_options_reach_xla_and_route_matmuls_off_ynnpack(caplog):
+    """The default ``train.cpu_compiler_options`` are understood by this XLA (no warning) and change the program:
+    XLA's default sends the product through a YNNPACK fusion, the options keep it a plain dot."""
+    defaults = config_defaults.train_config().cpu_compiler_options.to_dict()
+    with caplog.at_level(logging.WARNING, logger=train.log.name):
+        ours = _compiled_matmul_step(defaults)
+    assert not caplog.records
+    assert "__ynn_fusion" in _compiled_matmul_step(None)
+    assert "__ynn_fusion" not in ours and " dot(" in ours
+
+
+def test_rejected_compiler_options_fall_back_to_the_defaults_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger=train.log.name):
+        _compiled_matmul_step({"xla_cpu_no_such_option": "1"})
+    assert "rejected" in caplog.text and "xla_cpu_no_such_option" in caplog.text

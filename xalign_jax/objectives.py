@@ -91,20 +91,34 @@ def contrastive_loss(z0: jax.Array, z1: jax.Array, *, temperature: float = 0.05,
     return loss, {"accuracy": accuracy, "positive_cosine": jnp.mean(jnp.diagonal(cosine))}
 
 
-LogitsFn = Callable[[Any, jax.Array], jax.Array]   # (head parameters, [..., D] hidden) -> [..., V] logits
+# (head parameters, [..., D] hidden) -> [..., V] logits; with ``vocab_major=True``: (head, [N, D]) -> [V, N]
+LogitsFn = Callable[..., jax.Array]
 
 
-def _nll_terms(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(weighted NLL sum, log-sum-exp) of fp32 ``logits``; weight-0 positions (any target id) contribute 0."""
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+def _as_fp32(logits: jax.Array) -> jax.Array:
+    """fp32 logits for the softmax maths, still rounded to their own dtype: XLA may fold the head's bf16 output
+    and this upcast into one fp32 product (it does with the vocabulary-major layout), which would silently drop
+    the rounding that ``model.logits_dtype='bfloat16'`` asks for; ``reduce_precision`` is never folded away."""
+    if logits.dtype == jnp.float32:
+        return logits
+    info = jnp.finfo(logits.dtype)
+    return jax.lax.reduce_precision(logits.astype(jnp.float32), exponent_bits=info.nexp, mantissa_bits=info.nmant)
+
+
+def _nll_terms(logits: jax.Array, targets: jax.Array, weights: jax.Array,
+               axis: int = -1) -> tuple[jax.Array, jax.Array]:
+    """(weighted NLL sum, log-sum-exp with ``axis`` kept) of fp32 ``logits`` whose vocabulary lies on ``axis``;
+    weight-0 positions (any target id) contribute 0."""
+    lse = jax.nn.logsumexp(logits, axis=axis, keepdims=True)
+    target_logit = jnp.take_along_axis(logits, jnp.expand_dims(targets, axis), axis=axis)
+    weights = jnp.expand_dims(weights, axis)
     return jnp.sum(jnp.where(weights > 0, (lse - target_logit) * weights, 0.0)), lse
 
 
 def _chunk_nll_sum(logits_fn: LogitsFn, head: Any, hidden: jax.Array, targets: jax.Array,
                    weights: jax.Array) -> jax.Array:
     """Weighted sum of -log p(target) over one [R, C] chunk; logits in the compute dtype, softmax maths in fp32."""
-    return _nll_terms(logits_fn(head, hidden).astype(jnp.float32), targets, weights)[0]
+    return _nll_terms(_as_fp32(logits_fn(head, hidden)), targets, weights)[0]
 
 
 def _chunk_grads_by_autodiff(logits_fn: LogitsFn, head: Any, hidden: jax.Array, targets: jax.Array,
@@ -114,31 +128,53 @@ def _chunk_grads_by_autodiff(logits_fn: LogitsFn, head: Any, hidden: jax.Array, 
     return (loss, *pullback(jnp.ones((), jnp.float32)))
 
 
-def _chunk_grads_by_hand(logits_fn: LogitsFn, head: Any, hidden: jax.Array, targets: jax.Array,
-                         weights: jax.Array) -> tuple[jax.Array, Any, jax.Array]:
-    """``_chunk_grads_by_autodiff`` with the logits' gradient written out: ``(softmax - onehot(target)) * weight``,
-    the one-hot an iota comparison. Autodiff transposes the target gather into a scatter into a zero [R, C, V]
-    array, which on a GPU kept the softmax gradient and its cast to the compute dtype in separate fp32 passes over
-    the step's largest tensor. Only the head's own backward (``logits_fn``'s pullback) is autodiff."""
+def _grads_through_logits(logits_fn: LogitsFn, head: Any, hidden: jax.Array, targets: jax.Array,
+                          weights: jax.Array, axis: int) -> tuple[jax.Array, Any, jax.Array]:
+    """NLL sum and gradients with the logits' gradient written out, ``(softmax - onehot(target)) * weight`` (the
+    one-hot an iota comparison, the vocabulary on ``axis`` of ``logits_fn``'s output); only the head's own
+    backward (``logits_fn``'s pullback) is autodiff."""
     raw_logits, pullback = jax.vjp(logits_fn, head, hidden)
-    logits = raw_logits.astype(jnp.float32)
-    loss, lse = _nll_terms(logits, targets, weights)
-    is_target = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1) == targets[..., None]
-    scale = jnp.where(weights > 0, weights, 0.0)[..., None]
-    logits_grad = (jnp.exp(logits - lse[..., None]) - is_target) * scale
+    logits = _as_fp32(raw_logits)
+    loss, lse = _nll_terms(logits, targets, weights, axis)
+    targets, weights = jnp.expand_dims(targets, axis), jnp.expand_dims(weights, axis)
+    is_target = jax.lax.broadcasted_iota(jnp.int32, logits.shape, axis % logits.ndim) == targets
+    logits_grad = (jnp.exp(logits - lse) - is_target) * jnp.where(weights > 0, weights, 0.0)
     head_grad, hidden_grad = pullback(logits_grad.astype(raw_logits.dtype))
     return loss, head_grad, hidden_grad
 
 
+def _chunk_grads_by_hand(logits_fn: LogitsFn, head: Any, hidden: jax.Array, targets: jax.Array,
+                         weights: jax.Array) -> tuple[jax.Array, Any, jax.Array]:
+    """``_chunk_grads_by_autodiff`` with the logits' gradient written out (``_grads_through_logits``). Autodiff
+    transposes the target gather into a scatter into a zero [R, C, V] array, which on a GPU kept the softmax
+    gradient and its cast to the compute dtype in separate fp32 passes over the step's largest tensor."""
+    return _grads_through_logits(logits_fn, head, hidden, targets, weights, axis=-1)
+
+
+def _chunk_grads_vocab_major(logits_fn: LogitsFn, head: Any, hidden: jax.Array, targets: jax.Array,
+                             weights: jax.Array) -> tuple[jax.Array, Any, jax.Array]:
+    """``_chunk_grads_by_hand`` on logits laid out [V, R * C]: the head's gradient is then logits_grad @ hidden,
+    a plain product, where the token-major layout needs logits_grad transposed, a copy of the largest tensor.
+    With the train step's CPU compiler options (``train.cpu_compiler_options``: matmuls by XLA's own library, not
+    YNNPACK, which was 1.6x slower on these [250k, 320]-shaped products) the three head products run at 190-210
+    GFLOP/s on the 2-core CPU and the bloom bench step went from 1.74 to 1.47 s (BENCHMARKS.md)."""
+    grads_of_flat = functools.partial(_grads_through_logits, functools.partial(logits_fn, vocab_major=True),
+                                      axis=0)
+    loss, head_grad, hidden_grad = grads_of_flat(head, hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1),
+                                                 weights.reshape(-1))
+    return loss, head_grad, hidden_grad.reshape(hidden.shape)
+
+
 # Measured (BENCHMARKS.md): by hand, the gemma3-270m step on an H200 went from 114.7 to 109.0 ms; on the 2-core CPU
-# the bloom bench step went from 2.07-2.09 to 2.19-2.20 s (why was not pinned down: sharing one exponential between
-# the log-sum-exp and the gradient did not help). "auto" takes the faster one for the backend.
-CHUNK_GRADS = {"autodiff": _chunk_grads_by_autodiff, "by_hand": _chunk_grads_by_hand}
+# the bloom bench step took 2.07-2.09 s by autodiff, 2.19-2.20 s by hand and, with the vocabulary-major layout and
+# the CPU compiler options, 1.47 s. "auto" takes the fastest for the backend.
+CHUNK_GRADS = {"autodiff": _chunk_grads_by_autodiff, "by_hand": _chunk_grads_by_hand,
+               "vocab_major": _chunk_grads_vocab_major}
 
 
 def _chunk_grads(logits_grad: str) -> Callable[..., tuple[jax.Array, Any, jax.Array]]:
     if logits_grad == "auto":
-        logits_grad = "autodiff" if jax.default_backend() == "cpu" else "by_hand"
+        logits_grad = "vocab_major" if jax.default_backend() == "cpu" else "by_hand"
     if logits_grad not in CHUNK_GRADS:
         raise ValueError(f"logits_grad {logits_grad!r}: choose auto or one of {sorted(CHUNK_GRADS)}")
     return CHUNK_GRADS[logits_grad]

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import re
 import signal
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -85,12 +86,17 @@ class Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-class CompiledSteps:
-    """AOT-compiles the step once per distinct batch shape and logs every compile (a recompile is never silent)."""
+REJECTED_OPTION = re.compile(r"No such compile option|While setting option")
 
-    def __init__(self, step_fn, state_shardings, batch_shardings):
+
+class CompiledSteps:
+    """AOT-compiles the step once per distinct batch shape and logs every compile (a recompile is never silent),
+    with ``compiler_options`` (XLA debug options for this backend, ``train.cpu_compiler_options`` on CPU)."""
+
+    def __init__(self, step_fn, state_shardings, batch_shardings, compiler_options: Mapping[str, str] | None = None):
         self._jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
                                out_shardings=(state_shardings, None), donate_argnums=0)
+        self._options = dict(compiler_options or {}) or None
         self._compiled: dict[tuple, Any] = {}
         self.compile_seconds = 0.0
 
@@ -102,7 +108,7 @@ class CompiledSteps:
         key = tuple((k, v.shape) for k, v in sorted(batch.items()))
         if key not in self._compiled:
             start = time.perf_counter()
-            compiled = self._jitted.lower(state, batch).compile()
+            compiled = self._compile(self._jitted.lower(state, batch))
             seconds = time.perf_counter() - start
             self.compile_seconds += seconds
             memory = compiled.memory_analysis()
@@ -110,6 +116,19 @@ class CompiledSteps:
                      seconds, {k: s for k, s in key}, _format_memory(memory))
             self._compiled[key] = compiled
         return self._compiled[key](state, batch)
+
+    def _compile(self, lowered):
+        """Compile with the backend's options; options this XLA rejects (renamed or removed in another version) are
+        dropped, with a warning, rather than stopping the run."""
+        if self._options:
+            try:
+                return lowered.compile(self._options)
+            except jax.errors.JaxRuntimeError as error:
+                if not REJECTED_OPTION.search(str(error)):
+                    raise
+                log.warning("compiler options %s rejected (%s): compiling with XLA's defaults", self._options, error)
+                self._options = None
+        return lowered.compile()
 
     def memory_analysis(self):
         return next(iter(self._compiled.values())).memory_analysis() if self._compiled else None
@@ -146,7 +165,9 @@ class Trainer:
         step_fn = train_step.make_train_step(self.graphdef, tx, self.schedule, config.objective,
                                              config.train.micro_batches, config.data.supervised_cap,
                                              config.data.supervised_group_rows)
-        self.step_fn = CompiledSteps(step_fn, self.state_shardings, self.batch_sharding)
+        cpu = self.mesh.devices.flat[0].platform == "cpu"
+        self.step_fn = CompiledSteps(step_fn, self.state_shardings, self.batch_sharding,
+                                     config.train.cpu_compiler_options.to_dict() if cpu else None)
         self.flops = metrics_lib.ModelFlops.from_config(self.model.config)
         self.peak_flops = metrics_lib.peak_flops_per_device(config.train.peak_tflops) * jax.device_count()
         self.checkpointer = ckpt_lib.Checkpointer(self.workdir / "checkpoints", keep=config.train.keep_checkpoints,

@@ -202,19 +202,26 @@ class Decoder(nnx.Module):
         return lm_head_logits(self.config, self.head(), hidden)
 
 
-def lm_head_logits(cfg: ModelConfig, head: Mapping[str, jax.Array], hidden: jax.Array) -> jax.Array:
+def lm_head_logits(cfg: ModelConfig, head: Mapping[str, jax.Array], hidden: jax.Array,
+                   vocab_major: bool = False) -> jax.Array:
     """Hidden [..., D] -> logits [..., V] from ``Decoder.head()``: a pure function of the head's parameters, so
-    that the chunked CE can differentiate it chunk by chunk (``objectives.clm_loss``).
+    that the chunked CE can differentiate it chunk by chunk (``objectives.clm_loss``). ``vocab_major=True`` takes
+    hidden [N, D] and returns the transposed logits [V, N], the layout of the CPU step's CE (``objectives.
+    _chunk_grads_vocab_major``: every product of its backward is then a plain one for the CPU's matmul library).
 
     The product always accumulates in fp32; ``cfg.logits_dtype`` is what it is rounded to. fp32 by default;
     ``bfloat16`` is what the reference's autocast runs produce, and it halves the bytes of the [tokens, 262k]
     logits that the CE's softmax passes read and write (the CE upcasts to fp32 inside those passes)."""
     dtype = jnp.dtype(cfg.dtype)
-    spec, weight = ("...d,vd->...v", head["embed"]) if cfg.tie_word_embeddings else ("...d,dv->...v", head["lm_head"])
+    weight, weight_dims = (head["embed"], "vd") if cfg.tie_word_embeddings else (head["lm_head"], "dv")
+    operands = (weight.astype(dtype), hidden.astype(dtype))
+    spec = f"{weight_dims},nd->vn" if vocab_major else f"...d,{weight_dims}->...v"
+    if not vocab_major:
+        operands = operands[::-1]
     if cfg.logits_dtype == "float32":
-        out = layers.einsum_fp32_out(spec, hidden.astype(dtype), weight.astype(dtype))
+        out = layers.einsum_fp32_out(spec, *operands)
     elif cfg.logits_dtype == "bfloat16":
-        out = jnp.einsum(spec, hidden.astype(dtype), weight.astype(dtype), preferred_element_type=jnp.bfloat16)
+        out = jnp.einsum(spec, *operands, preferred_element_type=jnp.bfloat16)
     else:
         raise ValueError(f"model.logits_dtype {cfg.logits_dtype!r}: choose float32 or bfloat16")
     if cfg.final_logit_softcap:
@@ -305,7 +312,7 @@ def _block(cfg: ModelConfig, p: dict, h: jax.Array, context: dict, is_sliding: j
 
 
 def _project(x: jax.Array, weight: jax.Array, bias: jax.Array | None) -> jax.Array:
-    out = jnp.einsum("btd,dhk->bthk", x, weight)
+    out = layers.dense(x, weight)
     return out if bias is None else out + bias
 
 
@@ -334,7 +341,7 @@ def _self_attention(cfg: ModelConfig, p: dict, x: jax.Array, context: dict, is_s
                                softcap=cfg.attn_logit_softcap, probs_dropout=cfg.attention_dropout, rng=rng)
     else:
         out = _fused_attention(cfg, q, k, v, mask, context.get("bias"))
-    out = jnp.einsum("bthk,hkd->btd", out, p["o"])
+    out = layers.dense(out, p["o"], in_dims=2)
     return (out if "o_bias" not in p else out + p["o_bias"]), keys_values
 
 
@@ -350,11 +357,19 @@ def _fused_attention(cfg: ModelConfig, q, k, v, mask, bias) -> jax.Array:
                                         mask=mask, scale=cfg.scale, implementation=implementation)
 
 
+@functools.partial(jax.checkpoint, static_argnums=0)
+def _activated(kind: str, gate: jax.Array | None, up: jax.Array) -> jax.Array:
+    """The MLP's activation, ``act(gate) * up`` (gated) or ``act(up)``, rematerialised: its backward recomputes
+    the elementwise chain from the one or two inputs instead of saving every intermediate of, say, tanh-GELU
+    (six arrays of [tokens, d_ff] per layer, read back in a strided transposing pass). 8% of a Gemma-3 step on CPU."""
+    return layers.activation(kind, up) if gate is None else layers.activation(kind, gate) * up
+
+
 def _mlp(cfg: ModelConfig, p: dict, x: jax.Array, rng: jax.Array | None) -> jax.Array:
-    up = x @ p["up"] + p.get("up_bias", 0)
-    inner = layers.activation(cfg.mlp, x @ p["gate"]) * up if cfg.gated_mlp else layers.activation(cfg.mlp, up)
+    up = layers.dense(x, p["up"]) + p.get("up_bias", 0)
+    inner = _activated(cfg.mlp, layers.dense(x, p["gate"]) if cfg.gated_mlp else None, up)
     inner = layers.dropout(inner, cfg.activation_dropout, rng)
-    return inner @ p["down"] + p.get("down_bias", 0)
+    return layers.dense(inner, p["down"]) + p.get("down_bias", 0)
 
 
 def init_model(config: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None = None,

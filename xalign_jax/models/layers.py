@@ -40,6 +40,19 @@ def _einsum_fp32_out_bwd(spec: str, residuals: tuple[jax.Array, jax.Array], cota
 einsum_fp32_out.defvjp(_einsum_fp32_out_fwd, _einsum_fp32_out_bwd)
 
 
+def dense(x: jax.Array, weight: jax.Array, in_dims: int = 1) -> jax.Array:
+    """``x [..., *in] @ weight [*in, *out] -> [..., *out]`` as one 2-D product over the flattened tokens.
+
+    Why not an einsum over [batch, time, ...]: the weight gradient then contracts two dimensions (batch and
+    time), and XLA:CPU lays that product out with transposing copies of the [batch, time, features] operands. On
+    a scan of 18 Gemma-3 MLPs (fwd + bwd, 512 tokens) that was 1.70 s against 1.13 s flattened (BENCHMARKS.md)."""
+    inner = x.shape[x.ndim - in_dims:]
+    assert weight.shape[:in_dims] == inner, (weight.shape, x.shape)
+    size = math.prod(inner)
+    out = x.reshape(-1, size) @ weight.reshape(size, -1)
+    return out.reshape(x.shape[:x.ndim - in_dims] + weight.shape[in_dims:])
+
+
 def normalize(x: jax.Array, scale: jax.Array, bias: jax.Array | None, kind: str, eps: float) -> jax.Array:
     """LayerNorm / RMSNorm / Gemma's RMSNorm with (1 + w), statistics in fp32, result in ``x.dtype``."""
     x32 = x.astype(jnp.float32)
