@@ -156,8 +156,9 @@ def _chunk_grads_vocab_major(logits_fn: LogitsFn, head: Any, hidden: jax.Array, 
     """``_chunk_grads_by_hand`` on logits laid out [V, R * C]: the head's gradient is then logits_grad @ hidden,
     a plain product, where the token-major layout needs logits_grad transposed, a copy of the largest tensor.
     With the train step's CPU compiler options (``train.cpu_compiler_options``: matmuls by XLA's own library, not
-    YNNPACK, which was 1.6x slower on these [250k, 320]-shaped products) the three head products run at 190-210
-    GFLOP/s on the 2-core CPU and the bloom bench step went from 1.74 to 1.47 s (BENCHMARKS.md)."""
+    YNNPACK, which ran two of these [250880 x 384 x 320] products 1.6-1.7x slower) the three head products run at
+    185-210 GFLOP/s on the 2-core CPU: the head alone went from 1.25 to 0.95 s and the bloom bench step from 1.74 to
+    1.47 s against the token-major autodiff CE under XLA's defaults (BENCHMARKS.md)."""
     grads_of_flat = functools.partial(_grads_through_logits, functools.partial(logits_fn, vocab_major=True),
                                       axis=0)
     loss, head_grad, hidden_grad = grads_of_flat(head, hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1),
