@@ -103,7 +103,7 @@ def executed_step_flops(host_batch: dict, trainer: train.Trainer) -> tuple[float
     data = trainer.config.data
     head = rows // data.supervised_group_rows * data.supervised_cap if data.supervised_cap else rows * seq
     shapes = dict(clm_tokens=rows * seq, clm_seq=seq, cl_tokens=2 * sentences * cl_seq, cl_seq=cl_seq,
-                  cl_layers=train._pool_layer(trainer.config.objective)[1])
+                  cl_layers=objectives.parse_pooler(trainer.config.objective.pooler)[1])
     return trainer.flops.train_step_flops(**shapes, head_tokens=head), trainer.flops.reference_step_flops(**shapes)
 
 

@@ -214,10 +214,11 @@ def lm_head_logits(cfg: ModelConfig, head: Mapping[str, jax.Array], hidden: jax.
     logits that the CE's softmax passes read and write (the CE upcasts to fp32 inside those passes)."""
     dtype = jnp.dtype(cfg.dtype)
     weight, weight_dims = (head["embed"], "vd") if cfg.tie_word_embeddings else (head["lm_head"], "dv")
-    operands = (weight.astype(dtype), hidden.astype(dtype))
-    spec = f"{weight_dims},nd->vn" if vocab_major else f"...d,{weight_dims}->...v"
-    if not vocab_major:
-        operands = operands[::-1]
+    if vocab_major:
+        spec, operands = f"{weight_dims},nd->vn", (weight, hidden)
+    else:
+        spec, operands = f"...d,{weight_dims}->...v", (hidden, weight)
+    operands = tuple(x.astype(dtype) for x in operands)
     if cfg.logits_dtype == "float32":
         out = layers.einsum_fp32_out(spec, *operands)
     elif cfg.logits_dtype == "bfloat16":
