@@ -75,3 +75,19 @@ def test_dense_is_the_einsum_over_the_trailing_dimensions_with_its_gradients():
         np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
         for ours, reference in zip(got_grads, want_grads):
             np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), rtol=1e-4, atol=1e-5)
+
+
+def test_dense_in_bf16_gives_the_bf16_matmul_and_its_gradients():
+    """On CPU ``dense`` writes bf16 products out as fp32 products of the operands; that must stay a layout choice:
+    same bf16 results, same bf16 gradients as the plain bf16 matmul, which XLA:CPU computes the same way."""
+    kx, kw, kc = jax.random.split(jax.random.PRNGKey(2), 3)
+    x = jax.random.normal(kx, (4, 24, 96)).astype(jnp.bfloat16)
+    weight = jax.random.normal(kw, (96, 160)).astype(jnp.bfloat16)
+    cotangent = jax.random.normal(kc, (4, 24, 160)).astype(jnp.bfloat16)
+    got, pullback = jax.vjp(jax.jit(layers.dense), x, weight)
+    want, want_pullback = jax.vjp(jax.jit(jnp.matmul), x, weight)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+    for ours, reference in zip(pullback(cotangent), want_pullback(cotangent)):
+        assert ours.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(ours, np.float32), np.asarray(reference, np.float32))
