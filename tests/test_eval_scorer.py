@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 
 from tests.test_tokenize import xlmr_tokenizer
 from xalign_jax import models
@@ -125,6 +126,27 @@ def test_vocab_chunking_and_mesh_sharding_give_the_same_scores(tiny, shared_data
     sharded = scorer.Scorer(sharded_model, batch_rows=8, mesh=mesh).score(rows)
     np.testing.assert_allclose(sharded.reference, plain.reference, rtol=1e-5)
     np.testing.assert_allclose(sharded.completion, plain.completion, rtol=1e-5, atol=1e-4)
+
+
+def test_vocabulary_major_logits_give_the_token_major_log_probabilities(tiny):
+    """The CPU's [V, C] vocabulary calls compute what the accelerators' [C, V] ones do."""
+    _, model, _, _ = tiny
+    graphdef, params = nnx.split(model, nnx.Param)
+    vocab = model.config.vocab_size
+    hidden = jax.random.normal(jax.random.PRNGKey(0), (3, 10, model.config.hidden_size))
+    row, source = np.array([0, 2, 2, 1, 0]), np.array([9, 0, 4, 4, 1])
+    target = np.array([0, vocab - 1, 5, 17, 3])
+    both = [scorer._vocabulary_call(())(graphdef, params, hidden, row, source, target, vocab_major)
+            for vocab_major in (False, True)]
+    np.testing.assert_allclose(np.asarray(both[1]), np.asarray(both[0]), rtol=1e-6, atol=1e-5)
+    logits = np.asarray(model.logits(hidden[row, source]), np.float64)
+    expected = logits[np.arange(5), target] - np.log(np.exp(logits).sum(-1))
+    np.testing.assert_allclose(np.asarray(both[0]), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_calls_remaining_positions_go_in_the_next_power_of_two():
+    assert [scorer._remainder_size(n, 128) for n in (1, 16, 17, 40, 64, 65, 127)] == [16, 16, 32, 64, 64, 128, 128]
+    assert [scorer._remainder_size(n, 7) for n in (1, 6)] == [7, 7]
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.train_fixtures import tiny_train_config, train_tiny_tokenizer
-from xalign_jax import config_defaults, config_validation, train
+from xalign_jax import config_defaults, config_validation, train, xla_options
 
 
 @pytest.fixture(scope="module")
@@ -172,14 +172,20 @@ def test_the_cpu_compiler_options_reach_xla_and_route_matmuls_off_ynnpack(caplog
     """The default ``train.cpu_compiler_options`` are understood by this XLA (no warning) and change the program:
     XLA's default sends the product through a YNNPACK fusion, the options keep it a plain dot."""
     defaults = config_defaults.train_config().cpu_compiler_options.to_dict()
-    with caplog.at_level(logging.WARNING, logger=train.log.name):
-        ours = _compiled_matmul_step(defaults)
-    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger=xla_options.log.name):
+        usable = xla_options.usable(defaults, "cpu")
+    assert usable == defaults and not caplog.records
+    ours = _compiled_matmul_step(usable)
     assert "__ynn_fusion" in _compiled_matmul_step(None)
     assert "__ynn_fusion" not in ours and " dot(" in ours
 
 
 def test_rejected_compiler_options_fall_back_to_the_defaults_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger=train.log.name):
-        _compiled_matmul_step({"xla_cpu_no_such_option": "1"})
+    with caplog.at_level(logging.WARNING, logger=xla_options.log.name):
+        assert xla_options.usable({"xla_cpu_no_such_option": "1"}, "cpu") is None
     assert "rejected" in caplog.text and "xla_cpu_no_such_option" in caplog.text
+
+
+def test_compiler_options_apply_on_cpu_only():
+    assert xla_options.usable(dict(xla_options.CPU_MATMULS_BY_XLA), "gpu") is None
+    assert xla_options.usable({}, "cpu") is None

@@ -10,6 +10,7 @@ import pathlib
 
 import ml_collections
 
+from xalign_jax import xla_options
 from xalign_jax.evaluation.runner import default_eval_config
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -85,7 +86,7 @@ def train_config() -> ml_collections.ConfigDict:
         # XLA options for the train step's compile on CPU only ({} = XLA's defaults): YNNPACK for reductions only,
         # matmuls by XLA's own library, which runs the vocabulary-major CE head's products (objectives.py) 1.3x
         # faster (BENCHMARKS.md). An XLA that does not know an option compiles without them, with a warning.
-        "cpu_compiler_options": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"},
+        "cpu_compiler_options": dict(xla_options.CPU_MATMULS_BY_XLA),
     })
 
 

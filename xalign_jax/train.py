@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-import re
 import signal
 import time
 from typing import Any, Mapping
@@ -25,7 +24,7 @@ from flax import nnx
 from xalign_jax import checkpoint as ckpt_lib
 from xalign_jax import config_validation
 from xalign_jax import metrics as metrics_lib
-from xalign_jax import sharding, train_step
+from xalign_jax import sharding, train_step, xla_options
 from xalign_jax.data import pipeline
 from xalign_jax.model_source import load_model_and_tokenizer
 from xalign_jax.training_data import load_training_examples
@@ -86,17 +85,14 @@ class Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-REJECTED_OPTION = re.compile(r"No such compile option|While setting option")
-
-
 class CompiledSteps:
     """AOT-compiles the step once per distinct batch shape and logs every compile (a recompile is never silent),
-    with ``compiler_options`` (XLA debug options for this backend, ``train.cpu_compiler_options`` on CPU)."""
+    with ``compiler_options`` (XLA options this XLA accepts: ``xla_options.usable``)."""
 
     def __init__(self, step_fn, state_shardings, batch_shardings, compiler_options: Mapping[str, str] | None = None):
         self._jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
                                out_shardings=(state_shardings, None), donate_argnums=0)
-        self._options = dict(compiler_options or {}) or None
+        self._options = compiler_options
         self._compiled: dict[tuple, Any] = {}
         self.compile_seconds = 0.0
 
@@ -108,7 +104,7 @@ class CompiledSteps:
         key = tuple((k, v.shape) for k, v in sorted(batch.items()))
         if key not in self._compiled:
             start = time.perf_counter()
-            compiled = self._compile(self._jitted.lower(state, batch))
+            compiled = self._jitted.lower(state, batch).compile(self._options)
             seconds = time.perf_counter() - start
             self.compile_seconds += seconds
             memory = compiled.memory_analysis()
@@ -116,19 +112,6 @@ class CompiledSteps:
                      seconds, {k: s for k, s in key}, _format_memory(memory))
             self._compiled[key] = compiled
         return self._compiled[key](state, batch)
-
-    def _compile(self, lowered):
-        """Compile with the backend's options; options this XLA rejects (renamed or removed in another version) are
-        dropped, with a warning, rather than stopping the run."""
-        if self._options:
-            try:
-                return lowered.compile(self._options)
-            except jax.errors.JaxRuntimeError as error:
-                if not REJECTED_OPTION.search(str(error)):
-                    raise
-                log.warning("compiler options %s rejected (%s): compiling with XLA's defaults", self._options, error)
-                self._options = None
-        return lowered.compile()
 
     def memory_analysis(self):
         return next(iter(self._compiled.values())).memory_analysis() if self._compiled else None
@@ -165,9 +148,8 @@ class Trainer:
         step_fn = train_step.make_train_step(self.graphdef, tx, self.schedule, config.objective,
                                              config.train.micro_batches, config.data.supervised_cap,
                                              config.data.supervised_group_rows)
-        cpu = self.mesh.devices.flat[0].platform == "cpu"
-        self.step_fn = CompiledSteps(step_fn, self.state_shardings, self.batch_sharding,
-                                     config.train.cpu_compiler_options.to_dict() if cpu else None)
+        options = xla_options.usable(config.train.cpu_compiler_options.to_dict(), self.mesh.devices.flat[0].platform)
+        self.step_fn = CompiledSteps(step_fn, self.state_shardings, self.batch_sharding, options)
         self.flops = metrics_lib.ModelFlops.from_config(self.model.config)
         self.peak_flops = metrics_lib.peak_flops_per_device(config.train.peak_tflops) * jax.device_count()
         self.checkpointer = ckpt_lib.Checkpointer(self.workdir / "checkpoints", keep=config.train.keep_checkpoints,

@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from xalign_jax import xla_options
 from xalign_jax.evaluation import alignment as align_lib
 from xalign_jax.evaluation import fewshot, tasks, templates, tfds_source
 from xalign_jax.evaluation.report import summarise, write_eval_outputs  # noqa: F401  (re-exported API)
@@ -48,7 +49,8 @@ def default_eval_config() -> ml_collections.ConfigDict:
         "tfds_data_dir": "",           # set: read items from TFDS array_record datasets (tfds_source) there
         "batch_rows": 8,
         "buckets": DEFAULT_BUCKETS,
-        "head_positions": 64,          # positions per vocabulary-projection call ([64, V] fp32 logits)
+        "head_positions": 128,         # positions per vocabulary-projection call ([128, V] fp32 logits)
+        "cpu_compiler_options": dict(xla_options.CPU_MATMULS_BY_XLA),   # the vocabulary calls' XLA options on CPU
         "predictions": False,          # keep per-item candidate scores (written as predictions.jsonl)
         "alignment": {
             "enabled": True, "sources": ("flores",), "languages": ("zh",), "poolers": ("last-1", "avg-1"),
@@ -129,8 +131,8 @@ def evaluate_tasks(model: Any, tokenizer: Any, eval_cfg: ml_collections.ConfigDi
     data_dir = pathlib.Path(eval_cfg.data_dir or tasks.default_data_dir())
     limit = eval_cfg.max_items if split == "test" else eval_cfg.dev_max_items
     scorer = Scorer(model, batch_rows=eval_cfg.batch_rows, buckets=eval_cfg.buckets, mesh=mesh,
-                    head_positions=eval_cfg.head_positions,
-                    pad_id=tokenizer.pad_token_id or 0, positions=eval_cfg.score_positions)
+                    head_positions=eval_cfg.head_positions, pad_id=tokenizer.pad_token_id or 0,
+                    positions=eval_cfg.score_positions, cpu_compiler_options=eval_cfg.cpu_compiler_options.to_dict())
     compiles_before, started, details = compile_count(), time.perf_counter(), []
     for task in eval_cfg.tasks:
         for language in _languages(task, eval_cfg.languages, data_dir):
