@@ -22,7 +22,7 @@ attending to the cache.
 Only owned positions reach the vocabulary projection (the dominant cost with 250k+ vocabularies): the model returns
 final-normed hidden states (``compute_logits=False``), the owned positions of a call are gathered into one flat
 list across its rows (no padding positions), and their logits + log-sum-exp are computed in fp32
-``head_positions`` at a time (one compiled shape; only a call's last chunk is padded), so full ``[B, T, V]`` fp32
+``head_positions`` at a time (the remainder in a call of the next power of two), so full ``[B, T, V]`` fp32
 logits never exist. The rows that run are packed as segments (block-diagonal attention, positions restarting per
 row) into a fixed number of rows of one bucket length per ``score`` call, so the forward pass computes few padding
 tokens and a whole benchmark compiles a handful of times; results stay on device until one ``device_get`` per
@@ -142,8 +142,9 @@ def _vocabulary_call(options: tuple[tuple[str, str], ...]) -> Callable[..., jax.
     """``_position_logprob`` jitted with these XLA options, one per option set (the jit cache is per function).
 
     On CPU the scorer takes the logits vocabulary-major, [V, C] = embedding @ hidden.T, with the matmuls by XLA's own
-    library (``xla_options.CPU_MATMULS_BY_XLA``): 64 positions of a 250k vocabulary, hidden 256, went from 80.9 ms
-    (token-major, XLA's defaults) to 69.9 ms, and 128 positions a call run at 0.89 ms a position (BENCHMARKS.md)."""
+    library (``xla_options.CPU_MATMULS_BY_XLA``): in isolation, 64 positions of a 250k vocabulary at hidden 256 took
+    69.9 ms against 80.9 ms token-major under XLA's defaults. With 128 positions a call, the scorer of
+    ``benchmarks/eval_speed.py`` went from 27.5 to 38.5 items/s on XCOPA zh 5-shot (BENCHMARKS.md)."""
     return jax.jit(_position_logprob, static_argnames=("graphdef", "vocab_major"),
                    compiler_options=dict(options) or None)
 
@@ -317,8 +318,8 @@ class Scorer:
 
 def _remainder_size(count: int, head_positions: int) -> int:
     """The call size for a call's last ``count`` positions: the next power of two, at least 16 and at most
-    ``head_positions``. At most four more compiled shapes at 128; padding the rest to a whole call wasted half a
-    call on average, and the completion rules' calls send tens of positions."""
+    ``head_positions``. At most three more compiled shapes at 128 (16, 32, 64); padding the rest to a whole call
+    wasted half a call on average, and the completion rules' calls send tens of positions."""
     return min(head_positions, max(16, 1 << (count - 1).bit_length()))
 
 
