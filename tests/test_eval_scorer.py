@@ -158,7 +158,7 @@ def test_whole_task_compiles_once_per_bucket_and_reports(tiny, shared_data, tmp_
     results = runner.evaluate_tasks(model, tok, cfg, split="test")
     assert set(k for k in results if k.startswith("xcopa")) == {
         "xcopa_en_s0_i0", "xcopa_en_s5_i0", "xcopa_zh_s0_i0", "xcopa_zh_s5_i0"}
-    assert results["run"]["compiles"] <= 6    # forward + vocabulary call per length bucket, whole task grid
+    assert results["run"]["compiles"] <= 6    # forward and prefix per length bucket + vocabulary call sizes, whole grid
     assert results["avg_zero"] == pytest.approx((results["xcopa_en_s0_i0"] + results["xcopa_zh_s0_i0"]) / 2)
     assert results["gap_to_en"]["xcopa_zh_s5_i0"] == pytest.approx(
         results["xcopa_en_s5_i0"] - results["xcopa_zh_s5_i0"])

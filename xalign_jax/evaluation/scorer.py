@@ -207,6 +207,7 @@ class Scorer:
         self.graphdef, self.params = nnx.split(model, nnx.Param)
         self.batch_rows, self.buckets, self.mesh = batch_rows, tuple(buckets), mesh
         self.head_positions, self.pad_id = head_positions, pad_id
+        self.vocab_size = model.config.vocab_size
         self.shapes_seen: set[tuple[str, int, int]] = set()
         platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
         self._vocab_major = platform == "cpu"
@@ -306,6 +307,8 @@ class Scorer:
         for array, values in zip(padded, (rows, sources, targets)):
             array[:len(values)] = values
         starts = np.cumsum([0] + sizes)
+        for size in sizes:
+            self._log_shape("vocabulary", size, self.vocab_size)
         with self._mesh():
             return [self._vocabulary_call(self.graphdef, params, hidden, *(x[lo:hi] for x in padded),
                                           self._vocab_major) for lo, hi in zip(starts[:-1], starts[1:])]
