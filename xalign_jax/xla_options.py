@@ -5,6 +5,7 @@ rejects is dropped, with a warning, and the programs compile with XLA's defaults
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import types
@@ -23,15 +24,21 @@ REJECTED_OPTION = re.compile(r"No such compile option|While setting option")
 
 def usable(options: Mapping[str, str] | None, platform: str) -> dict[str, str] | None:
     """``options`` if ``platform`` is "cpu" and this XLA accepts them, else None (XLA's defaults); a rejected set
-    is logged. Whether XLA accepts an option does not depend on the program, so a one-op program tells."""
-    if platform != "cpu" or not options:
+    is logged, once per process."""
+    if platform != "cpu" or not options or not _accepted(tuple(sorted(options.items()))):
         return None
-    options = dict(options)
+    return dict(options)
+
+
+@functools.lru_cache(maxsize=None)
+def _accepted(options: tuple[tuple[str, str], ...]) -> bool:
+    """Whether this XLA accepts ``options``. That does not depend on the program, so a one-op program tells, once
+    per option set (a Scorer is built for every evaluation)."""
     try:
-        jax.jit(jnp.negative).lower(jnp.zeros((), jnp.float32)).compile(options)
+        jax.jit(jnp.negative).lower(jnp.zeros((), jnp.float32)).compile(dict(options))
     except jax.errors.JaxRuntimeError as error:
         if not REJECTED_OPTION.search(str(error)):
             raise
-        log.warning("compiler options %s rejected (%s): compiling with XLA's defaults", options, error)
-        return None
-    return options
+        log.warning("compiler options %s rejected (%s): compiling with XLA's defaults", dict(options), error)
+        return False
+    return True

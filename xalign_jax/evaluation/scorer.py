@@ -47,7 +47,7 @@ from flax import nnx
 from xalign_jax import xla_options
 from xalign_jax.data import packing
 from xalign_jax.evaluation.fewshot import Prompt
-from xalign_jax.models.decoder import PrefixCache, lm_head_logits
+from xalign_jax.models.decoder import PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,7 @@ def _position_logprob(graphdef, params, hidden: jax.Array, row: jax.Array, sourc
     """[C] fp32 log p(target | the state at hidden[row, source]): only these C positions reach the vocabulary
     projection, as [C, V] fp32 logits, never [B, L, V]; as [V, C] with ``vocab_major`` (``_vocabulary_call``)."""
     _COMPILES["count"] += 1
-    model = nnx.merge(graphdef, params)
-    logits = lm_head_logits(model.config, model.head(), hidden[row, source], vocab_major).astype(jnp.float32)
+    logits = nnx.merge(graphdef, params).logits(hidden[row, source], vocab_major).astype(jnp.float32)
     axis = 0 if vocab_major else -1
     picked = jnp.take_along_axis(logits, jnp.expand_dims(target, axis), axis=axis).squeeze(axis)
     return picked - jax.nn.logsumexp(logits, axis=axis)

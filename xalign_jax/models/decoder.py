@@ -197,9 +197,10 @@ class Decoder(nnx.Module):
         name = "embed" if self.config.tie_word_embeddings else "lm_head"
         return {name: getattr(self.top, name)[...]}
 
-    def logits(self, hidden: jax.Array) -> jax.Array:
-        """Final-normed hidden [..., D] -> vocabulary logits in ``logits_dtype`` (the scorer calls this)."""
-        return lm_head_logits(self.config, self.head(), hidden)
+    def logits(self, hidden: jax.Array, vocab_major: bool = False) -> jax.Array:
+        """Final-normed hidden [..., D] -> vocabulary logits in ``logits_dtype`` (the scorer calls this);
+        ``vocab_major``: hidden [N, D] -> [V, N] (``lm_head_logits``)."""
+        return lm_head_logits(self.config, self.head(), hidden, vocab_major)
 
 
 def lm_head_logits(cfg: ModelConfig, head: Mapping[str, jax.Array], hidden: jax.Array,

@@ -64,8 +64,9 @@ def _cpu_runs_bf16_as_fp32(dtype: jnp.dtype) -> bool:
     bf16 (the optimised HLO shows it). Written out in the program, the product and its autodiff give the same
     numbers (bf16 operands, fp32 accumulation, bf16 results; the bench's losses were bit-identical), but the weight
     gradients then come out of the matmul in the weight's own [in, out] layout, where XLA's rewrite produced
-    [out, in], transposed again on its way into the layer scan's stacked gradient. gemma3-270m bench step in bf16: 5.18-5.28 s -> 4.98-5.03 s (three
-    back-to-back pairs, BENCHMARKS.md). Accelerators keep their native bf16 matmuls."""
+    [out, in], transposed again on its way into the layer scan's stacked gradient. gemma3-270m bench step in bf16:
+    5.18-5.28 s -> 4.98-5.03 s (three back-to-back pairs, BENCHMARKS.md). Accelerators keep their native bf16
+    matmuls."""
     return dtype == jnp.bfloat16 and jax.default_backend() == "cpu"
 
 
