@@ -96,6 +96,8 @@ def main() -> None:
                         help="row length buckets, comma-separated")
     parser.add_argument("--model", default="", help="an HF directory with its tokenizer (e.g. the main job's "
                         "converted Gemma-3-270M) instead of the random Llama; both sides load it")
+    parser.add_argument("--head-positions", type=int, default=0, help="positions per vocabulary call (0: the "
+                        "scorer's default)")
     parser.add_argument("--out", default="eval_speed.json")
     parser.add_argument("--torch-device", default="cpu", help="where the reference loop runs (cpu, cuda)")
     args = parser.parse_args()
@@ -108,8 +110,9 @@ def main() -> None:
             tok, directory = xlmr_tokenizer(), tmp
             reference_model = _model(tok, pathlib.Path(tmp), args.hidden, args.layers)
         reference_model = reference_model.to(args.torch_device)
+        head_positions = {"head_positions": args.head_positions} if args.head_positions else {}
         ours = scorer.Scorer(models.from_pretrained(directory, dtype="float32"), batch_rows=args.batch_rows,
-                             buckets=tuple(int(b) for b in args.buckets.split(",")))
+                             buckets=tuple(int(b) for b in args.buckets.split(",")), **head_positions)
     rows = []
     for task, language in WORKLOADS:
         for shots in (0, 5):

@@ -128,20 +128,21 @@ def test_vocab_chunking_and_mesh_sharding_give_the_same_scores(tiny, shared_data
     np.testing.assert_allclose(sharded.completion, plain.completion, rtol=1e-5, atol=1e-4)
 
 
-def test_vocabulary_major_logits_give_the_token_major_log_probabilities(tiny):
-    """The CPU's [V, C] vocabulary calls compute what the accelerators' [C, V] ones do."""
+def test_cpu_vocabulary_blocks_give_the_token_major_log_probabilities(tiny):
+    """The CPU's vocabulary calls (blocks of the 250,002-row vocabulary, running log-sum-exp) compute what the
+    accelerators' whole [C, V] ones do, and both what a plain log-softmax of the model's logits gives."""
     _, model, _, _ = tiny
     graphdef, params = nnx.split(model, nnx.Param)
     vocab = model.config.vocab_size
     hidden = jax.random.normal(jax.random.PRNGKey(0), (3, 10, model.config.hidden_size))
     row, source = np.array([0, 2, 2, 1, 0]), np.array([9, 0, 4, 4, 1])
-    target = np.array([0, vocab - 1, 5, 17, 3])
-    both = [scorer._vocabulary_call(())(graphdef, params, hidden, row, source, target, vocab_major)
-            for vocab_major in (False, True)]
-    np.testing.assert_allclose(np.asarray(both[1]), np.asarray(both[0]), rtol=1e-6, atol=1e-5)
+    target = np.array([0, vocab - 1, 14706, 14705, 3])      # first and last rows, both sides of a block boundary
+    whole, blocked = (scorer._vocabulary_call(())(graphdef, params, hidden, row, source, target, vocab_block)
+                      for vocab_block in (None, 16384))
+    np.testing.assert_allclose(np.asarray(blocked), np.asarray(whole), rtol=1e-6, atol=1e-5)
     logits = np.asarray(model.logits(hidden[row, source]), np.float64)
     expected = logits[np.arange(5), target] - np.log(np.exp(logits).sum(-1))
-    np.testing.assert_allclose(np.asarray(both[0]), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(whole), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_a_calls_remaining_positions_go_in_the_next_power_of_two():

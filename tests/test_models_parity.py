@@ -16,7 +16,7 @@ from benchmarks import torch_reference
 from tests.tiny_models import TINY_HF_CONFIGS, make_tiny_hf_model, reference_batch
 from xalign_jax import models, objectives
 from xalign_jax.models import layers
-from xalign_jax.models.decoder import lm_head_logits
+from xalign_jax.models.decoder import blocked_target_logprobs, lm_head_logits, vocabulary_blocks
 from xalign_jax.models.hf_io import export_tensors
 from xalign_jax.train_step import afp_losses
 
@@ -182,6 +182,36 @@ def test_vocab_major_logits_are_the_transposed_logits(name, overrides, logits_dt
     tolerance = 1e-5 if logits_dtype == "float32" else 1e-2
     np.testing.assert_allclose(np.asarray(got.T, np.float32), np.asarray(want, np.float32), rtol=tolerance,
                                atol=tolerance)
+
+
+@pytest.mark.parametrize("name, overrides", [("llama", {}), ("llama3", {}),
+                                             ("gemma3", {"final_logit_softcapping": 3.0})])
+@pytest.mark.parametrize("logits_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("vocab, vocab_block, blocks", [(251, 251, (1, 251)), (251, 64, (4, 63)), (256, 48, (8, 32))])
+def test_blocked_target_logprobs_are_the_log_softmax(name, overrides, logits_dtype, vocab, vocab_block, blocks):
+    """The scorer's CPU vocabulary call, block by block with a running log-sum-exp, gives log_softmax(logits)[target]
+    (fp64 on the host): an untied, a tied and a soft-capped head, both logits dtypes; one block, blocks that cannot
+    tile the vocabulary (251 is prime: the last of 4 blocks of 63 overlaps the third), and blocks that tile it."""
+    assert vocabulary_blocks(vocab, vocab_block) == blocks
+    cfg = models.ModelConfig.from_hf(dict(TINY_HF_CONFIGS[name], vocab_size=vocab, **overrides),
+                                     logits_dtype=logits_dtype)
+    head = models.init_model(cfg, seed=0, std=0.5).head()
+    rng = np.random.default_rng(0)
+    hidden = jnp.asarray(rng.normal(size=(9, cfg.hidden_size)), jnp.float32)
+    targets = jnp.asarray(np.r_[0, vocab - 1, 62, 63, 188, 189, rng.integers(0, vocab, 3)], jnp.int32)
+    got = jax.jit(blocked_target_logprobs, static_argnums=(0, 4))(cfg, head, hidden, targets, vocab_block)
+    logits = np.asarray(lm_head_logits(cfg, head, hidden).astype(jnp.float32), np.float64)
+    want = logits[np.arange(9), targets] - np.log(np.exp(logits).sum(-1))
+    assert got.dtype == jnp.float32
+    tolerance = 1e-5 if logits_dtype == "float32" else 2e-2    # jit may round bf16 logits at other points
+    np.testing.assert_allclose(np.asarray(got), want, rtol=tolerance, atol=tolerance)
+
+
+def test_vocabulary_blocks_tile_real_vocabularies_exactly():
+    assert [vocabulary_blocks(v, 16384) for v in (250880, 262144, 256008, 250002, 32000)] == [
+        (16, 15680), (16, 16384), (24, 10667), (17, 14706), (2, 16000)]
+    assert vocabulary_blocks(65537, 16384) == (5, 13108)    # prime: no tiling, the last block overlaps
+    assert vocabulary_blocks(100, 16384) == (1, 100)
 
 
 @pytest.mark.parametrize("slots", [6, 9])

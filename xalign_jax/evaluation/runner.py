@@ -49,8 +49,9 @@ def default_eval_config() -> ml_collections.ConfigDict:
         "tfds_data_dir": "",           # set: read items from TFDS array_record datasets (tfds_source) there
         "batch_rows": 8,
         "buckets": DEFAULT_BUCKETS,
-        "head_positions": 128,         # positions per vocabulary-projection call ([128, V] fp32 logits)
+        "head_positions": 256,         # positions per vocabulary call ([256, V] fp32 logits on accelerators)
         "cpu_compiler_options": dict(xla_options.CPU_MATMULS_BY_XLA),   # the vocabulary calls' XLA options on CPU
+        "cpu_vocab_block": 16384,      # on CPU, vocabulary rows per block of a vocabulary call (running log-sum-exp)
         "predictions": False,          # keep per-item candidate scores (written as predictions.jsonl)
         "alignment": {
             "enabled": True, "sources": ("flores",), "languages": ("zh",), "poolers": ("last-1", "avg-1"),
@@ -132,7 +133,8 @@ def evaluate_tasks(model: Any, tokenizer: Any, eval_cfg: ml_collections.ConfigDi
     limit = eval_cfg.max_items if split == "test" else eval_cfg.dev_max_items
     scorer = Scorer(model, batch_rows=eval_cfg.batch_rows, buckets=eval_cfg.buckets, mesh=mesh,
                     head_positions=eval_cfg.head_positions, pad_id=tokenizer.pad_token_id or 0,
-                    positions=eval_cfg.score_positions, cpu_compiler_options=eval_cfg.cpu_compiler_options.to_dict())
+                    positions=eval_cfg.score_positions, cpu_compiler_options=eval_cfg.cpu_compiler_options.to_dict(),
+                    cpu_vocab_block=eval_cfg.cpu_vocab_block)
     compiles_before, started, details = compile_count(), time.perf_counter(), []
     for task in eval_cfg.tasks:
         for language in _languages(task, eval_cfg.languages, data_dir):

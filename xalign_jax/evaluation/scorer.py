@@ -23,10 +23,11 @@ Only owned positions reach the vocabulary projection (the dominant cost with 250
 final-normed hidden states (``compute_logits=False``), the owned positions of a call are gathered into one flat
 list across its rows (no padding positions), and their logits + log-sum-exp are computed in fp32
 ``head_positions`` at a time (the remainder in a call of the next power of two), so full ``[B, T, V]`` fp32
-logits never exist. The rows that run are packed as segments (block-diagonal attention, positions restarting per
-row) into a fixed number of rows of one bucket length per ``score`` call, so the forward pass computes few padding
-tokens and a whole benchmark compiles a handful of times; results stay on device until one ``device_get`` per
-``score`` call.
+logits never exist; on CPU a call goes through the vocabulary in blocks with a running log-sum-exp, so not even
+its [V, positions] logits do. The rows that run are packed as segments (block-diagonal attention, positions
+restarting per row) into a fixed number of rows of one bucket length per ``score`` call, so the forward pass
+computes few padding tokens and a whole benchmark compiles a handful of times; results stay on device until one
+``device_get`` per ``score`` call.
 
 ``positions="continuation"`` serves the completion rules alone: only the continuation positions are needed, and
 the reference score is NaN (not computed).
@@ -126,25 +127,29 @@ def _final_hidden(graphdef, params, ids: jax.Array, positions: jax.Array, segmen
 
 
 def _position_logprob(graphdef, params, hidden: jax.Array, row: jax.Array, source: jax.Array,
-                      target: jax.Array, vocab_major: bool) -> jax.Array:
+                      target: jax.Array, vocab_block: int | None) -> jax.Array:
     """[C] fp32 log p(target | the state at hidden[row, source]): only these C positions reach the vocabulary
-    projection, as [C, V] fp32 logits, never [B, L, V]; as [V, C] with ``vocab_major`` (``_vocabulary_call``)."""
+    projection, as [C, V] fp32 logits, never [B, L, V]; with ``vocab_block``, in [vocab_block, C] blocks
+    (``Decoder.target_logprobs``)."""
     _COMPILES["count"] += 1
-    logits = nnx.merge(graphdef, params).logits(hidden[row, source], vocab_major).astype(jnp.float32)
-    axis = 0 if vocab_major else -1
-    picked = jnp.take_along_axis(logits, jnp.expand_dims(target, axis), axis=axis).squeeze(axis)
-    return picked - jax.nn.logsumexp(logits, axis=axis)
+    model = nnx.merge(graphdef, params)
+    if vocab_block:
+        return model.target_logprobs(hidden[row, source], target, vocab_block)
+    logits = model.logits(hidden[row, source]).astype(jnp.float32)
+    picked = jnp.take_along_axis(logits, target[:, None], axis=-1)[:, 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
 @functools.lru_cache(maxsize=None)
 def _vocabulary_call(options: tuple[tuple[str, str], ...]) -> Callable[..., jax.Array]:
     """``_position_logprob`` jitted with these XLA options, one per option set (the jit cache is per function).
 
-    On CPU the scorer takes the logits vocabulary-major, [V, C] = embedding @ hidden.T, with the matmuls by XLA's own
-    library (``xla_options.CPU_MATMULS_BY_XLA``): in isolation, 64 positions of a 250k vocabulary at hidden 256 took
-    69.9 ms against 80.9 ms token-major under XLA's defaults. With 128 positions a call, the scorer of
-    ``benchmarks/eval_speed.py`` went from 27.5 to 38.5 items/s on XCOPA zh 5-shot (BENCHMARKS.md)."""
-    return jax.jit(_position_logprob, static_argnames=("graphdef", "vocab_major"),
+    On CPU the scorer goes through the vocabulary in blocks (``Scorer``'s ``cpu_vocab_block``), vocabulary-major,
+    [block, C] = embedding rows @ hidden.T, with the matmuls by XLA's own library (``xla_options.
+    CPU_MATMULS_BY_XLA``). 128 positions of a 250k vocabulary at hidden 256: 112-122 ms as one [V, C] block, 81-87
+    ms in 16 blocks; earlier, 64 positions took 80.9 ms token-major under XLA's defaults and 69.9 ms
+    vocabulary-major with the options (BENCHMARKS.md)."""
+    return jax.jit(_position_logprob, static_argnames=("graphdef", "vocab_block"),
                    compiler_options=dict(options) or None)
 
 
@@ -191,15 +196,16 @@ class Scorer:
     """Scores ``EncodedRow``s with a fixed model graph; ``params`` can be swapped per call (trainer evaluation).
 
     ``batch_rows`` packed rows per forward call, of the ``buckets`` length that fits the longest row;
-    ``head_positions`` positions per vocabulary call, whose fp32 logits are ``head_positions x vocab x 4`` bytes
-    (128: 134 MB at a 262k vocabulary; on a CPU 64-128 run the projection at its best rate per position, 256 at a
-    third less, an accelerator can take more); a call's remaining positions go in one call of the next power of two
-    (at least 16). ``cpu_compiler_options``: the vocabulary calls' XLA options on CPU (``_vocabulary_call``)."""
+    ``head_positions`` positions per vocabulary call, whose fp32 logits on an accelerator are ``head_positions x
+    vocab x 4`` bytes (128: 134 MB at a 262k vocabulary); a call's remaining positions go in one call of the next
+    power of two (at least 16). On CPU a call goes through the vocabulary in blocks of at most ``cpu_vocab_block``
+    rows (``Decoder.target_logprobs``), compiled with ``cpu_compiler_options`` (``_vocabulary_call``)."""
 
     def __init__(self, model: Any, *, batch_rows: int = 8, buckets: Sequence[int] = DEFAULT_BUCKETS,
-                 mesh: jax.sharding.Mesh | None = None, head_positions: int = 128, pad_id: int = 0,
+                 mesh: jax.sharding.Mesh | None = None, head_positions: int = 256, pad_id: int = 0,
                  positions: str = "all",
-                 cpu_compiler_options: Mapping[str, str] | None = xla_options.CPU_MATMULS_BY_XLA):
+                 cpu_compiler_options: Mapping[str, str] | None = xla_options.CPU_MATMULS_BY_XLA,
+                 cpu_vocab_block: int = 16384):
         if positions not in SCORE_POSITIONS:
             raise ValueError(f"positions {positions!r}: expected one of {SCORE_POSITIONS}")
         self.continuation_only = positions == "continuation"
@@ -209,7 +215,7 @@ class Scorer:
         self.vocab_size = model.config.vocab_size
         self.shapes_seen: set[tuple[str, int, int]] = set()
         platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
-        self._vocab_major = platform == "cpu"
+        self._vocab_block = cpu_vocab_block if platform == "cpu" else None
         options = xla_options.usable(cpu_compiler_options, platform) or {}
         self._vocabulary_call = _vocabulary_call(tuple(sorted(options.items())))
         if mesh is not None:
@@ -310,7 +316,7 @@ class Scorer:
             self._log_shape("vocabulary", size, self.vocab_size)
         with self._mesh():
             return [self._vocabulary_call(self.graphdef, params, hidden, *(x[lo:hi] for x in padded),
-                                          self._vocab_major) for lo, hi in zip(starts[:-1], starts[1:])]
+                                          self._vocab_block) for lo, hi in zip(starts[:-1], starts[1:])]
 
     def _log_shape(self, kind: str, rows: int, length: int) -> None:
         if (kind, rows, length) not in self.shapes_seen:

@@ -197,10 +197,14 @@ class Decoder(nnx.Module):
         name = "embed" if self.config.tie_word_embeddings else "lm_head"
         return {name: getattr(self.top, name)[...]}
 
-    def logits(self, hidden: jax.Array, vocab_major: bool = False) -> jax.Array:
-        """Final-normed hidden [..., D] -> vocabulary logits in ``logits_dtype`` (the scorer calls this);
-        ``vocab_major``: hidden [N, D] -> [V, N] (``lm_head_logits``)."""
-        return lm_head_logits(self.config, self.head(), hidden, vocab_major)
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Final-normed hidden [..., D] -> vocabulary logits in ``logits_dtype`` (the scorer calls this)."""
+        return lm_head_logits(self.config, self.head(), hidden)
+
+    def target_logprobs(self, hidden: jax.Array, targets: jax.Array, vocab_block: int) -> jax.Array:
+        """Final-normed hidden [N, D] -> fp32 log p(targets [N]), ``vocab_block`` vocabulary rows at a time
+        (``blocked_target_logprobs``)."""
+        return blocked_target_logprobs(self.config, self.head(), hidden, targets, vocab_block)
 
 
 def lm_head_logits(cfg: ModelConfig, head: Mapping[str, jax.Array], hidden: jax.Array,
@@ -229,6 +233,51 @@ def lm_head_logits(cfg: ModelConfig, head: Mapping[str, jax.Array], hidden: jax.
     if cfg.final_logit_softcap:
         out = jnp.tanh(out / cfg.final_logit_softcap) * cfg.final_logit_softcap
     return out
+
+
+def blocked_target_logprobs(cfg: ModelConfig, head: Mapping[str, jax.Array], hidden: jax.Array,
+                            targets: jax.Array, vocab_block: int) -> jax.Array:
+    """fp32 log p(targets [N] | hidden [N, D]) through the vocabulary in blocks of at most ``vocab_block`` rows
+    (``vocabulary_blocks``), with a running log-sum-exp: one [block, N] block of logits exists at a time, never
+    [V, N].
+
+    On a CPU the full [V, N] logits cost more than their product: written out and read back (134 MB for 128
+    positions of a 262k vocabulary), they made the scorer's vocabulary call memory-bound; in 16 blocks the same
+    call (128 positions, hidden 256, 250,880 rows) took 81-87 ms against 112-122 ms (BENCHMARKS.md). Each block's
+    logits are ``lm_head_logits``'s (vocabulary-major), so dtype rounding and soft-capping are the same. When the
+    blocks cannot tile the vocabulary, the last one starts early and masks the rows the one before it had."""
+    name, axis = ("embed", 0) if cfg.tie_word_embeddings else ("lm_head", 1)
+    weight = head[name]
+    vocab = weight.shape[axis]
+    count, block = vocabulary_blocks(vocab, vocab_block)
+    row_in_block = jax.lax.broadcasted_iota(jnp.int32, (block, 1), 0)
+
+    def step(carry, first_row):
+        running_max, running_sum, target_logit = carry
+        start = jnp.minimum(first_row, vocab - block)
+        rows = jax.lax.dynamic_slice_in_dim(weight, start, block, axis)
+        logits = lm_head_logits(cfg, {name: rows}, hidden, vocab_major=True).astype(jnp.float32)
+        if count * block > vocab:
+            logits = jnp.where(start + row_in_block >= first_row, logits, -jnp.inf)
+        new_max = jnp.maximum(running_max, logits.max(axis=0))
+        running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.exp(logits - new_max).sum(axis=0)
+        local = targets - start
+        picked = jnp.take_along_axis(logits, jnp.clip(local, 0, block - 1)[None], axis=0)[0]
+        in_block = (targets >= first_row) & (local < block)
+        return (new_max, running_sum, jnp.where(in_block, picked, target_logit)), None
+
+    first = (jnp.full(targets.shape, -jnp.inf), jnp.zeros(targets.shape), jnp.zeros(targets.shape))
+    (running_max, running_sum, target_logit), _ = jax.lax.scan(step, first, jnp.arange(count) * block)
+    return target_logit - (running_max + jnp.log(running_sum))
+
+
+def vocabulary_blocks(vocab: int, max_rows: int) -> tuple[int, int]:
+    """(count, rows) of vocabulary blocks of at most ``max_rows`` rows: the fewest equal blocks that tile the
+    vocabulary exactly, if up to twice the fewest possible do (250,880 = 16 x 15,680, 262,144 = 16 x 16,384,
+    256,008 = 24 x 10,667, 250,002 = 17 x 14,706); else the fewest possible, the last one overlapping."""
+    fewest = -(-vocab // max_rows)
+    count = next((count for count in range(fewest, 2 * fewest + 1) if vocab % count == 0), fewest)
+    return count, -(-vocab // count)
 
 
 def _embed(cfg: ModelConfig, top: dict, table: jax.Array, input_ids: jax.Array, positions: jax.Array,
