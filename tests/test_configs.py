@@ -66,3 +66,12 @@ def test_a_supervised_group_that_would_straddle_shards_or_micro_batches_is_refus
     config.data.supervised_group_rows = 0
     with pytest.raises(config_validation.ConfigError, match="config data.supervised_group_rows: must be at least 1"):
         config_validation.validate(config, mode="train", num_devices=2)
+
+
+@pytest.mark.parametrize("key", ["batch_rows", "head_positions", "cpu_vocab_block"])
+def test_an_evaluator_size_below_one_is_refused_in_every_mode(key):
+    config = load_config("demo.py", None)
+    config.eval[key] = 0
+    for mode in ("train", "eval"):
+        with pytest.raises(config_validation.ConfigError, match=f"config eval.{key}: must be positive, got 0"):
+            config_validation.validate(config, mode=mode, num_devices=1)

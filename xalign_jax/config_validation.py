@@ -73,6 +73,9 @@ def validate(config: Any, *, mode: str, num_devices: int | None = None) -> None:
     source = str(config.model.source).removeprefix("random:")
     if ("/" in source or source.endswith(".gguf")) and not pathlib.Path(source).expanduser().exists():
         _fail("model.source", f"{source} does not exist")
+    for key in ("batch_rows", "head_positions", "cpu_vocab_block"):
+        if int(config.eval[key]) < 1:
+            _fail(f"eval.{key}", f"must be positive, got {config.eval[key]}")
     if mode != "train":
         return
     batch_shards = data * fsdp

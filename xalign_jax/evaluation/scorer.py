@@ -197,7 +197,7 @@ class Scorer:
 
     ``batch_rows`` packed rows per forward call, of the ``buckets`` length that fits the longest row;
     ``head_positions`` positions per vocabulary call, whose fp32 logits on an accelerator are ``head_positions x
-    vocab x 4`` bytes (128: 134 MB at a 262k vocabulary); a call's remaining positions go in one call of the next
+    vocab x 4`` bytes (256: 268 MB at a 262k vocabulary); a call's remaining positions go in one call of the next
     power of two (at least 16). On CPU a call goes through the vocabulary in blocks of at most ``cpu_vocab_block``
     rows (``Decoder.target_logprobs``), compiled with ``cpu_compiler_options`` (``_vocabulary_call``)."""
 

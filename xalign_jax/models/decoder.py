@@ -202,8 +202,8 @@ class Decoder(nnx.Module):
         return lm_head_logits(self.config, self.head(), hidden)
 
     def target_logprobs(self, hidden: jax.Array, targets: jax.Array, vocab_block: int) -> jax.Array:
-        """Final-normed hidden [N, D] -> fp32 log p(targets [N]), ``vocab_block`` vocabulary rows at a time
-        (``blocked_target_logprobs``)."""
+        """Final-normed hidden [N, D] -> fp32 log p(targets [N]), at most ``vocab_block`` vocabulary rows at a
+        time (``blocked_target_logprobs``)."""
         return blocked_target_logprobs(self.config, self.head(), hidden, targets, vocab_block)
 
 
