@@ -150,6 +150,28 @@ def test_clm_loss_matches_full_logits_cross_entropy(chunk_size, logits_grad):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("logits_grad", sorted(objectives.CHUNK_GRADS))
+def test_clm_loss_scale_scales_the_sum_and_its_gradients_not_the_count(logits_grad):
+    """``scale`` (the train step's clm_weight / tokens) comes out of the fused CE already in the gradients: the
+    same as scaling the plain sum, and no gradient flows into the scale itself."""
+    hidden, head, targets, weights = _clm_problem()
+    scale = jnp.float32(1.5 / 37.0)
+
+    def scaled(h, w, s):
+        return objectives.clm_loss(h, targets, weights, w, _matmul, chunk_size=5, logits_grad=logits_grad,
+                                   scale=s)
+
+    got_sum, got_count = scaled(hidden, head, scale)
+    got_grads = jax.grad(lambda h, w, s: scaled(h, w, s)[0], argnums=(0, 1, 2))(hidden, head, scale)
+    want_sum, want_count = _naive_clm(hidden, head, targets, weights)
+    want_grads = jax.grad(lambda h, w: scale * _naive_clm(h, w, targets, weights)[0], argnums=(0, 1))(hidden, head)
+    assert float(got_count) == float(want_count)
+    np.testing.assert_allclose(float(got_sum), float(scale * want_sum), rtol=1e-6)
+    for got, want in zip(got_grads[:2], want_grads):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7)
+    assert float(got_grads[2]) == 0.0
+
+
 @pytest.mark.parametrize("group", [1, 2, 4])
 def test_supervised_gather_gives_the_full_loss_and_gradients(group):
     """Per group of ``group`` consecutive rows, K = every position (a cap that never binds) or the most supervised

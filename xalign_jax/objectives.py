@@ -256,8 +256,8 @@ def supervised_overflow(weights: jax.Array, positions: int, rows_per_group: int 
 
 def clm_loss(hidden: jax.Array, targets: jax.Array, weights: jax.Array, head: Any, logits_fn: LogitsFn, *,
              chunk_size: int, supervised_positions: int = 0, rows_per_group: int = 1,
-             logits_grad: str = "auto") -> tuple[jax.Array, jax.Array]:
-    """(sum of weighted token NLL, sum of weights) of next-token prediction, in sequence chunks.
+             logits_grad: str = "auto", scale: float | jax.Array = 1.0) -> tuple[jax.Array, jax.Array]:
+    """(``scale`` x the sum of weighted token NLL, sum of weights) of next-token prediction, in sequence chunks.
 
     ``targets[r, t]`` is the token to predict AT position t (already shifted by the packer) and ``weights`` are 0/1.
     Returning the sum and the count lets the caller take the exact token mean over the global batch and over
@@ -273,6 +273,11 @@ def clm_loss(hidden: jax.Array, targets: jax.Array, weights: jax.Array, head: An
     vocabulary projection, which dominates the step with 250k+ vocabularies. The count returned is always the sum
     of ALL weights, so a position that did not fit would lower the loss visibly rather than vanish;
     ``supervised_overflow`` reports that number for the metrics.
+
+    ``scale`` (no gradient) multiplies the token weights inside the fused CE, so the gradients come out scaled.
+    A caller that scales the sum anyway (the train step: ``clm_weight`` / the global token count) then hands it a
+    cotangent of 1; scaling the sum outside made XLA:CPU multiply the head's whole [V, D] gradient by the
+    cotangent, one more pass over the step's largest gradient (BENCHMARKS.md).
     """
     count = jnp.sum(weights.astype(jnp.float32))
     if supervised_positions:
@@ -283,5 +288,6 @@ def clm_loss(hidden: jax.Array, targets: jax.Array, weights: jax.Array, head: An
     chunk = -(-length // num_chunks)
     loss_sum = _chunked_nll_sum(logits_fn, logits_grad, head, _to_chunks(hidden, chunk, num_chunks),
                                 _to_chunks(targets, chunk, num_chunks),
-                                _to_chunks(weights.astype(jnp.float32), chunk, num_chunks))
+                                _to_chunks(weights.astype(jnp.float32) * jax.lax.stop_gradient(scale), chunk,
+                                           num_chunks))
     return loss_sum, count

@@ -56,11 +56,24 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(wants_decay, params)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """Global-norm clipping as one scalar factor, min(1, max_norm / norm), on every gradient, as
+    ``torch.nn.utils.clip_grad_norm_`` does. ``optax.clip_by_global_norm``'s select(norm < max_norm, g,
+    g / norm * max_norm) made XLA:CPU write the divided 250k-row embedding gradient out once more before the
+    moment updates read it (31 ms of the bloom bench step); a scalar factor fuses into them (BENCHMARKS.md)."""
+    def update(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, optax.EmptyState]:
+        del params
+        factor = jnp.minimum(1.0, max_norm / optax.tree.norm(updates))
+        return jax.tree.map(lambda g: (g * factor).astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(tcfg: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW with global-norm clipping and the warmup/decay schedule; fp32 moments (params are fp32 masters)."""
     schedule = learning_rate_schedule(tcfg)
     tx = optax.chain(
-        optax.clip_by_global_norm(tcfg.grad_clip) if tcfg.grad_clip else optax.identity(),
+        clip_by_global_norm(tcfg.grad_clip) if tcfg.grad_clip else optax.identity(),
         optax.adamw(schedule, b1=tcfg.b1, b2=tcfg.b2, eps=tcfg.eps, weight_decay=tcfg.weight_decay,
                     mask=decay_mask),
     )
@@ -73,8 +86,9 @@ def _split_micro(batch: Batch, num_micro: int) -> Batch:
 
 
 def afp_losses(model: nnx.Module, batch: Batch, rng: jax.Array, ocfg: Any, supervised_cap: int = 0,
-               supervised_group_rows: int = 1) -> tuple[jax.Array, jax.Array, dict]:
-    """(contrastive loss, CLM token-loss SUM, aux metrics) for one micro-batch. With a ``supervised_cap`` the CE
+               supervised_group_rows: int = 1,
+               clm_scale: float | jax.Array = 1.0) -> tuple[jax.Array, jax.Array, dict]:
+    """(contrastive loss, CLM token-loss SUM x ``clm_scale``, aux metrics) for one micro-batch. With a ``supervised_cap`` the CE
     sees only the supervised positions, gathered per group of ``supervised_group_rows`` consecutive rows (a group
     lies within one shard of the micro-batch: ``config_validation`` checks the divisibility)."""
     method, layer = objectives.parse_pooler(ocfg.pooler)
@@ -92,7 +106,7 @@ def afp_losses(model: nnx.Module, batch: Batch, rng: jax.Array, ocfg: Any, super
     clm_sum, clm_count = objectives.clm_loss(hidden, targets, weights, model.head(),
                                              functools.partial(lm_head_logits, model.config),
                                              chunk_size=ocfg.clm_chunk_size, supervised_positions=supervised_cap,
-                                             rows_per_group=supervised_group_rows)
+                                             rows_per_group=supervised_group_rows, scale=clm_scale)
     aux = {**cl_metrics, "clm_tokens": clm_count}
     if supervised_cap:
         aux["clm_unscored"] = objectives.supervised_overflow(weights, supervised_cap, supervised_group_rows)
@@ -106,11 +120,16 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
     ``supervised_cap`` and ``supervised_group_rows`` the packer's cap (``data.supervised_cap`` per group of
     ``data.supervised_group_rows`` rows; a cap of 0 = the CE sees every position)."""
 
+    clm_weight = ocfg.clm_weight or 1.0    # a CE weight of 0 still reports the CE, and adds nothing to the loss
+
     def micro_loss(params, micro_batch, rng, total_tokens):
         model = nnx.merge(graphdef, params)
-        cl_loss, clm_sum, aux = afp_losses(model, micro_batch, rng, ocfg, supervised_cap, supervised_group_rows)
-        loss = ocfg.cl_weight * cl_loss / num_micro + ocfg.clm_weight * clm_sum / total_tokens
-        return loss, {"cl_loss": cl_loss / num_micro, "clm_loss": clm_sum / total_tokens, **aux}
+        # The CE's sum comes out as its term of the loss (clm_weight x the global token mean), so that its
+        # gradients need no further scaling (objectives.clm_loss's ``scale``).
+        cl_loss, clm_term, aux = afp_losses(model, micro_batch, rng, ocfg, supervised_cap, supervised_group_rows,
+                                            clm_scale=clm_weight / total_tokens)
+        loss = ocfg.cl_weight * cl_loss / num_micro + (clm_term if ocfg.clm_weight else 0.0)
+        return loss, {"cl_loss": cl_loss / num_micro, "clm_loss": clm_term / clm_weight, **aux}
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 

@@ -1,0 +1,82 @@
+"""The compiled step's loss, metrics and update against a plain recomputation: the losses of ``afp_losses``
+combined by hand, their gradient by ``jax.grad``, and optax's own clipping and AdamW."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from tests.tiny_models import TINY_HF_CONFIGS, reference_batch
+from xalign_jax import config_defaults, models, train_step
+
+
+def _tree(seed: int, scale: float) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"a": jnp.asarray(scale * rng.normal(size=(5, 3)), jnp.float32),
+            "b": {"c": jnp.asarray(scale * rng.normal(size=(7,)), jnp.float32)}}
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.01, 1.0, 30.0])
+def test_clipping_by_a_scalar_factor_is_optax_clipping(scale):
+    """min(1, max_norm / norm) x g (torch's clip_grad_norm_) against optax's select(norm < max, g, g / norm * max):
+    identical below the threshold and for zero gradients, equal to float rounding above it."""
+    grads = _tree(0, scale)
+    ours, _ = train_step.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
+    theirs, _ = optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
+    for got, want in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=0)
+    if float(optax.tree.norm(grads)) < 1.0:
+        assert all(np.array_equal(g, w) for g, w in zip(jax.tree.leaves(ours), jax.tree.leaves(grads)))
+    else:
+        assert float(optax.tree.norm(ours)) == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("clm_weight", [1.5, 0.0])
+def test_the_step_is_the_weighted_loss_and_an_optax_adamw_update(clm_weight):
+    """One step of ``make_train_step`` (the CE's sum scaled inside the fused CE, clipping by a scalar factor) gives
+    the loss cl + clm_weight x token-mean CE, both losses as metrics, and the parameters optax's clip + AdamW give
+    from ``jax.grad`` of that loss; a CE weight of 0 still reports the CE and leaves it out of the update."""
+    cfg = models.ModelConfig.from_hf(TINY_HF_CONFIGS["llama3"], dropout=0.0)
+    graphdef, params = nnx.split(models.init_model(cfg, seed=0, std=0.2), nnx.Param)
+    host = reference_batch(cfg.vocab_size)
+    rows, length = host["clm_ids"].shape
+    batch = {**{k: jnp.asarray(v) for k, v in host.items()},
+             "clm_positions": jnp.broadcast_to(jnp.arange(length), (rows, length)),
+             "clm_segment_ids": jnp.ones((rows, length), jnp.int32)}
+    ocfg = config_defaults.objective_config()
+    ocfg.update(clm_weight=clm_weight, clm_chunk_size=5)
+    tcfg = config_defaults.train_config()
+    tcfg.update(lr=1e-2, warmup_steps=0, grad_clip=0.5)
+    tx, schedule = train_step.make_optimizer(tcfg)
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0), "rng": jax.random.PRNGKey(1)}
+    new_state, metrics = jax.jit(train_step.make_train_step(graphdef, tx, schedule, ocfg, 1))(state, batch)
+
+    _, step_rng = jax.random.split(state["rng"])
+
+    def plain_loss(p):
+        model = nnx.merge(graphdef, p)
+        cl, clm_sum, aux = train_step.afp_losses(model, batch, jax.random.fold_in(step_rng, 0), ocfg)
+        clm_mean = clm_sum / jnp.maximum(batch["clm_weights"].sum(), 1.0)
+        return ocfg.cl_weight * cl + clm_weight * clm_mean, (cl, clm_mean)
+
+    (loss, (cl, clm_mean)), grads = jax.value_and_grad(plain_loss, has_aux=True)(params)
+    plain_tx = optax.chain(optax.clip_by_global_norm(0.5),
+                           optax.adamw(schedule, b1=tcfg.b1, b2=tcfg.b2, eps=tcfg.eps, weight_decay=tcfg.weight_decay,
+                                       mask=train_step.decay_mask))
+    updates, _ = plain_tx.update(grads, plain_tx.init(params), params)
+    want = optax.apply_updates(params, updates)
+    assert float(metrics["loss"]) == pytest.approx(float(loss), rel=1e-6)
+    assert float(metrics["cl_loss"]) == pytest.approx(float(cl), rel=1e-6)
+    assert float(metrics["clm_loss"]) == pytest.approx(float(clm_mean), rel=1e-6)
+    assert float(metrics["grad_norm"]) == pytest.approx(float(optax.tree.norm(grads)), rel=1e-5)
+    moved = 0
+    for got, before, expected in zip(jax.tree.leaves(new_state["params"]), jax.tree.leaves(params),
+                                     jax.tree.leaves(want)):
+        # Adam turns a gradient entry near its eps into an update anywhere in [0, lr]: float rounding of such an
+        # entry moves the update by a fraction of lr (1e-2 here)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-3 * tcfg.lr)
+        moved += int(not np.array_equal(np.asarray(got), np.asarray(before)))
+    assert moved > 0
