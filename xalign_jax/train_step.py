@@ -88,9 +88,10 @@ def _split_micro(batch: Batch, num_micro: int) -> Batch:
 def afp_losses(model: nnx.Module, batch: Batch, rng: jax.Array, ocfg: Any, supervised_cap: int = 0,
                supervised_group_rows: int = 1,
                clm_scale: float | jax.Array = 1.0) -> tuple[jax.Array, jax.Array, dict]:
-    """(contrastive loss, CLM token-loss SUM x ``clm_scale``, aux metrics) for one micro-batch. With a ``supervised_cap`` the CE
-    sees only the supervised positions, gathered per group of ``supervised_group_rows`` consecutive rows (a group
-    lies within one shard of the micro-batch: ``config_validation`` checks the divisibility)."""
+    """(contrastive loss, CLM token-loss SUM x ``clm_scale``, aux metrics) for one micro-batch. With a
+    ``supervised_cap`` the CE sees only the supervised positions, gathered per group of ``supervised_group_rows``
+    consecutive rows (a group lies within one shard of the micro-batch: ``config_validation`` checks the
+    divisibility)."""
     method, layer = objectives.parse_pooler(ocfg.pooler)
     cl_rng, clm_rng = jax.random.split(rng)
     ids = jnp.concatenate([batch["sent0_ids"], batch["sent1_ids"]], axis=0)
