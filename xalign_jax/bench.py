@@ -48,7 +48,7 @@ import jax
 from absl import logging
 from flax import nnx
 
-from xalign_jax import host_memory, objectives, train
+from xalign_jax import objectives, train
 from xalign_jax.data import pipeline
 
 MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
@@ -411,8 +411,6 @@ def cli() -> None:
 
     def main(argv: list[str]) -> None:
         del argv
-        if config.value.train.cpu_keep_freed_memory:    # before JAX starts its CPU client
-            host_memory.keep_freed_memory_mapped()
         report = run_benchmark(config.value, steps=steps.value, warmup=warmup.value,
                                workdir=pathlib.Path(workdir.value or tempfile.mkdtemp(prefix="xalign_bench_")),
                                with_torch=with_torch.value, torch_bf16=torch_bf16.value, measure_load=load.value,

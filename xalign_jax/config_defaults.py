@@ -87,9 +87,6 @@ def train_config() -> ml_collections.ConfigDict:
         # matmuls by XLA's own library, which runs the vocabulary-major CE head's products (objectives.py) 1.3x
         # faster (BENCHMARKS.md). An XLA that does not know an option compiles without them, with a warning.
         "cpu_compiler_options": dict(xla_options.CPU_MATMULS_BY_XLA),
-        # CPU-only hosts: keep freed host memory mapped, so that each step's buffers are not faulted in again
-        # (host_memory.py; bloom bench step 1.35 -> 1.24 s, at a higher resident size). Applied at process start.
-        "cpu_keep_freed_memory": True,
     })
 
 

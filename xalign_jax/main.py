@@ -45,9 +45,6 @@ def _setup_logging(workdir: pathlib.Path, is_main: bool) -> None:
 def main(argv: list[str]) -> None:
     del argv
     os.environ.setdefault("HF_HUB_OFFLINE", "1")   # never reach for a hub at run time
-    if _CONFIG.value.train.cpu_keep_freed_memory:   # before JAX starts its CPU client
-        from xalign_jax import host_memory
-        host_memory.keep_freed_memory_mapped()
     from xalign_jax import distributed
     distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     import jax
