@@ -194,7 +194,7 @@ class Decoder(nnx.Module):
 
     def head(self) -> dict[str, jax.Array]:
         """The vocabulary projection's parameters, in param dtype: ``lm_head_logits``'s ``head`` argument."""
-        name = "embed" if self.config.tie_word_embeddings else "lm_head"
+        name, _ = head_layout(self.config)
         return {name: getattr(self.top, name)[...]}
 
     def logits(self, hidden: jax.Array) -> jax.Array:
@@ -205,6 +205,12 @@ class Decoder(nnx.Module):
         """Final-normed hidden [N, D] -> fp32 log p(targets [N]), at most ``vocab_block`` vocabulary rows at a
         time (``blocked_target_logprobs``)."""
         return blocked_target_logprobs(self.config, self.head(), hidden, targets, vocab_block)
+
+
+def head_layout(cfg: ModelConfig) -> tuple[str, str]:
+    """(name, axes) of the vocabulary projection's weight in ``Decoder.head()``: the tied embedding [V, D] or the
+    untied lm_head [D, V]."""
+    return ("embed", "vd") if cfg.tie_word_embeddings else ("lm_head", "dv")
 
 
 def lm_head_logits(cfg: ModelConfig, head: Mapping[str, jax.Array], hidden: jax.Array,
@@ -218,7 +224,8 @@ def lm_head_logits(cfg: ModelConfig, head: Mapping[str, jax.Array], hidden: jax.
     ``bfloat16`` is what the reference's autocast runs produce, and it halves the bytes of the [tokens, 262k]
     logits that the CE's softmax passes read and write (the CE upcasts to fp32 inside those passes)."""
     dtype = jnp.dtype(cfg.dtype)
-    weight, weight_dims = (head["embed"], "vd") if cfg.tie_word_embeddings else (head["lm_head"], "dv")
+    name, weight_dims = head_layout(cfg)
+    weight = head[name]
     if vocab_major:
         spec, operands = f"{weight_dims},nd->vn", (weight, hidden)
     else:
@@ -246,8 +253,8 @@ def blocked_target_logprobs(cfg: ModelConfig, head: Mapping[str, jax.Array], hid
     call (128 positions, hidden 256, 250,880 rows) took 81-87 ms against 112-122 ms (BENCHMARKS.md). Each block's
     logits are ``lm_head_logits``'s (vocabulary-major), so dtype rounding and soft-capping are the same. When the
     blocks cannot tile the vocabulary, the last one starts early and masks the rows the one before it had."""
-    name, axis = ("embed", 0) if cfg.tie_word_embeddings else ("lm_head", 1)
-    weight = head[name]
+    name, weight_dims = head_layout(cfg)
+    weight, axis = head[name], weight_dims.index("v")
     vocab = weight.shape[axis]
     count, block = vocabulary_blocks(vocab, vocab_block)
     row_in_block = jax.lax.broadcasted_iota(jnp.int32, (block, 1), 0)
