@@ -111,7 +111,7 @@ def test_evaluate_alignment_end_to_end(tiny, shared_data, tmp_path):  # noqa: F8
     assert set(result["metrics"]) == {"flores/zh/avg-1", "flores/sw/avg-1"}
     assert result["metrics"]["flores/zh/avg-1"]["raw"]["pairs"] == 12
     assert set(result["projection"]["flores/avg-1"]) == {"en", "zh", "sw"}
-    runner.write_eval_outputs({"details": [], "avg_zero": 0.0, "avg_all": 0.0}, result, tmp_path)
+    report.write_eval_outputs({"details": [], "avg_zero": 0.0, "avg_all": 0.0}, result, tmp_path)
     assert (tmp_path / "pca_flores_avg-1.png").stat().st_size > 1000
 
 

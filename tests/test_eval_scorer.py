@@ -13,7 +13,7 @@ from flax import nnx
 
 from tests.test_tokenize import xlmr_tokenizer
 from xalign_jax import models
-from xalign_jax.evaluation import fewshot, runner, scorer, tasks, templates
+from xalign_jax.evaluation import fewshot, report, runner, scorer, tasks, templates
 
 SHOTS = (0, 1)
 ITEMS = 2
@@ -165,7 +165,7 @@ def test_whole_task_compiles_once_per_bucket_and_reports(tiny, shared_data, tmp_
         results["xcopa_en_s5_i0"] - results["xcopa_zh_s5_i0"])
     again = runner.evaluate_tasks(model, tok, cfg, split="dev")
     assert again["run"]["compiles"] <= 6
-    runner.write_eval_outputs(results, {}, tmp_path)
+    report.write_eval_outputs(results, {}, tmp_path)
     assert "| xcopa | zh |" in (tmp_path / "results.md").read_text()
     assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 4 * 12
 

@@ -13,11 +13,12 @@ log = logging.getLogger(__name__)
 
 def _evaluate(model, tokenizer, config: Any, out_dir: pathlib.Path, *, params=None, split: str = "test") -> dict:
     """Few-shot tasks + representation alignment of ``model`` (or ``params`` in its graph) into ``out_dir``."""
+    from xalign_jax.evaluation import report
     from xalign_jax.evaluation import runner as eval_runner
     results = eval_runner.evaluate_tasks(model, tokenizer, config.eval, split=split, params=params)
     alignment = eval_runner.evaluate_alignment(model, tokenizer, config.eval.alignment, params=params)
     if jax.process_index() == 0:
-        eval_runner.write_eval_outputs(results, alignment, out_dir)
+        report.write_eval_outputs(results, alignment, out_dir)
     return {"tasks": results, "alignment": alignment}
 
 

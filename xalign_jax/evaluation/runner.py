@@ -19,7 +19,7 @@ import numpy as np
 from xalign_jax import xla_options
 from xalign_jax.evaluation import alignment as align_lib
 from xalign_jax.evaluation import fewshot, tasks, templates, tfds_source
-from xalign_jax.evaluation.report import summarise, write_eval_outputs  # noqa: F401  (re-exported API)
+from xalign_jax.evaluation.report import summarise
 from xalign_jax.evaluation.scorer import DEFAULT_BUCKETS, Scorer, compile_count, encode_prompts
 
 log = logging.getLogger(__name__)

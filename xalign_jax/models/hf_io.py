@@ -182,12 +182,14 @@ def load_arrays(cfg: ModelConfig, source: TensorSource, mesh: jax.sharding.Mesh 
     shardings = (sharding.param_shardings(specs, mesh) if mesh is not None else
                  {name: jax.sharding.SingleDeviceSharding(jax.devices()[0]) for name in specs})
     dtype = np.dtype(cfg.param_dtype)
-    arrays = {}
-    for tmap in maps:
-        host = _host_value(source, tmap, specs[tmap.ours], dtype)
-        arrays[tmap.ours] = jax.make_array_from_callback(host.shape, shardings[tmap.ours], lambda idx: host[idx])
-        del host
-    return arrays
+    # One host tensor at a time: each is dropped as soon as its device array exists (peak = the largest tensor).
+    return {tmap.ours: _on_device(_host_value(source, tmap, specs[tmap.ours], dtype), shardings[tmap.ours])
+            for tmap in maps}
+
+
+def _on_device(host: np.ndarray, array_sharding: jax.sharding.Sharding) -> jax.Array:
+    """``host`` placed with ``array_sharding``; each device copies only its own shard of it."""
+    return jax.make_array_from_callback(host.shape, array_sharding, lambda index: host[index])
 
 
 def _open(path: pathlib.Path) -> tuple[TensorSource, dict]:
