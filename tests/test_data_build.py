@@ -138,7 +138,7 @@ def records_using_test_items(records, shared_data):
     test_texts = heldout.evaluation_test_texts(shared_data)
     items = alpaca_items(shared_data)
     leaked_heads, leaked_outputs = set(), set()
-    for lang, rows in items.items():
+    for rows in items.values():
         for index, row in enumerate(rows):
             both = [items[other][index] for other in items]
             if any(heldout.normalize(r[f]) in test_texts for r in both for f in ("instruction", "input", "output")):

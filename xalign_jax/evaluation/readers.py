@@ -50,7 +50,8 @@ def read_jsonl(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as error:
-                raise SourceError(path, lineno, "<json>", f"invalid JSON ({error.msg} at column {error.colno})")
+                message = f"invalid JSON ({error.msg} at column {error.colno})"
+                raise SourceError(path, lineno, "<json>", message) from error
             if not isinstance(obj, dict):
                 raise SourceError(path, lineno, "<json>", f"expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj

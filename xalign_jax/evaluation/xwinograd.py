@@ -38,7 +38,7 @@ def _json_column(raw: str, path: pathlib.Path, lineno: int, field: str) -> Any:
     try:
         return json.loads(raw)
     except json.JSONDecodeError as error:
-        raise SourceError(path, lineno, field, f"invalid JSON ({error.msg})")
+        raise SourceError(path, lineno, field, f"invalid JSON ({error.msg})") from error
 
 
 def _span(value: Any, path: pathlib.Path, lineno: int, field: str, num_tokens: int) -> tuple[int, int]:
