@@ -315,6 +315,8 @@ def bad_item_cases():
         ({**good, "id": [1]}, "item[5]: id: expected a non-empty string or integer, got [1]", "id: bad id"),
         ("text", "item[5]: <item>: expected an object, got str", "<item>: not an object"),
         ({**good, "input": 3}, "item[5]: input: expected a string, got int", "input: wrong type"),
+        ({**good, "output": "ok \ud83d"}, "item[5]: output: lone surrogate '\\ud83d' at character 3 (not valid "
+         "Unicode text)", "output: invalid text"),
     ]
 
 

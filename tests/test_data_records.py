@@ -51,7 +51,12 @@ BAD_LINES = [
     (json.dumps({**GOOD, "clm_prompt_len": True}), "clm_prompt_len: expected an integer, got bool"),
     (json.dumps({**GOOD, "clm_prompt_len": -1}), "clm_prompt_len: -1 is out of range 0..29 (len(clm_text))"),
     (json.dumps({**GOOD, "clm_prompt_len": 30}), "clm_prompt_len: 30 is out of range 0..29 (len(clm_text))"),
-    (json.dumps({**GOOD, "clm_prompt_len": 29}), "clm_prompt_len: 29 equals len(clm_text), the record has no answer"),
+    (json.dumps({**GOOD, "clm_prompt_len": 29}), "clm_prompt_len: the answer clm_text[29:] = '' is empty or only "
+     "whitespace"),
+    (json.dumps({**GOOD, "clm_text": "Say hi. Answer in Chinese:   ", "clm_prompt_len": 26}),
+     "clm_prompt_len: the answer clm_text[26:] = '   ' is empty or only whitespace"),
+    (json.dumps({**GOOD, "sent0": "Hi \ud800"}), "sent0: lone surrogate '\\ud800' at character 3 (not valid Unicode "
+     "text)"),
     (json.dumps({**GOOD, "src_lang": 5}), "src_lang: expected a non-empty language code string, got 5"),
     (json.dumps({**GOOD, "tgt_lang": ""}), "tgt_lang: expected a non-empty language code string, got ''"),
     (json.dumps({**GOOD, "sent0_lnag": "en"}),
@@ -83,8 +88,8 @@ def test_skip_bad_counts_every_bad_line_by_reason(tmp_path):
     assert report.skipped == {
         "<json>: invalid JSON": 1, "<json>: invalid UTF-8": 1, "<json>: not an object": 1,
         "sent1: missing field": 1, "sent0: wrong type": 1, "clm_text: wrong type": 1, "sent1: empty string": 1,
-        "clm_prompt_len: wrong type": 2, "clm_prompt_len: out of range": 2, "clm_prompt_len: no answer": 1,
-        "src_lang: wrong type": 1, "tgt_lang: wrong type": 1, "sent0_lnag: unexpected field": 1}
+        "clm_prompt_len: wrong type": 2, "clm_prompt_len: out of range": 2, "clm_prompt_len: no answer": 2,
+        "sent0: invalid text": 1, "src_lang: wrong type": 1, "tgt_lang: wrong type": 1, "sent0_lnag: unexpected field": 1}
     assert report.first_errors[0] == f"{path}:2: " + BAD_LINES[0][1]
     assert f"skipped {len(BAD_LINES)} bad lines" in str(report)
 

@@ -339,3 +339,30 @@ def test_two_real_processes_assemble_the_global_batch(tmp_path):
 
 if __name__ == "__main__":
     two_process_worker(int(sys.argv[1]), int(sys.argv[2]))
+
+
+def test_a_carry_queue_that_packing_cannot_drain_stops_the_run():
+    """60-token examples, 4 a step, 3 rows of 100: the average (240 <= 300) passes, but first fit packs one
+    example a row, so the queue grows by one a step; the run stops with an error instead of starving it."""
+    examples = [tokenize.TokenizedExample(np.arange(3, 10, dtype=np.int32), np.arange(3, 10, dtype=np.int32),
+                                          np.arange(3, 63, dtype=np.int32), np.arange(60) >= 30) for _ in range(400)]
+    corpus = tokenize.TokenizedCorpus(examples, tokenize.TokenizeReport(records=400), pad_id=PAD)
+    data = data_cfg(seq_len=100, clm_rows=3, cl_buckets=(16,))
+    train = ml_collections.ConfigDict(dict(batch_size=4, micro_batches=1))
+    batches = pipeline.make_batches(corpus, data, train, seed=0)
+    limit = pipeline.MAX_QUEUED_STEPS * 3 * 100 // 60        # examples the queue may hold
+    take(batches, limit)
+    assert len(batches.get_state()["queue"]) == limit
+    with pytest.raises(RuntimeError, match=r"CLM examples \(2460 tokens, more than 8 steps of data.clm_rows=3 x "
+                                           r"data.seq_len=100\) wait in the carry queue"):
+        take(batches, 2)
+
+
+def test_state_from_another_corpus_of_the_same_size_is_refused(corpus):
+    data, train = cfgs()
+    state = pipeline.make_batches(corpus, data, train, seed=0).get_state()
+    shuffled = tokenize.TokenizedCorpus(corpus.examples[1:] + corpus.examples[:1], corpus.report, corpus.pad_id)
+    with pytest.raises(ValueError, match="corpus_digest"):
+        pipeline.make_batches(shuffled, data, train, seed=0).set_state(state)
+    del state["corpus_digest"]                                # a state saved before digests: resumes, with a warning
+    pipeline.make_batches(corpus, data, train, seed=0).set_state(state)

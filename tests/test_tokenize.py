@@ -88,7 +88,8 @@ def test_offsets_masking_reproduces_the_answer_exactly_xlmr(records, xlmr):
     assert checked >= 390
     report = corpus.report
     assert report.records == 400 and report.clm_kept + report.clm_dropped_answer_truncated == 400
-    assert report.supervised_tokens == sum(int(e.clm_labels.sum()) for e in corpus.examples if e.clm_ids is not None)
+    assert report.supervised_tokens == sum(int(e.clm_labels[1:].sum()) for e in corpus.examples
+                                           if e.clm_ids is not None)
     assert "400 records" in str(report)
 
 
@@ -148,7 +149,7 @@ def assert_rules_agree_but_for_bos(records, tokenizer):
     for a, b in zip(offsets.examples, reference.examples):
         np.testing.assert_array_equal(a.clm_ids, b.clm_ids)
         np.testing.assert_array_equal(a.clm_labels | (a.clm_ids == tokenizer.bos_token_id), b.clm_labels)
-    assert reference.report.supervised_tokens - offsets.report.supervised_tokens == len(records)
+    assert reference.report.supervised_tokens == offsets.report.supervised_tokens   # BOS at 0 is no target
 
 
 def test_offsets_and_reference_rules_agree_on_real_records_but_for_bos(records, xlmr):
@@ -161,11 +162,13 @@ def test_reference_rule_by_hand():
     assert tokenize.reference_label_mask([5, 7], [5], prompt_len=0, bos=None, eos=None).all()
 
 
-def test_truncation_keeps_partial_answers_and_counts_dropped_prompts(records, xlmr):
+@pytest.mark.parametrize("masking", tokenize.MASKING_MODES)
+def test_truncation_keeps_partial_answers_and_counts_dropped_prompts(records, xlmr, masking):
+    """Both rules drop the same prompts: the reference rule's supervised BOS at position 0 is no target."""
     lengths = [len(xlmr(r.clm_text)["input_ids"]) for r in records]
     prompt_lengths = [len(xlmr(r.prompt)["input_ids"]) for r in records]
     seq_len = 48
-    corpus = tokenize.tokenize_corpus(records, xlmr, data_cfg(seq_len=seq_len))
+    corpus = tokenize.tokenize_corpus(records, xlmr, data_cfg(seq_len=seq_len, prompt_masking=masking))
     report = corpus.report
     # The tokenizer closes with </s> itself, so append_eos adds nothing: lengths are the tokenizer's own.
     expect_dropped = sum(p >= seq_len for p in prompt_lengths)
@@ -175,7 +178,7 @@ def test_truncation_keeps_partial_answers_and_counts_dropped_prompts(records, xl
     assert report.clm_kept == len(records) - expect_dropped
     for n, example in zip(lengths, corpus.examples):
         if example.clm_ids is not None:
-            assert len(example.clm_ids) == min(n, seq_len) and example.clm_labels.any()
+            assert len(example.clm_ids) == min(n, seq_len) and example.clm_labels[1:].any()
             if n > seq_len:
                 assert example.clm_ids[-1] != xlmr.eos_token_id   # no EOS after a cut answer
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.train_fixtures import tiny_train_config, train_tiny_tokenizer
-from xalign_jax import config_defaults, config_validation, train, xla_options
+from xalign_jax import config_defaults, config_validation, train, training_data, xla_options
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +97,20 @@ def test_malformed_record_stops_before_training_with_file_line_field(tokenizer_d
     with pytest.raises(RecordError) as error:
         train.Trainer(config, tmp_path / "work")
     assert str(error.value).startswith(f"{path}:3: clm_prompt_len: ")
+
+
+def test_a_workdir_recipe_built_from_other_settings_is_refused(tokenizer_dir, shared_data, tmp_path):
+    """The default recipe is built into the workdir once, with its settings beside it; asking for other settings
+    in the same workdir must not silently train on the old records."""
+    config = tiny_train_config(tokenizer_dir, shared_data)
+    path = training_data.training_file(config, tmp_path)
+    built = path.read_bytes()
+    assert json.loads(path.with_suffix(".recipe.json").read_text())["data.recipe_records"] == 96
+    assert training_data.training_file(config, tmp_path) == path and path.read_bytes() == built
+    config.train.seed = 1
+    with pytest.raises(ValueError, match=r"train\.jsonl was built from other recipe settings \(built, now\): "
+                                         r"\{'train\.seed': \(0, 1\)\}"):
+        training_data.training_file(config, tmp_path)
 
 
 def test_config_errors_name_the_key(tokenizer_dir, shared_data):

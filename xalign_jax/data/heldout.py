@@ -2,14 +2,18 @@
 
 AFP trains on a few thousand sentences and is judged by few-shot accuracy on XNLI, PAWS-X, XCOPA, XStoryCloze,
 XWinograd and by retrieval on Tatoeba / SIB-200; a test sentence leaking into the contrastive pairs or the CIF
-text would inflate exactly the numbers the method is compared on. So every text the builder uses is matched
-against the TEXT fields of those test files, on a normalised form (NFKC, casefold, collapsed whitespace) so that
-width, case and spacing variants still match.
+text would inflate exactly the numbers the method is compared on. So every text field the builder uses is matched
+whole against the TEXT fields of those test files, on a normalised form (NFKC, casefold, collapsed whitespace) so
+that width, case and spacing variants still match. A field that only contains a test sentence is not caught: in the
+clean Alpaca chunk, 6 test sentences of 25 characters or more sit inside longer outputs, all short Tatoeba phrases
+("what are you waiting for?", "it depends on the context.").
 
 The readers below touch only the text columns of each file, on purpose: they stay independent of the evaluator's
 task loaders (which also parse labels, demonstrations and templates) and take about 1.3 s for the 385k distinct
-sentences of shared/data. Dev / demonstration splits are NOT held out: the few-shot evaluator may draw
-demonstrations from them, and training on them does not touch a reported number.
+sentences of shared/data. Dev / demonstration splits are NOT held out: the few-shot evaluator draws
+demonstrations from them. They do steer choices (in-training model selection, the dev-split sweep), so a corpus
+other than the default recipe should be checked against them; the default recipe shares no sentence with the
+evaluated dev parts (XNLI dev, PAWS-X dev_2k, XCOPA val / COPA train, XStoryCloze train, FLORES dev).
 """
 from __future__ import annotations
 

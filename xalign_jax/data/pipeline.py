@@ -5,7 +5,9 @@ Per step the iterator draws the next B records of an endless stream of epoch per
 fill ``sent0_*``/``sent1_*`` (right padded to the smallest bucket that fits the global batch, so shapes are static
 per bucket). Their CLM examples join a carry queue which is packed into R rows of T tokens (``packing.py``);
 whatever does not fit waits for the next step, so nothing is dropped. The queue cannot grow without bound: a
-configuration whose B records bring more tokens on average than R*T is refused up front.
+configuration whose B records bring more tokens on average than R*T is refused up front, and since first-fit
+packing leaves gaps that an average does not see, a queue that still outgrows ``MAX_QUEUED_STEPS`` steps of rows
+stops the run with an error (the examples in it would otherwise wait for ever).
 
 Every process plans the whole global step from token counts alone (cheap and identical everywhere) and materialises
 only its contiguous block of records and rows, which is what ``jax.make_array_from_process_local_data`` expects
@@ -27,6 +29,7 @@ from xalign_jax.sharding import batch_sharding
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
+MAX_QUEUED_STEPS = 8     # CLM tokens waiting in the carry queue, in steps' worth of rows (R * T), before an error
 
 
 def _check_divisible(batch_size: int, clm_rows: int, process_count: int, micro_batches: int) -> None:
@@ -117,6 +120,7 @@ class BatchIterator:
                                   self.group_rows, self.mode)
         self._sent_lengths = [max(len(e.sent0_ids), len(e.sent1_ids)) for e in corpus.examples]
         self._permutations: dict[int, np.ndarray] = {}
+        self._corpus_digest: str | None = None
         self._state = {"epoch": 0, "cursor": 0, "step": 0, "queue": [], "tokens_seen": 0, "carried": 0}
         log.info("batches: %d records and %d CLM rows of %d tokens per step (%s packing); %d records = %.1f steps "
                  "per epoch", self.batch_size, self.rows, self.seq_len, self.mode, len(corpus),
@@ -128,9 +132,11 @@ class BatchIterator:
         one (before the cap existed, or with it off) still resume."""
         supervised = ({"supervised_cap": self.supervised_cap, "supervised_group_rows": self.group_rows}
                       if self.supervised_cap else {})
-        return {"version": STATE_VERSION, "records": len(self.corpus), "seed": self.seed,
-                "batch_size": self.batch_size, "clm_rows": self.rows, "seq_len": self.seq_len, "packing": self.mode,
-                **supervised}
+        if self._corpus_digest is None:
+            self._corpus_digest = self.corpus.digest()
+        return {"version": STATE_VERSION, "records": len(self.corpus), "corpus_digest": self._corpus_digest,
+                "seed": self.seed, "batch_size": self.batch_size, "clm_rows": self.rows, "seq_len": self.seq_len,
+                "packing": self.mode, **supervised}
 
     def get_state(self) -> dict:
         """JSON-serialisable position: identical on every process (the global plan), so any process may save it."""
@@ -138,6 +144,9 @@ class BatchIterator:
 
     def set_state(self, state: dict) -> None:
         expected = self._fingerprint()
+        if "corpus_digest" not in state:
+            log.warning("the saved data state predates corpus digests: cannot check that it belongs to this corpus")
+            expected.pop("corpus_digest")
         mismatched = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
         if mismatched:
             raise ValueError(f"data state does not belong to this corpus/config (saved, now): {mismatched}")
@@ -218,6 +227,14 @@ class BatchIterator:
         if len(left) > 2 * self.batch_size and len(state["queue"]) <= 2 * self.batch_size:
             log.warning("step %d: %d CLM examples wait for later steps (data.clm_rows=%d may be tight)",
                         state["step"], len(left), self.rows)
+        waiting = sum(self._clm_lengths[i] - start for i, start in left)
+        if waiting > MAX_QUEUED_STEPS * self.rows * self.seq_len:
+            cap = f", or a larger data.supervised_cap={self.supervised_cap}" if self.supervised_cap else ""
+            raise RuntimeError(
+                f"step {state['step']}: {len(left)} CLM examples ({waiting} tokens, more than {MAX_QUEUED_STEPS} "
+                f"steps of data.clm_rows={self.rows} x data.seq_len={self.seq_len}) wait in the carry queue: once "
+                f"packed (first fit leaves gaps), the rows cannot keep up with train.batch_size={self.batch_size} "
+                f"records a step; use more data.clm_rows or a smaller train.batch_size{cap}")
         state.update(step=state["step"] + 1, queue=left, tokens_seen=state["tokens_seen"] + sent_tokens + clm_tokens,
                      carried=state["carried"] + len(left))
 

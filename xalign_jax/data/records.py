@@ -81,24 +81,38 @@ def _fail(path, lineno: int, field: str, what: str, kind: str | None = None):
     raise RecordError(path, lineno, field, what, kind)
 
 
+def utf8_problem(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode text, or None. JSON can spell a lone surrogate ("\\ud800"), which decodes
+    to a str that no tokenizer or UTF-8 writer accepts; caught here, the error can still name the line and field."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"lone surrogate {text[error.start]!r} at character {error.start} (not valid Unicode text)"
+    return None
+
+
 def _check_text(obj: dict, field: str, path, lineno: int) -> str:
     value = obj[field]
     if not isinstance(value, str):
         _fail(path, lineno, field, f"expected a string, got {_type_name(value)}", "wrong type")
     if not value.strip():
         _fail(path, lineno, field, "empty string")
+    problem = utf8_problem(value)
+    if problem:
+        _fail(path, lineno, field, problem, "invalid text")
     return value
 
 
-def _check_prompt_len(obj: dict, text_len: int, path, lineno: int) -> int:
+def _check_prompt_len(obj: dict, text: str, path, lineno: int) -> int:
     value = obj["clm_prompt_len"]
     if isinstance(value, bool) or not isinstance(value, int):
         _fail(path, lineno, "clm_prompt_len", f"expected an integer, got {_type_name(value)}", "wrong type")
-    if not 0 <= value <= text_len:
-        _fail(path, lineno, "clm_prompt_len", f"{value} is out of range 0..{text_len} (len(clm_text))",
+    if not 0 <= value <= len(text):
+        _fail(path, lineno, "clm_prompt_len", f"{value} is out of range 0..{len(text)} (len(clm_text))",
               "out of range")
-    if value == text_len:
-        _fail(path, lineno, "clm_prompt_len", f"{value} equals len(clm_text), the record has no answer", "no answer")
+    if not text[value:].strip():
+        _fail(path, lineno, "clm_prompt_len", f"the answer clm_text[{value}:] = {text[value:]!r} is empty or only "
+              "whitespace", "no answer")
     return value
 
 
@@ -123,7 +137,7 @@ def validate_record(obj: Any, path: str | os.PathLike = "<record>", lineno: int 
         _fail(path, lineno, unknown[0], f"unexpected field (known fields: {', '.join(KNOWN_FIELDS)})",
               "unexpected field")
     texts = {field: _check_text(obj, field, path, lineno) for field in TEXT_FIELDS}
-    prompt_len = _check_prompt_len(obj, len(texts["clm_text"]), path, lineno)
+    prompt_len = _check_prompt_len(obj, texts["clm_text"], path, lineno)
     tags = {field: _check_lang_tag(obj, field, path, lineno) for field in LANG_TAGS}
     return AFPRecord(**texts, clm_prompt_len=prompt_len, **tags)
 

@@ -33,6 +33,7 @@ import re
 from typing import Any, Iterable, Iterator
 
 from xalign_jax.data import languages as lang_codes
+from xalign_jax.data.records import utf8_problem
 
 INSTRUCTION_FORMATS = ("bactrian", "alpaca", "hf")
 ALPACA_CLEAN_CHUNKS = ("15323-18280",)
@@ -112,6 +113,9 @@ def _text_field(obj: dict, field: str, path, where, *, optional: bool) -> str:
         raise SourceError(path, where, field, f"expected a string, got {type(value).__name__}", "wrong type")
     if not optional and not value.strip():
         raise SourceError(path, where, field, "empty string")
+    problem = utf8_problem(value)
+    if problem:
+        raise SourceError(path, where, field, problem, "invalid text")
     return value.strip()
 
 

@@ -25,6 +25,7 @@ Contrastive sentences are tokenized raw with the default special tokens and cut 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
 from typing import Any, Sequence
@@ -56,7 +57,7 @@ class TokenizeReport:
     clm_dropped_answer_truncated: int = 0
     clm_answer_partially_truncated: int = 0     # some answer tokens, or only the closing EOS, were cut
     clm_tokens: int = 0
-    supervised_tokens: int = 0
+    supervised_tokens: int = 0                  # targets: labels[1:] (position 0 is never predicted)
     contrastive_sentences_truncated: int = 0
     seconds: float = 0.0
 
@@ -76,6 +77,15 @@ class TokenizedCorpus:
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    def digest(self) -> str:
+        """sha256 of every example's token ids and labels, in order: what a saved data position must belong to
+        (the same record count from another file, tokenizer or masking rule would resume into other examples)."""
+        sha = hashlib.sha256()
+        for example in self.examples:
+            for array in (example.sent0_ids, example.sent1_ids, example.clm_ids, example.clm_labels):
+                sha.update(b"-" if array is None else np.asarray(array).tobytes() + b"|")
+        return sha.hexdigest()
 
 
 def special_ids(tokenizer: Any) -> tuple[int | None, int | None, int]:
@@ -149,16 +159,18 @@ def tokenize_clm(records: Sequence[AFPRecord], tokenizer: Any, *, seq_len: int, 
 
 
 def _fit(ids: list[int], labels: np.ndarray, seq_len: int, report: TokenizeReport):
-    """Truncate to one row and count what happened."""
+    """Truncate to one row and count what happened. Position 0 is never a target (the token at t is predicted
+    from those before it), so a label there, the reference rule's BOS, neither keeps an example nor counts."""
     kept_ids, kept_labels = np.asarray(ids[:seq_len], np.int32), labels[:seq_len]
+    targets = int(kept_labels[1:].sum())
     if len(ids) > seq_len:
-        if not kept_labels.any():
+        if not targets:
             report.clm_dropped_answer_truncated += 1
             return None
         report.clm_answer_partially_truncated += 1
     report.clm_kept += 1
     report.clm_tokens += len(kept_ids)
-    report.supervised_tokens += int(kept_labels.sum())
+    report.supervised_tokens += targets
     return kept_ids, kept_labels
 
 
