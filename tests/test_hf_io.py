@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from tests.tiny_models import make_tiny_hf_model
+from tests.tiny_models import TINY_HF_CONFIGS, make_tiny_hf_model
 from xalign_jax import models
 from xalign_jax.models import safetensors_io
 
@@ -60,6 +60,46 @@ def test_bf16_checkpoints_are_read_without_torch(tmp_path):
     model = models.from_pretrained(tmp_path / "bf16")
     expected = reference.model.embed_tokens.weight.detach().float().numpy()
     np.testing.assert_array_equal(np.asarray(model.top.embed[...]), expected)
+
+
+def test_a_base_model_checkpoint_without_the_prefix_loads(tmp_path):
+    """bigscience's BLOOM checkpoints hold BloomModel's names (``h.0...``, no ``transformer.``); transformers'
+    causal LM loads them, and so must we, with the same logits."""
+    reference = make_tiny_hf_model("bloom", tmp_path / "lm")
+    reference.transformer.save_pretrained(tmp_path / "base")
+    names = safetensors_io.SafetensorsFile(tmp_path / "base" / "model.safetensors").names()
+    assert "word_embeddings.weight" in names and not any(n.startswith("transformer.") for n in names)
+    model = models.from_pretrained(tmp_path / "base")
+    np.testing.assert_allclose(np.asarray(model(IDS).logits), torch_logits(tmp_path / "lm"), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(torch_logits(tmp_path / "base"), torch_logits(tmp_path / "lm"), atol=1e-6, rtol=0)
+
+
+def test_configs_mean_what_they_mean_to_transformers():
+    """Aliases and missing fields resolve as transformers resolves them: an older BLOOM config's names, and a
+    hand-written Gemma 3 config's defaults (window 4096, query_pre_attn_scalar 256, global RoPE base 1e6)."""
+    bloom = dict(TINY_HF_CONFIGS["bloom"])
+    older = {**{k: v for k, v in bloom.items() if k not in ("n_head", "hidden_size")}, "num_attention_heads": 6,
+             "n_embed": 48}
+    assert models.ModelConfig.from_hf(older) == models.ModelConfig.from_hf(bloom)
+    minimal = {k: TINY_HF_CONFIGS["gemma3"][k] for k in ("model_type", "vocab_size", "hidden_size",
+                                                          "num_hidden_layers", "num_attention_heads",
+                                                          "num_key_value_heads", "head_dim", "intermediate_size")}
+    cfg = models.ModelConfig.from_hf(minimal)
+    reference = transformers.AutoConfig.for_model(**minimal)
+    assert cfg.sliding_window == reference.sliding_window == 4096
+    assert cfg.query_scale == reference.query_pre_attn_scalar ** -0.5 == 256 ** -0.5
+    assert cfg.rope_inv_freq[1] == pytest.approx(1e6 ** (-2 / 16))
+
+
+@pytest.mark.parametrize("name,overrides,message", [
+    ("gemma3", {"attn_logit_softcapping": 50.0}, "attn_logit_softcapping is set, but transformers' Gemma 3"),
+    ("gemma3", {"use_bidirectional_attention": True}, "use_bidirectional_attention=True"),
+    ("bloom", {"hidden_dropout": 0.1}, "hidden_dropout=0.1 is not supported"),
+    ("qwen2", {"use_sliding_window": True}, "use_sliding_window=True is not supported"),
+])
+def test_config_fields_we_do_not_implement_are_refused(name, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        models.ModelConfig.from_hf(dict(TINY_HF_CONFIGS[name], **overrides))
 
 
 def test_unknown_model_type(tmp_path):

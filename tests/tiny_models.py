@@ -2,7 +2,8 @@
 
 Each entry scales a real config (named in the comment) down to a few layers and a small width while keeping what
 makes the family different: BLOOM with a head count that is not a power of two (ALiBi's extra slopes), Llama-3 rope
-scaling, GQA, Qwen2's QKV bias, Gemma 3's sliding/global interleave with a window small enough to matter.
+scaling, GQA, every Llama bias, Mistral's window, Qwen2's QKV bias, Gemma 3's sliding/global interleave with a window
+small enough to matter and a query scale that is not head_dim's.
 Parameters are perturbed away from their initial values so that a norm or bias loaded into the wrong place shows.
 """
 from __future__ import annotations
@@ -30,6 +31,14 @@ TINY_HF_CONFIGS: dict[str, dict] = {
                    rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
                    rope_theta=500000.0),
+    # Llama layout with every bias (attention_bias, mlp_bias: the gated MLP's gate too)
+    "llama_bias": dict(model_type="llama", vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, intermediate_size=64, attention_bias=True, mlp_bias=True,
+                       tie_word_embeddings=True, max_position_embeddings=128),
+    # mistralai/Mistral-7B-v0.1: GQA, untied head, a sliding window on every layer (4096; 3 here, so it matters)
+    "mistral": dict(model_type="mistral", vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, intermediate_size=64, sliding_window=3, tie_word_embeddings=False,
+                    max_position_embeddings=128),
     # Qwen/Qwen2-0.5B: QKV bias, GQA, tied head
     "qwen2": dict(model_type="qwen2", vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, intermediate_size=64, tie_word_embeddings=True,
@@ -37,7 +46,7 @@ TINY_HF_CONFIGS: dict[str, dict] = {
     # google/gemma-3-270m: 18 layers (5 sliding : 1 global), window 512, 4 heads / 1 kv head of 256, vocab 262144
     "gemma3": dict(model_type="gemma3_text", vocab_size=256, hidden_size=32, num_hidden_layers=3,
                    num_attention_heads=4, num_key_value_heads=1, head_dim=16, intermediate_size=64,
-                   query_pre_attn_scalar=16, sliding_window=4, rope_theta=1000000.0, rope_local_base_freq=10000.0,
+                   query_pre_attn_scalar=12, sliding_window=4, rope_theta=1000000.0, rope_local_base_freq=10000.0,
                    layer_types=["sliding_attention", "sliding_attention", "full_attention"],
                    max_position_embeddings=128, pad_token_id=0, bos_token_id=2, eos_token_id=1),
 }

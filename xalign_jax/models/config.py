@@ -42,7 +42,6 @@ class ModelConfig:
     sliding_window: int = 0
     layer_is_sliding: tuple[bool, ...] = ()
     position_offset: int = 0        # XGLM: fairseq positions start at padding_idx + 1
-    attn_logit_softcap: float = 0.0
     final_logit_softcap: float = 0.0
     dropout: float = 0.0
     attention_dropout: float = 0.0
@@ -70,8 +69,18 @@ class ModelConfig:
         if model_type not in FAMILY_OF_MODEL_TYPE:
             raise ValueError(f"unsupported model_type {model_type!r}; supported: {sorted(FAMILY_OF_MODEL_TYPE)}")
         family = FAMILY_OF_MODEL_TYPE[model_type]
+        hf_config = complete_hf_config(hf_config)
         fields = families.get(family).config_fields(hf_config)
-        return cls(family=family, hf_config=dict(hf_config), **fields, **options)
+        return cls(family=family, hf_config=hf_config, **fields, **options)
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+
+def complete_hf_config(hf_config: dict[str, Any]) -> dict[str, Any]:
+    """``hf_config`` as transformers itself reads it: aliases resolved (an older BLOOM config's
+    ``num_attention_heads`` / ``n_embed``) and every missing field at transformers' default (Gemma 3's
+    ``sliding_window`` 4096, ``query_pre_attn_scalar`` 256, ...). A hand-written or older config then builds the
+    architecture transformers would build from it, the one our parity tests compare with."""
+    import transformers
+    return transformers.AutoConfig.for_model(**hf_config).to_dict()

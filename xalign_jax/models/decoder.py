@@ -84,6 +84,8 @@ def param_specs(cfg: ModelConfig) -> dict[str, ParamSpec]:
     if cfg.out_bias:
         block["o_bias"] = ParamSpec((d,), ("embed",), "zeros")
     if cfg.mlp_bias:
+        if cfg.gated_mlp:
+            block["gate_bias"] = ParamSpec((f,), ("mlp",), "zeros")
         block["up_bias"] = ParamSpec((f,), ("mlp",), "zeros")
         block["down_bias"] = ParamSpec((d,), ("embed",), "zeros")
     if cfg.qk_norm:
@@ -396,7 +398,7 @@ def _self_attention(cfg: ModelConfig, p: dict, x: jax.Array, context: dict, is_s
         mask = jnp.where(is_sliding, context["local_mask"], mask)
     if cfg.attention_impl == "xla":
         out = layers.attention(q, k, v, mask, scale=cfg.scale, bias=context.get("bias"),
-                               softcap=cfg.attn_logit_softcap, probs_dropout=cfg.attention_dropout, rng=rng)
+                               probs_dropout=cfg.attention_dropout, rng=rng)
     else:
         out = _fused_attention(cfg, q, k, v, mask, context.get("bias"))
     out = layers.dense(out, p["o"], in_dims=2)
@@ -406,8 +408,8 @@ def _self_attention(cfg: ModelConfig, p: dict, x: jax.Array, context: dict, is_s
 def _fused_attention(cfg: ModelConfig, q, k, v, mask, bias) -> jax.Array:
     """``jax.nn.dot_product_attention`` with the configured implementation (``cudnn`` on GPU, ``dot_product``
     = its XLA implementation, the same call path that CPU tests check)."""
-    if cfg.attn_logit_softcap or cfg.attention_dropout:
-        raise ValueError("attention_impl other than 'xla' supports neither logit soft-capping nor attention dropout")
+    if cfg.attention_dropout:
+        raise ValueError("attention_impl other than 'xla' does not support attention dropout")
     implementation = {"cudnn": "cudnn", "dot_product": "xla"}.get(cfg.attention_impl)
     if implementation is None:
         raise ValueError(f"unknown attention_impl {cfg.attention_impl!r}; choose xla, dot_product or cudnn")
@@ -425,7 +427,8 @@ def _activated(kind: str, gate: jax.Array | None, up: jax.Array) -> jax.Array:
 
 def _mlp(cfg: ModelConfig, p: dict, x: jax.Array, rng: jax.Array | None) -> jax.Array:
     up = layers.dense(x, p["up"]) + p.get("up_bias", 0)
-    inner = _activated(cfg.mlp, layers.dense(x, p["gate"]) if cfg.gated_mlp else None, up)
+    gate = layers.dense(x, p["gate"]) + p.get("gate_bias", 0) if cfg.gated_mlp else None
+    inner = _activated(cfg.mlp, gate, up)
     inner = layers.dropout(inner, cfg.activation_dropout, rng)
     return layers.dense(inner, p["down"]) + p.get("down_bias", 0)
 

@@ -17,6 +17,12 @@ def config_fields(hf: dict) -> dict:
     act = hf.get("hidden_activation", "gelu_pytorch_tanh")
     if act != "gelu_pytorch_tanh":
         raise ValueError(f"gemma3: unsupported hidden_activation {act!r}")
+    if hf.get("use_bidirectional_attention"):
+        raise ValueError("gemma3: use_bidirectional_attention=True (an encoder such as EmbeddingGemma) is not "
+                         "supported: this is a causal decoder")
+    if hf.get("attn_logit_softcapping"):
+        raise ValueError("gemma3: attn_logit_softcapping is set, but transformers' Gemma 3 attention does not apply "
+                         "it (no Gemma 3 checkpoint sets it); remove it from the config")
     head_dim = hf.get("head_dim", 256)
     types = layer_types(hf)
     return dict(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
@@ -30,7 +36,6 @@ def config_fields(hf: dict) -> dict:
                 tie_word_embeddings=hf.get("tie_word_embeddings", True), qkv_bias=hf.get("attention_bias", False),
                 out_bias=hf.get("attention_bias", False), embed_scale=True, qk_norm=True, sandwich_norms=True,
                 query_scale=hf.get("query_pre_attn_scalar", head_dim) ** -0.5,
-                attn_logit_softcap=hf.get("attn_logit_softcapping") or 0.0,
                 final_logit_softcap=hf.get("final_logit_softcapping") or 0.0,
                 attention_dropout=hf.get("attention_dropout", 0.0))
 

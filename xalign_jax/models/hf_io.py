@@ -8,6 +8,7 @@ arbitrary code and are refused.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -165,12 +166,23 @@ def _aligned(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return out
 
 
+def _names_in_checkpoint(maps: list[TensorMap], available: set[str]) -> list[TensorMap]:
+    """``maps`` with the causal-LM class's base-model prefix (``transformer.``, ``model.``) dropped when the
+    checkpoint was saved from the base model class without it, as bigscience's BLOOM checkpoints are
+    (``word_embeddings.weight``, ``h.0...``); transformers loads both layouts, and so do we."""
+    prefix = maps[0].hf.split(".", 1)[0] + "."
+    if any(name.startswith(prefix) for name in available):
+        return maps
+    return [dataclasses.replace(m, hf=m.hf[len(prefix):]) if m.hf.startswith(prefix) else m for m in maps]
+
+
 def load_arrays(cfg: ModelConfig, source: TensorSource, mesh: jax.sharding.Mesh | None,
                 maps: list[TensorMap]) -> dict[str, jax.Array]:
     """Every parameter of ``cfg`` read from ``source`` and placed into its mesh sharding (one device if none)."""
     from xalign_jax import sharding
     specs = param_specs(cfg)
     available = set(source.names())
+    maps = _names_in_checkpoint(maps, available)
     for tmap in maps:
         spec = specs[tmap.ours]
         per_layer = spec.shape[1:] if tmap.ours.startswith(BLOCK_PREFIX) else spec.shape

@@ -179,15 +179,13 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, scale: float,
-              bias: jax.Array | None = None, softcap: float = 0.0, probs_dropout: float = 0.0,
+              bias: jax.Array | None = None, probs_dropout: float = 0.0,
               rng: jax.Array | None = None) -> jax.Array:
     """Grouped-query attention. q [B,T,H,d], k/v [B,S,KV,d], mask [B,1,T,S], bias [B,H,1|T,S] -> [B,T,H,d]."""
     batch, length, heads, dim = q.shape
     kv_heads = k.shape[2]
     grouped = q.reshape(batch, length, kv_heads, heads // kv_heads, dim)
     scores = einsum_fp32_out("btkgd,bskd->bkgts", grouped, k) * scale
-    if softcap:
-        scores = jnp.tanh(scores / softcap) * softcap
     if bias is not None:
         scores = scores + bias.reshape(batch, kv_heads, heads // kv_heads, *bias.shape[2:])
     scores = jnp.where(mask[:, :, None], scores, MASKED)
