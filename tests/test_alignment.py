@@ -58,6 +58,11 @@ def test_real_parallel_pairs_load(shared_data, source, language, rows):
     assert alignment.load_pairs(source, language, shared_data, limit=10)[0] == xx[:10]
 
 
+def test_tatoeba_has_no_dev_split(shared_data):
+    with pytest.raises(ValueError, match="Tatoeba has only test pairs"):
+        alignment.load_pairs("tatoeba", "zh", shared_data, split="dev")
+
+
 def test_flores_pairs_are_translations_by_index_id(shared_data):
     xx, en = alignment.load_pairs("flores", "de", shared_data)
     english = (shared_data / "sib200_flores/eng_Latn/test.tsv").read_text(encoding="utf-8").splitlines()[1]

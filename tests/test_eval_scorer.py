@@ -177,6 +177,27 @@ def test_continuation_positions_refuse_the_reference_rule():
         runner.evaluate_tasks(None, None, cfg)
 
 
+def test_dev_evaluation_leaves_out_tasks_without_a_dev_part_and_unknown_languages_are_errors(shared_data):
+    cfg = runner.default_eval_config()
+    cfg.update({"tasks": ("xcopa", "xwinograd"), "languages": "en,zh"})
+    assert runner._grid_tasks(cfg, "dev", shared_data) == [("xcopa", ["en", "zh"])]
+    assert runner._grid_tasks(cfg, "test", shared_data) == [("xcopa", ["en", "zh"]), ("xwinograd", ["en", "zh"])]
+    cfg.languages = "en,zn"
+    with pytest.raises(ValueError, match="eval.languages: zn is in none of the tasks xcopa,xwinograd"):
+        runner._grid_tasks(cfg, "test", shared_data)
+
+
+def test_a_score_that_is_not_finite_names_the_item():
+    items = [tasks.Item(str(i), {}, 0, ("a", "b"), f"x.tsv:{i + 2}") for i in range(3)]
+    owners = np.repeat(np.arange(3), 2)
+    scores = np.zeros(6)
+    runner._check_finite({"completion": scores}, items, owners, {"task": "xcopa", "language": "zh", "shots": 0})
+    scores[3] = np.nan
+    with pytest.raises(ValueError, match=r"eval xcopa zh 0-shot: completion scores are not finite for 1 item\(s\), "
+                                         r"first x\.tsv:3"):
+        runner._check_finite({"completion": scores}, items, owners, {"task": "xcopa", "language": "zh", "shots": 0})
+
+
 def _row(ids, start):
     return scorer.EncodedRow(tuple(ids), start, 0)
 

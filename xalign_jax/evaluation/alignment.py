@@ -32,6 +32,9 @@ def load_pairs(source: str, language: str, data_dir: pathlib.Path, *, split: str
     """(sentences in ``language``, their English translations) from Tatoeba or SIB-200/FLORES."""
     drops = sources.DropLog()
     if source == "tatoeba":
+        if split != "test":
+            raise ValueError(f"alignment split {split!r}: Tatoeba has only test pairs (a held-out test set of the "
+                             "training data); use flores for a dev split")
         groups = sources.read_tatoeba(data_dir / "tatoeba" / "v1", [language, "en"], drops, skip_bad=False)
     elif source == "flores":
         groups = sources.read_flores(data_dir / "sib200_flores", [language, "en"], [split], drops, skip_bad=False)

@@ -60,12 +60,38 @@ def default_eval_config() -> ml_collections.ConfigDict:
     })
 
 
+def _requested(wanted: str) -> list[str]:
+    return [lang.strip() for lang in wanted.split(",") if lang.strip()]
+
+
 def _languages(task: str, wanted: str, data_dir: pathlib.Path) -> list[str]:
+    """The requested languages ``task`` has files for; each one it lacks is logged, not skipped silently."""
     present = tasks.available_languages(task, data_dir)
     if wanted == "all":
         return present
-    chosen = [lang.strip() for lang in wanted.split(",") if lang.strip()]
+    chosen = _requested(wanted)
+    missing = [lang for lang in chosen if lang not in present]
+    if missing:
+        log.info("eval: %s has no %s (it has %s)", task, ",".join(missing), ",".join(present))
     return [lang for lang in chosen if lang in present]
+
+
+def _grid_tasks(cfg, split: str, data_dir: pathlib.Path) -> list[tuple[str, list[str]]]:
+    """(task, languages) to evaluate on ``split``: tasks without a dev part are left out of dev evaluation, and a
+    requested language that no task has is an error (a typo would otherwise evaluate nothing)."""
+    grid = []
+    for task in cfg.tasks:
+        if split == "dev" and "dev" not in tasks.parts(task):
+            log.warning("eval dev: %s left out (it has no dev part; only test rows)", task)
+            continue
+        grid.append((task, _languages(task, cfg.languages, data_dir)))
+    if cfg.languages != "all":
+        found = {lang for _, languages in grid for lang in languages}
+        unknown = [lang for lang in _requested(cfg.languages) if lang not in found]
+        if unknown:
+            raise ValueError(f"config eval.languages: {','.join(unknown)} is in none of the tasks "
+                             f"{','.join(task for task, _ in grid)} under {data_dir}")
+    return grid
 
 
 def _load(cfg, task: str, language: str, part: str, data_dir: pathlib.Path) -> list[tasks.Item]:
@@ -107,7 +133,9 @@ def _run_one(scorer: Scorer, tokenizer, cfg, task: str, language: str, items, po
               "rows": len(prompts), "template": f"{template.task}/{template.name}/{template.language}",
               "prompt_language": prompt_language, "connector": connector, "accuracy": {}}
     predictions = {}
-    by_mode = {mode: values for mode, values in by_mode.items() if not np.isnan(values).any()}
+    if cfg.score_positions == "continuation":     # no reference-rule scores are computed (all NaN)
+        by_mode.pop("reference")
+    _check_finite(by_mode, items, owners, detail)
     for mode, values in by_mode.items():
         predictions[mode] = np.array([int(np.argmax(values[owners == i])) for i in range(len(items))])
         detail["accuracy"][mode] = float(np.mean(predictions[mode] == gold))
@@ -117,6 +145,16 @@ def _run_one(scorer: Scorer, tokenizer, cfg, task: str, language: str, items, po
              "scores": {mode: values[owners == i].round(6).tolist() for mode, values in by_mode.items()}}
             for i, item in enumerate(items)]
     return detail
+
+
+def _check_finite(by_mode: dict[str, np.ndarray], items, owners: np.ndarray, detail: dict) -> None:
+    """A NaN or infinite score would make an argmax meaningless: name where it happened."""
+    for mode, values in by_mode.items():
+        bad = sorted({int(owners[row]) for row in np.flatnonzero(~np.isfinite(values))})
+        if bad:
+            sources = ", ".join(items[i].source for i in bad[:3])
+            raise ValueError(f"eval {detail['task']} {detail['language']} {detail['shots']}-shot: {mode} scores are "
+                             f"not finite for {len(bad)} item(s), first {sources}")
 
 
 def evaluate_tasks(model: Any, tokenizer: Any, eval_cfg: ml_collections.ConfigDict, *, split: str = "test",
@@ -136,8 +174,8 @@ def evaluate_tasks(model: Any, tokenizer: Any, eval_cfg: ml_collections.ConfigDi
                     positions=eval_cfg.score_positions, cpu_compiler_options=eval_cfg.cpu_compiler_options.to_dict(),
                     cpu_vocab_block=eval_cfg.cpu_vocab_block)
     compiles_before, started, details = compile_count(), time.perf_counter(), []
-    for task in eval_cfg.tasks:
-        for language in _languages(task, eval_cfg.languages, data_dir):
+    for task, languages in _grid_tasks(eval_cfg, split, data_dir):
+        for language in languages:
             items = _load(eval_cfg, task, language, SPLITS[split], data_dir)
             items = items[:limit] if limit else items
             pool = _load(eval_cfg, task, _prompt_language(eval_cfg, language), "demo", data_dir)

@@ -3,7 +3,8 @@
 Each task reads three *parts* per language from the shared data directory:
 
 * ``test``: the evaluated set for final numbers;
-* ``dev``: the evaluated set for in-training model selection (never the test set, AFP_SPEC §7.4);
+* ``dev``: the evaluated set for in-training model selection (never the test set, AFP_SPEC §7.4); XWinograd has
+  none (its file is one set, every row a test row), so model selection leaves it out;
 * ``demo``: the demonstration pool.
 
 | task        | test                                | dev                                  | demo pool                  |
@@ -12,18 +13,19 @@ Each task reads three *parts* per language from the shared data directory:
 | pawsx       | test_2k                             | dev_2k                               | dev_2k                     |
 | xcopa       | test (en: COPA test)                | val (en: COPA train, no COPA val)    | val (en: COPA train)       |
 | xstorycloze | split_20_80_eval                    | split_20_80_train                    | split_20_80_train          |
-| xwinograd   | every row of the language           | a fixed seeded subset of the rows    | every row of the language  |
+| xwinograd   | every row of the language           | none                                 | every row of the language  |
 
 Where the evaluated set and the pool share items (every ``dev`` part, XWinograd ``test``), ``Item.key`` (the same for
 the translations of one item, e.g. the PAWS-X id) lets ``fewshot`` exclude the evaluated item from its own
-demonstrations, even when the pool is another language's translation.
+demonstrations, even when the pool is another language's translation. XWinograd's key is its English schema
+(punctuation and case aside): its jp and zh rows name theirs, and 971 of the 975 distinct ones are an English row's
+text (not: two reworded, two without an English row); fr/pt/ru rows name none and are keyed by line.
 Languages are discovered from the files present (never a fixed list).
 """
 from __future__ import annotations
 
 import dataclasses
 import pathlib
-import random
 import re
 from typing import Callable, Mapping
 
@@ -32,8 +34,6 @@ from xalign_jax.evaluation.xwinograd import read_xwinograd
 
 PARTS = ("test", "dev", "demo")
 XNLI_LABELS = ("entailment", "neutral", "contradiction")   # = HF label ids 0, 1, 2
-XWINOGRAD_DEV_SIZE = 100
-XWINOGRAD_DEV_SEED = 20240509
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,20 +178,23 @@ def _xwinograd_languages(root: pathlib.Path) -> list[str]:
     return sorted({row["language"] for _, _, row in _xwinograd_rows(root)})
 
 
+def _xwinograd_key(row: dict, lang: str, lineno: int) -> str:
+    if row["english"] is None:
+        return f"{lang}:{lineno}"
+    return "en:" + re.sub(r"\W+", " ", row["english"]).strip().casefold()
+
+
 def _xwinograd(root: pathlib.Path, lang: str, part: str) -> list[Item]:
-    items = [_item(f"{lang}:{lineno}", {k: row[k] for k in ("sentence_part1", "sentence_part2")}, row["label"],
-                   path, lineno, row["options"])
-             for path, lineno, row in _xwinograd_rows(root) if row["language"] == lang]
-    if part != "dev":
-        return items
-    chosen = sorted(random.Random(XWINOGRAD_DEV_SEED).sample(range(len(items)), min(XWINOGRAD_DEV_SIZE, len(items))))
-    return [items[i] for i in chosen]
+    return [_item(_xwinograd_key(row, lang, lineno), {k: row[k] for k in ("sentence_part1", "sentence_part2")},
+                  row["label"], path, lineno, row["options"])
+            for path, lineno, row in _xwinograd_rows(root) if row["language"] == lang]
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
     languages: Callable[[pathlib.Path], list[str]]
     load: Callable[[pathlib.Path, str, str], list[Item]]
+    has_dev: bool = True        # a dev part disjoint from the test part (model selection)
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -199,7 +202,7 @@ TASKS: dict[str, TaskSpec] = {
     "pawsx": TaskSpec(_pawsx_languages, _pawsx),
     "xcopa": TaskSpec(_xcopa_languages, _xcopa),
     "xstorycloze": TaskSpec(_xstorycloze_languages, _xstorycloze),
-    "xwinograd": TaskSpec(_xwinograd_languages, _xwinograd),
+    "xwinograd": TaskSpec(_xwinograd_languages, _xwinograd, has_dev=False),
 }
 
 
@@ -214,10 +217,18 @@ def available_languages(task: str, data_dir: pathlib.Path | str | None = None) -
     return _spec(task).languages(pathlib.Path(data_dir or default_data_dir()))
 
 
+def parts(task: str) -> tuple[str, ...]:
+    """The parts ``task`` has: all of ``PARTS``, or no ``dev`` (XWinograd)."""
+    return PARTS if _spec(task).has_dev else tuple(p for p in PARTS if p != "dev")
+
+
 def load_part(task: str, language: str, part: str, data_dir: pathlib.Path | str | None = None) -> list[Item]:
     """Items of one ``part`` ("test" | "dev" | "demo") of ``task`` in ``language``."""
     if part not in PARTS:
         raise ValueError(f"part {part!r}: expected one of {PARTS}")
+    if part not in parts(task):
+        raise ValueError(f"{task} has no {part} part: every row of its file is a test row, so it cannot select "
+                         "models without selecting on the test set (AFP_SPEC §7.4)")
     root = pathlib.Path(data_dir or default_data_dir())
     languages = available_languages(task, root)
     if language not in languages:

@@ -58,7 +58,7 @@ def prepare_task(task: str, language: str, data_dir: pathlib.Path | str | None =
     root = pathlib.Path(tfds_dir or default_tfds_dir()) / name / VERSION
     root.mkdir(parents=True, exist_ok=True)
     features, splits = _features(), []
-    for part in tasks.PARTS:
+    for part in tasks.parts(task):
         records = [features.serialize_example(_encode(item)) for item in tasks.load_part(task, language, part,
                                                                                            data_dir)]
         writer = ArrayRecordWriter(str(root / f"{name}-{part}.array_record-00000-of-00001"), "group_size:1")

@@ -5,6 +5,10 @@ the reference is ``sentence`` with the pronoun replaced by ``_``, ``option1``/``
 character offsets by locating each token in the raw text in order (NLTK writes quotes as `````` / ``''``), then cut
 the text around the pronoun's span: ``sentence_part1`` + candidate + ``sentence_part2`` is the schema with the
 pronoun replaced by the candidate. Deterministic, no derived files written.
+
+Language codes are the file's, except ``jp``, which becomes ISO 639-1 ``ja`` as in every other task (PAWS-X). Each
+row also keeps the English schema it translates (column 3, or its own text for an English row; ``None`` where
+the file does not say, fr/pt/ru), so that a translation and its original share one item key.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from xalign_jax.evaluation.readers import SourceError, read_tsv, require_text
 
 _QUOTE_TOKENS = {"``": ('"', "“", "«"), "''": ('"', "”", "»")}
 COLUMNS = 7
+ISO_LANGUAGE = {"jp": "ja"}
 
 
 def _token_offsets(text: str, tokens: list[str], path: pathlib.Path, lineno: int) -> list[tuple[int, int]]:
@@ -60,7 +65,7 @@ def _candidates(value: Any, path: pathlib.Path, lineno: int) -> tuple[tuple[str,
 
 
 def convert_row(row: list[str], path: pathlib.Path, lineno: int) -> dict[str, Any]:
-    """One raw row -> {language, sentence_part1, sentence_part2, options, label}."""
+    """One raw row -> {language, english, sentence_part1, sentence_part2, options, label}."""
     text = require_text(row[3], path, lineno, "text")
     tokens = _json_column(row[4], path, lineno, "tokens")
     pronoun = _json_column(row[5], path, lineno, "pronoun")
@@ -69,7 +74,9 @@ def convert_row(row: list[str], path: pathlib.Path, lineno: int) -> dict[str, An
     start, end = _span(pronoun[1], path, lineno, "pronoun", len(tokens))
     offsets = _token_offsets(text, tokens, path, lineno)
     options, label = _candidates(_json_column(row[6], path, lineno, "candidates"), path, lineno)
-    return {"language": row[0], "sentence_part1": text[:offsets[start][0]],
+    english = text if row[0] == "en" else (None if row[2] == "?" else row[2])
+    return {"language": ISO_LANGUAGE.get(row[0], row[0]), "english": english,
+            "sentence_part1": text[:offsets[start][0]],
             "sentence_part2": text[offsets[end - 1][1]:], "options": options, "label": label}
 
 
