@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.train_fixtures import tiny_train_config, train_tiny_tokenizer
+from xalign_jax import checkpoint as ckpt_lib
 from xalign_jax import config_defaults, config_validation, train, training_data, xla_options
 
 
@@ -70,6 +71,42 @@ def test_restore_onto_a_different_mesh(tokenizer_dir, shared_data, tmp_path):
             np.testing.assert_array_equal(a, b)
     finally:
         restored.close()
+
+
+def test_best_step_is_the_highest_kept_score_not_the_latest(tmp_path):
+    checkpointer = ckpt_lib.Checkpointer(tmp_path, keep=1, keep_best=1)
+    try:
+        for step, score in ((1, 5.0), (2, 1.0), (3, 0.0), (4, None)):
+            checkpointer.save(step, {"w": jnp.full((2,), float(step))}, {"pos": step}, {"step": step},
+                              selection_score=score)
+            checkpointer.wait()
+        assert checkpointer.all_steps() == [1, 4] and checkpointer.best_step() == 1
+    finally:
+        checkpointer.close()
+
+
+def test_checkpoints_are_scored_by_their_own_step_and_throughput_skips_saves(tokenizer_dir, shared_data, tmp_path):
+    """A checkpoint step is logged before its save, so its score is its own loss; the save's seconds stay out of
+    every row's throughput; a finished run started again saves nothing twice."""
+    config = tiny_train_config(tokenizer_dir, shared_data, steps=6, checkpoint_every=2, log_every=3,
+                               keep_checkpoints=3)
+    _run(config, tmp_path)
+    rows = {row["step"]: row for row in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+            if "train/loss" in row}
+    assert sorted(rows) == [2, 3, 4, 6]
+    checkpointer = ckpt_lib.Checkpointer(tmp_path / "checkpoints")
+    try:
+        assert checkpointer.all_steps() == [2, 4, 6]
+        for step in (2, 4, 6):
+            metrics = checkpointer.restore_meta(step)["metrics"]
+            assert metrics["step"] == step and metrics["loss"] == pytest.approx(rows[step]["train/loss"])
+        assert checkpointer.best_step() == min((2, 4, 6), key=lambda s: rows[s]["train/loss"])
+    finally:
+        checkpointer.close()
+    step_times = [row["train/step_time_s"] for row in rows.values()]
+    assert min(step_times) > 0 and max(step_times) < 100 * min(step_times), step_times
+    _, summary = _run(config, tmp_path)
+    assert summary["steps"] == 6 and summary["steps_this_run"] == 0
 
 
 def test_sigterm_writes_a_final_checkpoint_and_exits_cleanly(tokenizer_dir, shared_data, tmp_path):

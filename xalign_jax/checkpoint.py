@@ -34,8 +34,10 @@ class Checkpointer:
             policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=keep_best,
                            keep_checkpoints_without_metrics=False),
         ])
+        # best_fn is what best_step() ranks by; without it Orbax answers the latest step whatever the policy kept.
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, enable_async_checkpointing=async_save, create=True)
+            preservation_policy=policy, best_fn=lambda m: m[BEST_METRIC], best_mode="max",
+            enable_async_checkpointing=async_save, create=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options,
                                               item_names=("state", "data", "meta"))
 
@@ -43,6 +45,7 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def best_step(self) -> int | None:
+        """The kept step with the highest selection score; None when no kept step has one."""
         return self._manager.best_step()
 
     def all_steps(self) -> list[int]:

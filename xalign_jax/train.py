@@ -206,21 +206,23 @@ class Trainer:
                 self.state, step_metrics = self.step_fn(self.state, batch)
                 step += 1
                 window.add(host_batch, self.flops, self.config.objective)
-                window.pause(self.step_fn.compile_seconds - compile_seconds)
+                self._clock.pause(self.step_fn.compile_seconds - compile_seconds)
                 if pending is not None:   # the previous log step has finished by now: fetching it costs no stall
                     last_scalars = self._log(writer, progress, *pending)
                     pending = None
-                if step % tcfg.log_every == 0 or step == end_step:
+                checkpoint_now = step % tcfg.checkpoint_every == 0 and step < end_step
+                if step % tcfg.log_every == 0 or step == end_step or checkpoint_now or preemption.requested:
                     pending = (step, step_metrics, window.take())
-                paused_from = time.perf_counter()
                 if self.evaluator is not None and tcfg.eval_every and step % tcfg.eval_every == 0:
-                    self._evaluate(writer, step)
-                if step % tcfg.checkpoint_every == 0 and step < end_step:
-                    self._save(step, last_scalars)
-                window.pause(time.perf_counter() - paused_from)
+                    self._paused(self._evaluate, writer, step)
+                if checkpoint_now:        # the save waits for this step anyway: its own metrics score it
+                    last_scalars = self._log(writer, progress, *pending)
+                    pending = None
+                    self._paused(self._save, step, last_scalars)
             if pending is not None:
                 last_scalars = self._log(writer, progress, *pending)
-            self._save(step, last_scalars, force=True)
+            if step not in self.checkpointer.all_steps():   # a preemption may land right after a periodic save
+                self._save(step, last_scalars, force=True)
         finally:
             self.checkpointer.wait()
             preemption.restore()
@@ -228,17 +230,24 @@ class Trainer:
         return self._summary(start_step, step, time.perf_counter() - wall_start, last_scalars,
                              preempted=preemption.requested)
 
+    def _paused(self, work, *args) -> None:
+        """Run host-side ``work`` (an evaluation, a checkpoint save) with its seconds kept out of throughput."""
+        started = time.perf_counter()
+        work(*args)
+        self._clock.pause(time.perf_counter() - started)
+
     def _log(self, writer, progress, step: int, device_metrics: dict, window: dict) -> dict:
         scalars = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
         if scalars.get("clm_unscored", 0):
             raise RuntimeError(f"step {step}: {scalars['clm_unscored']:.0f} supervised CLM tokens exceeded "
                                "data.supervised_cap and were not scored (the packer's cap should prevent this)")
-        seconds = max(self._clock.lap() - window["paused"], 1e-9)   # device time of the window, compiles excluded
+        seconds = max(self._clock.lap(), 1e-9)   # the window's device time: compiles, evaluations, saves excluded
         scalars["step_time_s"] = seconds / max(window["steps"], 1)
         scalars["tokens_per_s"] = window["tokens"] / seconds
         scalars["mfu"] = window["flops"] / seconds / self.peak_flops
         scalars["compiles"] = self.step_fn.num_compiles
         writer.write(step, scalars, prefix="train/")
+        scalars["step"] = step
         if self.is_main:
             progress.report(step, {
                 "loss": f"{scalars['loss']:.4f}", "cl": f"{scalars['cl_loss']:.4f}",
@@ -251,12 +260,19 @@ class Trainer:
     def _evaluate(self, writer, step: int) -> None:
         results = self.evaluator(self.model, self.tokenizer, self.state["params"])
         writer.write(step, {k: v for k, v in results.items() if isinstance(v, (int, float))}, prefix="dev/")
-        self._dev_score = results.get("avg_zero")
+        self._dev_score = (step, results.get("avg_zero"))
+
+    def _selection_score(self, step: int, last_scalars: dict) -> float | None:
+        """Higher is better. With dev evaluations, only a dev score of this very step (a checkpoint without one
+        is kept as latest but never ranked: dev accuracy and training loss are not one scale); without, the
+        negated training loss of this step."""
+        if self.evaluator is not None and self.config.train.eval_every:
+            scored_step, score = getattr(self, "_dev_score", (None, None))
+            return score if scored_step == step else None
+        return -last_scalars["loss"] if last_scalars.get("step") == step else None
 
     def _save(self, step: int, last_scalars: dict, force: bool = False) -> None:
-        score = getattr(self, "_dev_score", None)
-        if score is None and "loss" in last_scalars:
-            score = -last_scalars["loss"]      # until a dev metric exists, lower training loss is "better"
+        score = self._selection_score(step, last_scalars)
         meta = {"config": json.loads(self.config.to_json_best_effort()), "metrics": last_scalars, "step": step}
         self.checkpointer.save(step, self.state, self.batches.get_state(), meta, selection_score=score, force=force)
 
@@ -277,14 +293,13 @@ class Trainer:
 
 
 class _ThroughputWindow:
-    """Host-side token and FLOP counts of the steps between two log steps (no device reads), and the seconds in
-    that span that were not device work (compiles, evaluations, checkpoint saves)."""
+    """Host-side token and FLOP counts of the steps between two log steps (no device reads)."""
 
     def __init__(self):
         self._reset()
 
     def _reset(self):
-        self.steps, self.tokens, self.flops, self.paused = 0, 0, 0.0, 0.0
+        self.steps, self.tokens, self.flops = 0, 0, 0.0
 
     def add(self, host_batch: dict, flops: metrics_lib.ModelFlops, ocfg: Any) -> None:
         clm_tokens = int(np.asarray(host_batch["clm_segment_ids"] > 0).sum())
@@ -297,25 +312,28 @@ class _ThroughputWindow:
             cl_seq=host_batch["sent0_ids"].shape[1], cl_layers=layer,
             head_tokens=int(np.asarray(host_batch["clm_weights"] > 0).sum()))
 
-    def pause(self, seconds: float) -> None:
-        self.paused += seconds
-
     def take(self) -> dict:
-        out = {"steps": self.steps, "tokens": self.tokens, "flops": self.flops, "paused": self.paused}
+        out = {"steps": self.steps, "tokens": self.tokens, "flops": self.flops}
         self._reset()
         return out
 
 
 class _LapClock:
-    """Seconds between consecutive metric fetches. A log step's metrics arrive when that step has RUN, so laps
-    measure device time; timing dispatches instead would measure only the asynchronous enqueue."""
+    """Seconds between consecutive metric fetches, less the host work paused within them (compiles, evaluations,
+    saves). A log step's metrics arrive when that step has RUN, so laps measure device time; timing dispatches
+    instead would measure only the asynchronous enqueue. A pause counts in the lap it happens in."""
 
     def __init__(self):
         self._last = time.perf_counter()
+        self._paused = 0.0
+
+    def pause(self, seconds: float) -> None:
+        self._paused += seconds
 
     def lap(self) -> float:
         now = time.perf_counter()
-        seconds, self._last = now - self._last, now
+        seconds, self._last = now - self._last - self._paused, now
+        self._paused = 0.0
         return seconds
 
 
