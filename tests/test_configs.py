@@ -75,3 +75,17 @@ def test_an_evaluator_size_below_one_is_refused_in_every_mode(key):
     for mode in ("train", "eval"):
         with pytest.raises(config_validation.ConfigError, match=f"config eval.{key}: must be positive, got 0"):
             config_validation.validate(config, mode=mode, num_devices=1)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("micro_batches", 0, "must be positive, got 0"), ("log_every", 0, "must be positive, got 0"),
+    ("checkpoint_every", 0, "must be positive, got 0"), ("batch_size", 0, "must be positive, got 0"),
+    ("steps", 0, "must be positive, got 0"), ("grad_clip", -1.0, "must be 0 or positive, got -1.0"),
+    ("warmup_steps", -5, "must be 0 or positive, got -5"), ("lr", -1e-5, "must be 0 or positive, got -1e-05"),
+    ("end_lr_ratio", 1.5, r"must be within \[0, 1\], got 1.5"),
+])
+def test_train_numbers_that_cannot_work_are_refused_before_anything_loads(key, value, message):
+    config = load_config("demo.py", None)
+    config.train[key] = value
+    with pytest.raises(config_validation.ConfigError, match=f"^config train.{key}: {message}$"):
+        config_validation.validate(config, mode="train", num_devices=1)

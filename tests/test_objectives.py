@@ -55,8 +55,9 @@ def test_pool_matches_numpy_loop(method, side):
 def test_pool_of_an_empty_row_is_zero_not_nan():
     hidden = jnp.ones((2, 3, 4))
     mask = jnp.array([[1, 1, 0], [0, 0, 0]])
-    for method in ("avg", "max"):
-        assert np.all(np.asarray(objectives.pool(hidden, mask, method))[1] == 0.0)
+    for method in ("last", "avg", "max"):
+        pooled = np.asarray(objectives.pool(hidden, mask, method))
+        assert np.all(pooled[1] == 0.0) and np.all(pooled[0] == 1.0), method
 
 
 def _torch_reference_loss(z0: np.ndarray, z1: np.ndarray, temperature: float, symmetric: bool):

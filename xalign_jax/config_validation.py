@@ -80,13 +80,12 @@ def validate(config: Any, *, mode: str, num_devices: int | None = None) -> None:
         return
     batch_shards = data * fsdp
     train, data_cfg = config.train, config.data
+    _validate_train_numbers(train)
     for key, value in (("train.batch_size", train.batch_size), ("data.clm_rows", data_cfg.clm_rows)):
         if value % (batch_shards * train.micro_batches):
             _fail(key, f"{value} is not divisible by data*fsdp*micro_batches = "
                        f"{batch_shards}*{train.micro_batches}")
     _validate_supervised_groups(data_cfg, batch_shards, train.micro_batches)
-    if train.steps <= 0:
-        _fail("train.steps", f"must be positive, got {train.steps}")
     if train.warmup_steps > train.steps:
         _fail("train.warmup_steps", f"{train.warmup_steps} exceeds train.steps = {train.steps}")
     _validate_data_source(config)
@@ -95,6 +94,19 @@ def validate(config: Any, *, mode: str, num_devices: int | None = None) -> None:
     pool_layer(config.objective.pooler)
     if config.objective.temperature <= 0:
         _fail("objective.temperature", f"must be positive, got {config.objective.temperature}")
+
+
+def _validate_train_numbers(train: Any) -> None:
+    """Counts that are divisors or cadences must be positive; rates and thresholds must not flip a sign (a
+    negative grad_clip would reverse every gradient, a negative warmup shift the schedule)."""
+    for key in ("steps", "batch_size", "micro_batches", "log_every", "checkpoint_every"):
+        if int(train[key]) < 1:
+            _fail(f"train.{key}", f"must be positive, got {train[key]}")
+    for key in ("warmup_steps", "eval_every", "lr", "grad_clip", "weight_decay"):
+        if train[key] < 0:
+            _fail(f"train.{key}", f"must be 0 or positive, got {train[key]}")
+    if not 0 <= train.end_lr_ratio <= 1:
+        _fail("train.end_lr_ratio", f"must be within [0, 1], got {train.end_lr_ratio}")
 
 
 def _validate_data_source(config: Any) -> None:

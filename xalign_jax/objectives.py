@@ -50,7 +50,8 @@ def pool(hidden: jax.Array, mask: jax.Array, method: str) -> jax.Array:
     hidden = hidden.astype(jnp.float32)
     if method == "last":
         index = last_token_index(valid)
-        return jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0]
+        picked = jnp.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0]
+        return jnp.where(valid.any(axis=1, keepdims=True), picked, 0.0)
     if method == "avg":
         count = jnp.maximum(valid.sum(axis=1, keepdims=True), 1).astype(jnp.float32)
         return jnp.where(valid[..., None], hidden, 0.0).sum(axis=1) / count

@@ -31,7 +31,7 @@ SPLITS = {"test": "test", "dev": "dev"}
 def default_eval_config() -> ml_collections.ConfigDict:
     """Defaults = the reference's shipped setting extended to the five tasks (en + zh, English prompts)."""
     return ml_collections.ConfigDict({
-        "enabled": False, "before_training": False, "after_training": False,
+        "before_training": False, "after_training": False,
         "tasks": ("xnli", "pawsx", "xcopa", "xstorycloze", "xwinograd"),
         "languages": "en,zh",          # comma list, or "all" = every language whose files exist, per task
         "shots": (0, 5),
