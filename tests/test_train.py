@@ -192,6 +192,21 @@ def test_gradient_accumulation_keeps_the_exact_token_mean(tokenizer_dir, shared_
     np.testing.assert_allclose(ours[0]["train/clm_loss"], reference[0]["train/clm_loss"], rtol=2e-5)
 
 
+def test_accumulation_gives_the_same_steps_on_any_mesh(tokenizer_dir, shared_data, tmp_path):
+    """2 micro-batches on 8 data shards and on (data=2, fsdp=2, tensor=2): the shard-major layout gives every
+    device a part of each micro-batch, and each micro-batch is still the same block of records (the contrastive
+    loss, whose negatives are the micro-batch's, matches too)."""
+    configs = [tiny_train_config(tokenizer_dir, shared_data, checkpoint_every=100, batch_size=16, micro_batches=2)
+               for _ in range(2)]
+    configs[1].mesh.update(dict(data=2, fsdp=2, tensor=2))
+    for config in configs:
+        config.data.clm_rows = 16
+    reference = _first_losses(configs[0], tmp_path / "a")
+    for ours, theirs in zip(_first_losses(configs[1], tmp_path / "b"), reference, strict=True):
+        for key in ("train/loss", "train/cl_loss", "train/clm_loss", "train/grad_norm"):
+            np.testing.assert_allclose(ours[key], theirs[key], rtol=2e-5, err_msg=key)
+
+
 def test_supervised_only_cross_entropy_gives_the_same_steps(tokenizer_dir, shared_data, tmp_path):
     """data.supervised_cap = 2 x seq_len per group of 2 rows (a cap that never binds, so the packing is identical),
     on a mesh with 2 rows per data shard: gathering each group's supervised positions before the LM head changes

@@ -138,16 +138,17 @@ class Trainer:
         self.graphdef, params = nnx.split(self.model, nnx.Param)
         self.examples = load_training_examples(config, self.tokenizer, self.workdir,
                                                vocab_size=self.model.config.vocab_size)
+        batch_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         self.batches = pipeline.make_batches(self.examples, config.data, config.train, seed=config.train.seed,
                                              process_index=jax.process_index(),
-                                             process_count=jax.process_count())
+                                             process_count=jax.process_count(), batch_shards=batch_shards)
         tx, self.schedule = train_step.make_optimizer(config.train)
         self.state = init_train_state(params, tx, self.mesh, config.train.seed)
         self.state_shardings = jax.tree.map(lambda x: x.sharding, self.state)
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         step_fn = train_step.make_train_step(self.graphdef, tx, self.schedule, config.objective,
                                              config.train.micro_batches, config.data.supervised_cap,
-                                             config.data.supervised_group_rows)
+                                             config.data.supervised_group_rows, batch_shards)
         options = xla_options.usable(config.train.cpu_compiler_options.to_dict(), self.mesh.devices.flat[0].platform)
         self.step_fn = CompiledSteps(step_fn, self.state_shardings, self.batch_sharding, options)
         self.flops = metrics_lib.ModelFlops.from_config(self.model.config)

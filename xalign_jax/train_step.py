@@ -80,9 +80,20 @@ def make_optimizer(tcfg: Any) -> tuple[optax.GradientTransformation, optax.Sched
     return tx, schedule
 
 
-def _split_micro(batch: Batch, num_micro: int) -> Batch:
-    """[N, ...] -> [num_micro, N / num_micro, ...] for every batch array."""
-    return {k: v.reshape((num_micro, v.shape[0] // num_micro) + v.shape[1:]) for k, v in batch.items()}
+def split_micro(batch: Batch, num_micro: int, batch_shards: int = 1) -> Batch:
+    """[N, ...] -> [num_micro, N / num_micro, ...] for every batch array, micro-batch m being the step's m-th
+    contiguous block of records (rows), whatever the mesh.
+
+    The pipeline lays the batch out shard-major (``pipeline.micro_batch_layout``): each of the ``batch_shards``
+    data shards holds its slice of EVERY micro-batch, so this reshape moves no data between devices and every
+    device works on every micro-batch. A plain [num_micro, N / num_micro] reshape of the contiguous layout put
+    micro-batch m on 1 / num_micro of the devices: XLA gathered it there and the whole mesh computed it, so
+    accumulation saved no memory and cost num_micro times the compute."""
+    def split(v: jax.Array) -> jax.Array:
+        per = v.shape[0] // (batch_shards * num_micro)
+        v = v.reshape((batch_shards, num_micro, per) + v.shape[1:]).swapaxes(0, 1)
+        return v.reshape((num_micro, batch_shards * per) + v.shape[3:])
+    return {k: split(v) for k, v in batch.items()}
 
 
 def afp_losses(model: nnx.Module, batch: Batch, rng: jax.Array, ocfg: Any, supervised_cap: int = 0,
@@ -115,9 +126,10 @@ def afp_losses(model: nnx.Module, batch: Batch, rng: jax.Array, ocfg: Any, super
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    ocfg: Any, num_micro: int, supervised_cap: int = 0,
-                    supervised_group_rows: int = 1) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+                    ocfg: Any, num_micro: int, supervised_cap: int = 0, supervised_group_rows: int = 1,
+                    batch_shards: int = 1) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """Build the pure step function; ``ocfg`` is the objective config, ``num_micro`` the accumulation count,
+    ``batch_shards`` the mesh's data x fsdp size (the batch's layout, ``split_micro``),
     ``supervised_cap`` and ``supervised_group_rows`` the packer's cap (``data.supervised_cap`` per group of
     ``data.supervised_group_rows`` rows; a cap of 0 = the CE sees every position)."""
 
@@ -138,7 +150,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         rng, step_rng = jax.random.split(state["rng"])
         params = state["params"]
         total_tokens = jnp.maximum(batch["clm_weights"].sum(), 1.0)
-        micro = _split_micro(batch, num_micro)
+        micro = split_micro(batch, num_micro, batch_shards)
 
         def accumulate(carry, xs):
             grads_acc, metrics_acc = carry

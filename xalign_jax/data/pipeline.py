@@ -18,6 +18,7 @@ whole corpus tokenized up front, batching is a handful of numpy copies per step.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Sequence
 
 import jax
@@ -32,12 +33,13 @@ STATE_VERSION = 1
 MAX_QUEUED_STEPS = 8     # CLM tokens waiting in the carry queue, in steps' worth of rows (R * T), before an error
 
 
-def _check_divisible(batch_size: int, clm_rows: int, process_count: int, micro_batches: int) -> None:
-    shards = process_count * micro_batches
+def _check_divisible(batch_size: int, clm_rows: int, process_count: int, batch_shards: int,
+                     micro_batches: int) -> None:
+    shards = math.lcm(process_count, batch_shards)
     for key, value in (("train.batch_size", batch_size), ("data.clm_rows", clm_rows)):
-        if value % shards:
-            raise ValueError(f"config {key}: {value} is not divisible by process_count * train.micro_batches = "
-                             f"{process_count} * {micro_batches}")
+        if value % (shards * micro_batches):
+            raise ValueError(f"config {key}: {value} is not divisible by process_count / data shards * "
+                             f"train.micro_batches = {shards} * {micro_batches}")
 
 
 def _check_supervised_cap(counts: Sequence[int], batch_size: int, clm_rows: int, cap: int, group_rows: int,
@@ -74,6 +76,15 @@ def _check_capacity(corpus: TokenizedCorpus, batch_size: int, clm_rows: int, seq
                          f"without bound); use at least {need} rows or a smaller train.batch_size")
 
 
+def micro_batch_layout(total: int, micro_batches: int, batch_shards: int) -> np.ndarray:
+    """The order in which the step's ``total`` records (or rows) lie along the global batch axis: shard-major,
+    data shard d holding its slice of every micro-batch (micro-batch m = the step's m-th contiguous block), so that
+    ``train_step.split_micro`` gives every device a part of every micro-batch. The identity for one micro-batch
+    or one shard."""
+    per = total // (micro_batches * batch_shards)
+    return np.arange(total).reshape(micro_batches, batch_shards, per).transpose(1, 0, 2).reshape(-1)
+
+
 def pick_bucket(length: int, buckets: Sequence[int]) -> int:
     """The smallest bucket that holds ``length`` tokens."""
     for bucket in sorted(buckets):
@@ -97,7 +108,7 @@ class BatchIterator:
     """Endless iterator of this process's local batch slices; ``get_state``/``set_state`` make it resumable."""
 
     def __init__(self, corpus: TokenizedCorpus, data_cfg: Any, train_cfg: Any, *, seed: int,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1, batch_shards: int = 1):
         self.corpus = corpus
         self.batch_size, self.rows = int(train_cfg.batch_size), int(data_cfg.clm_rows)
         self.seq_len = int(data_cfg.seq_len)
@@ -105,7 +116,8 @@ class BatchIterator:
         self.mode = str(data_cfg.packing)
         if self.mode not in packing.PACKING_MODES:
             raise ValueError(f"config data.packing: {self.mode!r} is not one of {packing.PACKING_MODES}")
-        _check_divisible(self.batch_size, self.rows, process_count, int(train_cfg.micro_batches))
+        self.micro_batches, self.batch_shards = int(train_cfg.micro_batches), int(batch_shards)
+        _check_divisible(self.batch_size, self.rows, process_count, self.batch_shards, self.micro_batches)
         _check_capacity(corpus, self.batch_size, self.rows, self.seq_len)
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} is outside 0..{process_count - 1}")
@@ -189,17 +201,19 @@ class BatchIterator:
                 self._state["cursor"] = 0
         return drawn
 
-    def _local(self, total: int) -> slice:
+    def _local(self, total: int) -> np.ndarray:
+        """This process's contiguous part of the step's items in ``micro_batch_layout`` order."""
         size = total // self.process_count
-        return slice(self.process_index * size, (self.process_index + 1) * size)
+        order = micro_batch_layout(total, self.micro_batches, self.batch_shards)
+        return order[self.process_index * size:(self.process_index + 1) * size]
 
     def __next__(self) -> dict[str, np.ndarray]:
         records = self._draw_records()
         queue = self._state["queue"] + [[i, 0] for i in records if self._clm_lengths[i]]
         plan, left = self._plan(queue)
         length = pick_bucket(max(self._sent_lengths[i] for i in records), self.buckets)
-        batch = self._contrastive(records[self._local(self.batch_size)], length)
-        batch.update(packing.fill_rows(plan[self._local(self.rows)], self._clm_ids, self._clm_labels,
+        batch = self._contrastive([records[i] for i in self._local(self.batch_size)], length)
+        batch.update(packing.fill_rows([plan[i] for i in self._local(self.rows)], self._clm_ids, self._clm_labels,
                                        seq_len=self.seq_len, pad_id=self.corpus.pad_id,
                                        one_segment_per_row=self.mode == "reference"))
         self._advance(records, plan, left)
@@ -240,10 +254,11 @@ class BatchIterator:
 
 
 def make_batches(corpus: TokenizedCorpus, data_cfg: Any, train_cfg: Any, *, seed: int, process_index: int = 0,
-                 process_count: int = 1) -> BatchIterator:
-    """The trainer's entry point: an endless, resumable iterator of this process's local batch slices."""
+                 process_count: int = 1, batch_shards: int = 1) -> BatchIterator:
+    """The trainer's entry point: an endless, resumable iterator of this process's local batch slices, laid out
+    for ``batch_shards`` data shards (the mesh's data x fsdp size)."""
     return BatchIterator(corpus, data_cfg, train_cfg, seed=seed, process_index=process_index,
-                         process_count=process_count)
+                         process_count=process_count, batch_shards=batch_shards)
 
 
 def to_global(host_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
