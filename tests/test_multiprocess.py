@@ -6,16 +6,19 @@ Three real runs of ``python -m xalign_jax.main`` on the demo config (same global
   3. 1 process, 8 devices, resuming the 2-process run's work directory to step 3.
 Per-step losses of (2) must equal (1), there must be one checkpoint of step 2, and the resumed step 3 must equal the
 reference's step 3 (train state and data position restored). A constant learning rate keeps the schedule
-independent of ``train.steps``.
+independent of ``train.steps``. A second test sends SIGTERM to one of two processes: both must stop at one step.
 """
 from __future__ import annotations
 
 import json
 import os
 import pathlib
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -95,3 +98,32 @@ def test_two_processes_match_one_and_share_a_checkpoint(tmp_path):
     _run_all([(multi, ["--config.train.steps=3", f"--config.data.train_file={train_file}"], 8, "resumed")])
     assert "resumed from step 2" in (multi / "train.log").read_text()
     assert _losses(multi)[3] == pytest.approx(expected[3], rel=1e-5)
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_with_a_checkpoint(tmp_path):
+    """Preemption reaches the workers of a job at different times (or only some of them): both processes must
+    stop after the same step, save it together and exit cleanly, instead of one entering the checkpoint save
+    while the other runs the next step's collectives."""
+    reference = tmp_path / "one_process"
+    _run_all([(reference, ["--config.train.steps=1"], 8, "reference")])
+    workdir = tmp_path / "two_processes"
+    args = ["--config.train.steps=100000", f"--config.data.train_file={reference / 'data' / 'train.jsonl'}",
+            f"--coordinator_address=127.0.0.1:{_free_port()}", "--num_processes=2"]
+    started = [_start(workdir, [*args, f"--process_id={i}"], 4, f"process{i}") for i in range(2)]
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not (workdir / "metrics.jsonl").exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        started[1][0].send_signal(signal.SIGTERM)
+        codes = [process.wait(timeout=RUN_TIMEOUT_S) for process, _ in started]
+    finally:
+        for process, _ in started:
+            if process.poll() is None:
+                process.kill()
+    logs = [log.read_text() for _, log in started]
+    assert codes == [0, 0], "\n\n".join(text[-3000:] for text in logs)
+    stops = [re.search(r"every process stops after step (\d+)", text) for text in logs]
+    assert all(stops) and stops[0].group(1) == stops[1].group(1), [s and s.group(0) for s in stops]
+    step = int(stops[0].group(1))
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [step]
+    assert json.loads((workdir / "summary.json").read_text())["preempted"] is True

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from xalign_jax import checkpoint as ckpt_lib
 from xalign_jax import config_validation
@@ -71,18 +72,38 @@ def load_for_inference(config: Any, workdir: pathlib.Path):
 
 
 class Preemption:
-    """Turns SIGTERM (TPU/GPU preemption notice) into a flag the loop polls: final checkpoint, clean exit."""
+    """SIGTERM (the TPU/GPU preemption notice) -> stop after a step, with a final checkpoint and a clean exit.
+
+    One process: a Python handler sets the flag. Several: JAX's preemption service (its notifier catches SIGTERM
+    in whichever processes get it) agrees on ONE step for all, polled every step. Per-process flags would let
+    processes that saw the signal at different steps split between the collective checkpoint save and the next
+    step's collectives, and hang. So no Python handler then: it would replace the service's.
+    """
 
     def __init__(self):
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._service = jax.process_count() > 1
+        self._previous = None if self._service else signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         log.warning("SIGTERM received: will checkpoint and exit after the current step")
         self.requested = True
 
+    def check(self, step: int) -> bool:
+        """Whether to stop after ``step``; with several processes, true on all of them at the same step."""
+        if self._service and not self.requested:
+            try:
+                self.requested = multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError as error:      # jax_enable_preemption_service off: nothing to agree with
+                log.warning("no preemption service (%s): SIGTERM will end the job without a checkpoint", error)
+                self._service = False
+            if self.requested:
+                log.warning("preemption notice: every process stops after step %d with a checkpoint", step)
+        return self.requested
+
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 class CompiledSteps:
@@ -206,6 +227,7 @@ class Trainer:
                 compile_seconds = self.step_fn.compile_seconds
                 self.state, step_metrics = self.step_fn(self.state, batch)
                 step += 1
+                preemption.check(step)
                 window.add(host_batch, self.flops, self.config.objective)
                 self._clock.pause(self.step_fn.compile_seconds - compile_seconds)
                 if pending is not None:   # the previous log step has finished by now: fetching it costs no stall
