@@ -187,6 +187,40 @@ def test_dev_evaluation_leaves_out_tasks_without_a_dev_part_and_unknown_language
         runner._grid_tasks(cfg, "test", shared_data)
 
 
+class _RecordingScorer:
+    """Stands in for the model: records each row's token ids and scores every row 0 (this test checks which
+    demonstrations the runner puts in front of which item, not any score)."""
+
+    def __init__(self):
+        self.rows = []
+
+    def score(self, rows, params=None):
+        self.rows = rows
+        zeros = np.zeros(len(rows))
+        return scorer.RowScores(zeros, zeros, np.ones(len(rows)), np.ones(len(rows)))
+
+
+def test_an_item_among_the_shared_demonstrations_gets_its_own_without_itself(shared_data):
+    """5-shot PAWS-X en dev: the items that are themselves among the seed's shared demonstrations get another
+    sample, excluding them; every other item gets the shared ones."""
+    tok = xlmr_tokenizer()
+    pool = tasks.load_part("pawsx", "en", "demo", shared_data)
+    shared = fewshot.select_demos(pool, 5, 0)
+    items = shared[:2] + [item for item in tasks.load_part("pawsx", "en", "dev", shared_data)
+                          if item.key not in {d.key for d in shared}][:2]
+    cfg = runner.default_eval_config()
+    recording = _RecordingScorer()
+    runner._run_one(recording, tok, cfg, "pawsx", "en", items, pool, 5, 0, None)
+    template = templates.get_template("pawsx", "en", cfg.templates["pawsx"])
+    connector = fewshot.connector_text(template, tok.eos_token)
+    rows_per_item = len(recording.rows) // len(items)
+    for index, item in enumerate(items):
+        demos = fewshot.select_demos(pool, 5, 0, exclude_key=item.key) if index < 2 else shared
+        assert item.key not in {d.key for d in demos}
+        prompt = fewshot.build_prompts(template, item, fewshot.render_demos(template, demos, connector))[0]
+        assert recording.rows[index * rows_per_item].ids == tuple(tok(prompt.text)["input_ids"]), index
+
+
 def test_a_score_that_is_not_finite_names_the_item():
     items = [tasks.Item(str(i), {}, 0, ("a", "b"), f"x.tsv:{i + 2}") for i in range(3)]
     owners = np.repeat(np.arange(3), 2)
