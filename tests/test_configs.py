@@ -89,3 +89,12 @@ def test_train_numbers_that_cannot_work_are_refused_before_anything_loads(key, v
     config.train[key] = value
     with pytest.raises(config_validation.ConfigError, match=f"^config train.{key}: {message}$"):
         config_validation.validate(config, mode="train", num_devices=1)
+
+
+def test_the_deepspeed_schedule_refuses_a_final_learning_rate():
+    config = load_config("demo.py", None)
+    config.train.update(schedule="deepspeed", end_lr_ratio=0.1)
+    with pytest.raises(config_validation.ConfigError, match="^config train.end_lr_ratio: 0.1: the deepspeed schedule"):
+        config_validation.validate(config, mode="train", num_devices=1)
+    config.train.end_lr_ratio = 0.0
+    config_validation.validate(config, mode="train", num_devices=1)

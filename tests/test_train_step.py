@@ -119,3 +119,19 @@ def test_accumulation_on_a_data_parallel_mesh_shrinks_each_devices_activations()
     """4 micro-batches on 8 data shards: every device runs a quarter of its rows at a time (the contiguous split
     left each micro-batch on 2 devices, gathered, and the temporaries as large as without accumulation)."""
     assert _step_temp_bytes(4) < 0.6 * _step_temp_bytes(1)
+
+
+def test_schedules_give_the_learning_rates_the_reference_logged():
+    """AFP_SPEC §1.4 [LOG]: cosine, peak 5e-5, 150 warmup steps of 5000: 4.936e-5 at step 500; DeepSpeed's
+    WarmupDecayLR (the multi-GPU script), peak 1e-5: 9.2804e-6 at step 500 and 8.2495e-6 at step 1000."""
+    tcfg = config_defaults.train_config()
+    tcfg.update(lr=5e-5, warmup_steps=150, steps=5000, schedule="cosine")
+    cosine = train_step.learning_rate_schedule(tcfg)
+    assert float(cosine(0)) == 0.0 and float(cosine(500)) == pytest.approx(4.936e-5, abs=5e-9)
+    tcfg.update(lr=1e-5, schedule="deepspeed")
+    deepspeed = train_step.learning_rate_schedule(tcfg)
+    assert float(deepspeed(500)) == pytest.approx(9.2804e-6, abs=5e-11)
+    assert float(deepspeed(1000)) == pytest.approx(8.2495e-6, abs=5e-11)
+    assert float(deepspeed(0)) == float(deepspeed(1)) == 0.0                  # DeepSpeed's iterations -1 and 0
+    assert float(deepspeed(76)) == pytest.approx(1e-5 * np.log(76) / np.log(150), rel=1e-6)   # log warmup
+    assert float(deepspeed(151)) == pytest.approx(1e-5, rel=1e-6) and float(deepspeed(5001)) == 0.0

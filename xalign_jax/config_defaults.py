@@ -72,8 +72,8 @@ def train_config() -> ml_collections.ConfigDict:
         "seed": 0,
         "lr": 1e-5,
         "warmup_steps": 150,       # ceil(0.03 * 5000)
-        "schedule": "cosine",      # cosine | linear | constant; the reference's multi-GPU (DeepSpeed) path decays
-                                   # linearly too, after a logarithmic warmup that is not reproduced
+        "schedule": "cosine",      # cosine | linear | constant | deepspeed (the reference's multi-GPU path: log
+                                   # warmup, linear decay to 0; the single-GPU script's is cosine)
         "end_lr_ratio": 0.0,
         "weight_decay": 0.0,
         "b1": 0.9, "b2": 0.999, "eps": 1e-8,

@@ -107,6 +107,8 @@ def _validate_train_numbers(train: Any) -> None:
             _fail(f"train.{key}", f"must be 0 or positive, got {train[key]}")
     if not 0 <= train.end_lr_ratio <= 1:
         _fail("train.end_lr_ratio", f"must be within [0, 1], got {train.end_lr_ratio}")
+    if train.schedule == "deepspeed" and train.end_lr_ratio:
+        _fail("train.end_lr_ratio", f"{train.end_lr_ratio}: the deepspeed schedule decays to 0, as the reference's")
 
 
 def _validate_data_source(config: Any) -> None:

@@ -31,9 +31,25 @@ CL_KEYS = ("sent0_ids", "sent0_mask", "sent1_ids", "sent1_mask")
 CLM_KEYS = ("clm_ids", "clm_positions", "clm_segment_ids", "clm_targets", "clm_weights")
 
 
+def deepspeed_warmup_decay(peak: float, warmup: int, total: int) -> optax.Schedule:
+    """The reference's multi-GPU schedule (DeepSpeed ``WarmupDecayLR``, AFP_SPEC §1.4): logarithmic warmup,
+    ``peak * log(i + 1) / log(warmup)``, then linear decay to 0 at ``total``, ``peak * (total - i) / (total -
+    warmup)``. DeepSpeed's iteration i starts at -1 (learning rate 0) and advances after each update, so the update
+    after ``count`` updates uses i = count - 1: the values the reference logs, 9.2804e-6 at step 500 for 1e-5."""
+    def schedule(count: jax.Array) -> jax.Array:
+        i = jnp.asarray(count, jnp.float32) - 1.0
+        warm = jnp.log(jnp.maximum(i, 0.0) + 1.0) / jnp.log(float(max(warmup, 2)))
+        decay = jnp.maximum(0.0, (total - i) / max(total - warmup, 1))
+        return peak * jnp.where(i < 0, 0.0, jnp.where(i < warmup, warm, decay))
+    return schedule
+
+
 def learning_rate_schedule(tcfg: Any) -> optax.Schedule:
-    """Linear warmup to ``lr`` then cosine or linear decay to ``lr * end_lr_ratio`` at ``steps``."""
+    """Linear warmup to ``lr`` then cosine or linear decay to ``lr * end_lr_ratio`` at ``steps``, or the
+    reference's DeepSpeed schedule (``deepspeed_warmup_decay``)."""
     warmup = int(tcfg.warmup_steps)
+    if tcfg.schedule == "deepspeed":
+        return deepspeed_warmup_decay(tcfg.lr, warmup, int(tcfg.steps))
     decay_steps = max(int(tcfg.steps) - warmup, 1)
     end = tcfg.lr * tcfg.end_lr_ratio
     warm = optax.linear_schedule(0.0, tcfg.lr, max(warmup, 1))
@@ -44,7 +60,8 @@ def learning_rate_schedule(tcfg: Any) -> optax.Schedule:
     elif tcfg.schedule == "constant":
         decay = optax.constant_schedule(tcfg.lr)
     else:
-        raise ValueError(f"config train.schedule: unknown schedule {tcfg.schedule!r} (cosine | linear | constant)")
+        raise ValueError(f"config train.schedule: unknown schedule {tcfg.schedule!r} "
+                         "(cosine | linear | constant | deepspeed)")
     return optax.join_schedules([warm, decay], [warmup]) if warmup else decay
 
 
