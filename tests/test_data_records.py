@@ -89,7 +89,8 @@ def test_skip_bad_counts_every_bad_line_by_reason(tmp_path):
         "<json>: invalid JSON": 1, "<json>: invalid UTF-8": 1, "<json>: not an object": 1,
         "sent1: missing field": 1, "sent0: wrong type": 1, "clm_text: wrong type": 1, "sent1: empty string": 1,
         "clm_prompt_len: wrong type": 2, "clm_prompt_len: out of range": 2, "clm_prompt_len: no answer": 2,
-        "sent0: invalid text": 1, "src_lang: wrong type": 1, "tgt_lang: wrong type": 1, "sent0_lnag: unexpected field": 1}
+        "sent0: invalid text": 1, "src_lang: wrong type": 1, "tgt_lang: wrong type": 1,
+        "sent0_lnag: unexpected field": 1}
     assert report.first_errors[0] == f"{path}:2: " + BAD_LINES[0][1]
     assert f"skipped {len(BAD_LINES)} bad lines" in str(report)
 

@@ -102,7 +102,8 @@ def _step_temp_bytes(num_micro: int) -> int:
     tx, schedule = train_step.make_optimizer(tcfg)
     state = train.init_train_state(params, tx, mesh, 0)
     rows, length, sentences = 32, 64, 32
-    batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh)) for name, shape, dtype in (
+    batch_sharding = sharding.batch_sharding(mesh)
+    batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for name, shape, dtype in (
         ("sent0_ids", (sentences, 16), jnp.int32), ("sent0_mask", (sentences, 16), jnp.int32),
         ("sent1_ids", (sentences, 16), jnp.int32), ("sent1_mask", (sentences, 16), jnp.int32),
         ("clm_ids", (rows, length), jnp.int32), ("clm_positions", (rows, length), jnp.int32),
@@ -110,7 +111,7 @@ def _step_temp_bytes(num_micro: int) -> int:
         ("clm_weights", (rows, length), jnp.float32))}
     step = train_step.make_train_step(graphdef, tx, schedule, ocfg, num_micro, batch_shards=8)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    compiled = jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+    compiled = jax.jit(step, in_shardings=(state_shardings, batch_sharding),
                        out_shardings=(state_shardings, None), donate_argnums=0).lower(state, batch).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 

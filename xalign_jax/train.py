@@ -154,6 +154,8 @@ class Trainer:
         self.is_main = jax.process_index() == 0
         self.mesh = make_mesh(config)
         self.evaluator = evaluator
+        self._evaluates_dev = evaluator is not None and bool(config.train.eval_every)
+        self._dev_score: tuple[int | None, float | None] = (None, None)   # (step, avg_zero) of the last dev eval
         self.model, self.tokenizer = load_model_and_tokenizer(config.model, mesh=self.mesh)
         config_validation.validate_against_model(config, self.model.config.num_layers)
         self.graphdef, params = nnx.split(self.model, nnx.Param)
@@ -236,7 +238,7 @@ class Trainer:
                 checkpoint_now = step % tcfg.checkpoint_every == 0 and step < end_step
                 if step % tcfg.log_every == 0 or step == end_step or checkpoint_now or preemption.requested:
                     pending = (step, step_metrics, window.take())
-                if self.evaluator is not None and tcfg.eval_every and step % tcfg.eval_every == 0:
+                if self._evaluates_dev and step % tcfg.eval_every == 0:
                     self._paused(self._evaluate, writer, step)
                 if checkpoint_now:        # the save waits for this step anyway: its own metrics score it
                     last_scalars = self._log(writer, progress, *pending)
@@ -289,8 +291,8 @@ class Trainer:
         """Higher is better. With dev evaluations, only a dev score of this very step (a checkpoint without one
         is kept as latest but never ranked: dev accuracy and training loss are not one scale); without, the
         negated training loss of this step."""
-        if self.evaluator is not None and self.config.train.eval_every:
-            scored_step, score = getattr(self, "_dev_score", (None, None))
+        if self._evaluates_dev:
+            scored_step, score = self._dev_score
             return score if scored_step == step else None
         return -last_scalars["loss"] if last_scalars.get("step") == step else None
 

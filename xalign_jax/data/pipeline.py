@@ -11,9 +11,10 @@ stops the run with an error (the examples in it would otherwise wait for ever).
 
 Every process plans the whole global step from token counts alone (cheap and identical everywhere) and materialises
 only its contiguous block of the step's records and rows as laid out for the mesh (``micro_batch_layout``), which
-is what ``jax.make_array_from_process_local_data`` expects for a batch sharded over ('data', 'fsdp'). Plain numpy with an explicit JSON state rather than grain: the carry
-queue is state that a grain ``MapDataset`` pipeline cannot express without a custom iterator anyway, and with the
-whole corpus tokenized up front, batching is a handful of numpy copies per step.
+is what ``jax.make_array_from_process_local_data`` expects for a batch sharded over ('data', 'fsdp'). Plain numpy
+with an explicit JSON state rather than grain: the carry queue is state that a grain ``MapDataset`` pipeline cannot
+express without a custom iterator anyway, and with the whole corpus tokenized up front, batching is a handful of
+numpy copies per step.
 """
 from __future__ import annotations
 
