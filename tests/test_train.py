@@ -109,6 +109,26 @@ def test_checkpoints_are_scored_by_their_own_step_and_throughput_skips_saves(tok
     assert summary["steps"] == 6 and summary["steps_this_run"] == 0
 
 
+def test_with_dev_evaluations_the_best_checkpoint_is_the_best_dev_score(tokenizer_dir, shared_data, tmp_path):
+    """Dev evaluations at steps 2, 4 and 6 score 0.3, 0.9, 0.5 (a stand-in evaluator: this tests the selection,
+    not the scoring): the step-4 checkpoint is kept and selected, though it is neither the latest nor the lowest
+    loss's."""
+    scores = {2: 0.3, 4: 0.9, 6: 0.5}
+    config = tiny_train_config(tokenizer_dir, shared_data, steps=6, checkpoint_every=2, eval_every=2,
+                               keep_checkpoints=1, keep_best_checkpoints=1)
+    trainer = train.Trainer(config, tmp_path, evaluator=lambda model, tokenizer, params: {
+        "avg_zero": scores[int(jax.device_get(trainer.state["step"]))]})
+    try:
+        summary = trainer.run()
+        assert trainer.checkpointer.all_steps() == [4, 6] and summary["best_checkpoint_step"] == 4
+        best = trainer.best_params()
+        restored = trainer.checkpointer.restore(4, ckpt_lib.abstract_like(trainer.state))[0]["params"]
+        for a, b in zip(jax.tree.leaves(best), jax.tree.leaves(restored), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    finally:
+        trainer.close()
+
+
 def test_sigterm_writes_a_final_checkpoint_and_exits_cleanly(tokenizer_dir, shared_data, tmp_path):
     config = tiny_train_config(tokenizer_dir, shared_data, steps=200, checkpoint_every=1000)
     trainer = train.Trainer(config, tmp_path)
