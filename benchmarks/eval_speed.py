@@ -1,5 +1,5 @@
 """Items/s of the jitted evaluator vs the reference procedure (PyTorch, one item per batch, every candidate fully
-re-encoded, fp32) on the same weights and the same real items.
+re-encoded, fp32, log2 of the softmax) on the same weights and the same real items.
 
     OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 python benchmarks/eval_speed.py --items 100 --out eval_speed.json
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import sys
@@ -55,7 +56,9 @@ def _prompts(task: str, language: str, shots: int, items: int, eos: str) -> list
 
 
 def _reference(model, tok, per_item) -> tuple[float, np.ndarray]:
-    """The reference loop: per item, tokenize its candidates padded together, one fp32 forward, masked sum.
+    """The reference loop: per item, tokenize its candidates padded together, one fp32 forward, the log2 of the
+    softmax over the vocabulary (the reference computes ``log2(softmax(.))``, not ``log_softmax``: AFP_SPEC §3.4,
+    §7.6), the targets' values masked and summed; returned in nats, as the scorer's.
 
     Padded on the right whatever the tokenizer's default: under left padding (Gemma's) the reference's mask also
     scores each shorter row's first token from a pad position, a padding artefact of ~20 nats that is not the
@@ -65,10 +68,10 @@ def _reference(model, tok, per_item) -> tuple[float, np.ndarray]:
     for prompts in per_item:
         batch = tok([p.text for p in prompts], padding="longest", return_tensors="pt").to(model.device)
         with torch.no_grad():
-            logprob = torch.log_softmax(model(**batch).logits.float(), dim=-1)
-        picked = logprob[:, :-1].gather(2, batch.input_ids[:, 1:, None])[..., 0]
+            log2_prob = torch.log2(torch.softmax(model(**batch).logits.float(), dim=-1))
+        picked = log2_prob[:, :-1].gather(2, batch.input_ids[:, 1:, None])[..., 0]
         scores.extend((picked * batch.attention_mask[:, 1:]).sum(dim=1).tolist())
-    return time.perf_counter() - start, np.array(scores)
+    return time.perf_counter() - start, np.array(scores) * math.log(2)
 
 
 def work_ratio(tok, per_item: list[list[fewshot.Prompt]]) -> float:

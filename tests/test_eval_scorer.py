@@ -285,3 +285,27 @@ def test_eval_speed_work_ratio_is_reference_positions_over_distinct_prefixes():
     common = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
     distinct = (len(first) - 1) + (len(second) - common)       # every position of one row, the rest of the other
     assert eval_speed.work_ratio(tok, [item]) == pytest.approx(2 * max(len(first), len(second)) / distinct)
+
+
+def test_the_last_forward_call_runs_only_the_rows_it_needs(tiny):
+    assert [scorer._call_rows(used, 16, 1) for used in (1, 2, 3, 5, 9, 16)] == [1, 2, 4, 8, 16, 16]
+    assert [scorer._call_rows(used, 16, 8) for used in (1, 9)] == [8, 16]         # whole rows per batch device
+    assert [scorer._call_rows(used, 12, 4) for used in (3, 5, 9)] == [4, 8, 12]
+    assert [scorer._call_rows(used, 6, 3) for used in (1, 4)] == [3, 6]
+    _, model, _, _ = tiny
+    rows = [_row([5 + r] + list(range(100 + 40 * r, 140 + 40 * r)), 30) for r in range(5)]   # one row of 64 each
+    ours = scorer.Scorer(model, batch_rows=4, buckets=(64,))
+    together = ours.score(rows)
+    assert {shape for shape in ours.shapes_seen if shape[0] == "rows"} == {("rows", 4, 64), ("rows", 1, 64)}
+    alone = np.concatenate([ours.score([row]).reference for row in rows])
+    np.testing.assert_allclose(together.reference, alone, rtol=1e-6)
+
+
+def test_eval_speed_reference_loop_scores_like_the_scorer_in_nats(tiny, shared_data):
+    """The benchmark's reference loop (log2 of the softmax, as the reference) converted to nats equals our scores."""
+    from benchmarks import eval_speed
+    reference, model, tok, _ = tiny
+    per_item = _task_prompts("xcopa", 1, tok, shared_data)
+    _, expected = eval_speed._reference(reference, tok, per_item)
+    got = scorer.Scorer(model, batch_rows=4).score(scorer.encode_prompts(tok, [p for ps in per_item for p in ps]))
+    np.testing.assert_allclose(got.reference, expected, rtol=1e-4, atol=1e-3)

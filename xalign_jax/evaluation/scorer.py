@@ -25,9 +25,9 @@ list across its rows (no padding positions), and their logits + log-sum-exp are 
 ``head_positions`` at a time (the remainder in a call of the next power of two), so full ``[B, T, V]`` fp32
 logits never exist; on CPU a call goes through the vocabulary in blocks with a running log-sum-exp, so not even
 its [V, positions] logits do. The rows that run are packed as segments (block-diagonal attention, positions
-restarting per row) into a fixed number of rows of one bucket length per ``score`` call, so the forward pass
-computes few padding tokens and a whole benchmark compiles a handful of times; results stay on device until one
-``device_get`` per ``score`` call.
+restarting per row) into calls of ``batch_rows`` rows (the last call: the power of two its rows need) of one
+bucket length per ``score`` call, so the forward pass computes few padding tokens and a whole benchmark compiles a
+handful of times; results stay on device until one ``device_get`` per ``score`` call.
 
 ``positions="continuation"`` serves the completion rules alone: only the continuation positions are needed, and
 the reference score is NaN (not computed).
@@ -218,11 +218,13 @@ class Scorer:
         self._vocab_block = cpu_vocab_block if platform == "cpu" else None
         options = xla_options.usable(cpu_compiler_options, platform) or {}
         self._vocabulary_call = _vocabulary_call(tuple(sorted(options.items())))
+        self._batch_devices = 1
         if mesh is not None:
             axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
-            devices = int(np.prod([mesh.shape[a] for a in axes]))
-            if batch_rows % devices:
-                raise ValueError(f"batch_rows={batch_rows} must be a multiple of the {devices} batch devices")
+            self._batch_devices = int(np.prod([mesh.shape[a] for a in axes]))
+            if batch_rows % self._batch_devices:
+                raise ValueError(f"batch_rows={batch_rows} must be a multiple of the {self._batch_devices} batch "
+                                 "devices")
             self._sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
 
     def score(self, rows: Sequence[EncodedRow], params=None) -> RowScores:
@@ -260,7 +262,8 @@ class Scorer:
         """The rows owning positions after ``cut``: their tokens from ``cut`` on, packed as segments (first fit,
         longest first) into ``batch_rows`` rows per call of one bucket length, the longest's; each call with its
         nodes and their (packed row, index) places. Packing, not padding, keeps a call's forward work near its
-        real tokens."""
+        real tokens; first fit fills the rows in order, so only the last call has empty rows, and it runs only as
+        many as ``_call_rows`` gives (one partly filled row of 16 cost a whole call)."""
         owned = np.flatnonzero((plan.owner_row >= 0) & (plan.owner_pos > cut))
         nodes_of_row = dict(zip(*_group_by(plan.owner_row[owned], owned)))
         own_tokens = {r: int(plan.owner_pos[nodes].max()) + 1 - cut for r, nodes in nodes_of_row.items()}
@@ -270,7 +273,8 @@ class Scorer:
         queue = [[i, 0] for i in range(len(order))]
         while queue:
             layout, queue = packing.plan_segments(queue, sizes, self.batch_rows, length)
-            ids = np.full((self.batch_rows, length), self.pad_id, np.int32)
+            layout = layout[:_call_rows(sum(map(bool, layout)), self.batch_rows, self._batch_devices)]
+            ids = np.full((len(layout), length), self.pad_id, np.int32)
             positions, segments = np.zeros_like(ids), np.zeros_like(ids)
             slots, sources, nodes = [], [], []
             for slot, spans in enumerate(layout):
@@ -329,6 +333,14 @@ def _remainder_size(count: int, head_positions: int) -> int:
     ``head_positions``. At most three more compiled shapes at 128 (16, 32, 64); padding the rest to a whole call
     wasted half a call on average, and the completion rules' calls send tens of positions."""
     return min(head_positions, max(16, 1 << (count - 1).bit_length()))
+
+
+def _call_rows(used: int, batch_rows: int, devices: int) -> int:
+    """Rows of a forward call whose first ``used`` rows hold segments: the next power of two, at least the batch
+    devices' count and a multiple of it, at most ``batch_rows``. A call shape is compiled once per bucket length,
+    so a full grid adds at most log2(batch_rows) row counts per length, each compiled once."""
+    rows = -(-max(devices, 1 << max(used - 1, 0).bit_length()) // devices) * devices
+    return min(batch_rows, rows)
 
 
 def cached_prefix_length(rows: Sequence[EncodedRow], plan: ScoringPlan) -> int:
