@@ -6,9 +6,12 @@ config dict as the JAX model (random weights):
      ``output_hidden_states=True`` (the reference computes every layer even though it pools layer k);
   2. pooling: the hidden state of token ``sum(mask) - 1`` of ``hidden_states[k]`` (right padding, as the reference);
   3. one-directional InfoNCE, ``cross_entropy(cos(z0_i, z1_j) / temperature, arange(B))``;
-  4. CLM pass without an attention mask, full [rows, T, vocab] logits, mean cross-entropy over supervised tokens;
+  4. CLM pass without an attention mask, full [rows, T, vocab] logits shifted by one (a contiguous copy, as the
+     reference's and transformers' loss code make), mean cross-entropy over the supervised tokens;
   5. ``loss = cl + 1.5 * clm``, backward, global-norm clipping at 1.0, ``torch.optim.AdamW`` step.
-The batches are the JAX pipeline's own host batches (numpy), so both sides see identical tokens.
+The batches hold the JAX pipeline's own host batches' tokens, laid out as the reference's collator lays them out
+(``xalign_jax.bench.reference_collation``: sentences padded to the batch's longest, the CLM examples as one
+unpadded stream cut into 512-token blocks), so both sides see the same tokens and each its own padding.
 
 torch is imported here only (never on the training path). ``OMP_WAIT_POLICY=PASSIVE`` must be set before torch is
 imported: on small shared CPUs torch's spinning OpenMP workers otherwise slow it down many times.
@@ -26,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-IGNORE_INDEX = -100
+from xalign_jax.bench import IGNORE_INDEX  # noqa: E402
 
 
 def build_model(hf_config: Mapping[str, Any], seed: int = 0, *, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
@@ -45,14 +48,10 @@ def make_optimizer(model: torch.nn.Module, lr: float = 1e-5) -> torch.optim.Opti
     return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 
 
-def to_torch_batch(host_batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """The pipeline's numpy batch as torch tensors; CLM labels are the targets where supervised, else -100."""
-    batch = {k: torch.from_numpy(np.asarray(host_batch[k]).astype(np.int64))
-             for k in ("sent0_ids", "sent0_mask", "sent1_ids", "sent1_mask", "clm_ids", "clm_targets")}
-    weights = torch.from_numpy(np.asarray(host_batch["clm_weights"]))
-    batch["clm_labels"] = torch.where(weights > 0, batch.pop("clm_targets"), torch.full_like(weights, IGNORE_INDEX,
-                                                                                             dtype=torch.int64))
-    return batch
+def to_torch_batch(collated: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """A ``reference_collation`` batch (numpy) as int64 torch tensors."""
+    return {k: torch.from_numpy(np.asarray(collated[k]).astype(np.int64))
+            for k in ("sent0_ids", "sent0_mask", "sent1_ids", "sent1_mask", "clm_ids", "clm_labels")}
 
 
 def last_token_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -76,7 +75,8 @@ def reference_losses(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], 
     z0, z1 = last_token_pool(hidden, mask).chunk(2, dim=0)
     cl_loss = info_nce(z0, z1, temperature)
     logits = model(input_ids=batch["clm_ids"]).logits
-    clm_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch["clm_labels"].reshape(-1),
+    shifted = logits[:, :-1].contiguous()
+    clm_loss = F.cross_entropy(shifted.float().view(-1, shifted.shape[-1]), batch["clm_labels"][:, 1:].reshape(-1),
                                ignore_index=IGNORE_INDEX)
     return cl_loss, clm_loss
 

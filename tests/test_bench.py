@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import types
 
 import numpy as np
 import pytest
@@ -96,18 +97,13 @@ def test_last_token_pool_and_info_nce_match_numpy():
 
 
 def test_clm_loss_equals_transformers_own_shifted_loss():
-    """Our pre-shifted targets + weights give the loss HF computes from labels on the unshifted row (causal, so the
-    extra last token changes no earlier logit)."""
+    """The reference's explicit shift gives the loss transformers computes from the same labels."""
     hf_config = TINY_HF_CONFIGS["bloom"]
     model = torch_reference.build_model(hf_config).eval()
-    host = reference_batch(hf_config["vocab_size"])
-    ids = torch.from_numpy(np.concatenate([host["clm_ids"], host["clm_targets"][:, -1:]], axis=1)).long()
-    labels = ids.clone()
-    labels[:, 1:][torch.from_numpy(host["clm_weights"]) == 0] = torch_reference.IGNORE_INDEX
+    batch = torch_reference.to_torch_batch(bench.reference_collation(reference_batch(hf_config["vocab_size"])))
     with torch.no_grad():
-        _, clm = torch_reference.reference_losses(model, torch_reference.to_torch_batch(host), layer=1,
-                                                  temperature=0.05)
-        expected = model(input_ids=ids, labels=labels).loss
+        _, clm = torch_reference.reference_losses(model, batch, layer=1, temperature=0.05)
+        expected = model(input_ids=batch["clm_ids"], labels=batch["clm_labels"]).loss
     assert clm.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -115,10 +111,28 @@ def test_reference_step_trains():
     hf_config = TINY_HF_CONFIGS["bloom"]
     model = torch_reference.build_model(hf_config)
     optimizer = torch_reference.make_optimizer(model, lr=1e-3)
-    batch = torch_reference.to_torch_batch(reference_batch(hf_config["vocab_size"]))
+    batch = torch_reference.to_torch_batch(bench.reference_collation(reference_batch(hf_config["vocab_size"])))
     losses = [torch_reference.reference_step(model, optimizer, batch) for _ in range(3)]
     assert all(math.isfinite(loss) for loss in losses)
     assert losses[2] < losses[1] < losses[0]
+
+
+def test_reference_collation_is_the_reference_collators_layout():
+    """Sentences cut to the batch's longest; the CLM segments' real tokens as one stream, labelled where our step
+    supervises the prediction, cut into whole blocks (the rest dropped) or kept whole when shorter than a block."""
+    mask = np.array([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]])
+    ids = np.array([[10, 11, 12, 13, 0, 0], [20, 21, 22, 0, 0, 0]])       # row 0: two segments; row 1: one
+    segments = np.array([[1, 1, 2, 2, 0, 0], [1, 1, 1, 0, 0, 0]])
+    weights = np.array([[1, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0]], np.float32)   # 10->11 and 21->22 supervised
+    batch = {"sent0_ids": mask * 7, "sent0_mask": mask, "sent1_ids": mask[::-1] * 8, "sent1_mask": mask[::-1],
+             "clm_ids": ids, "clm_segment_ids": segments, "clm_weights": weights}
+    whole = bench.reference_collation(batch, block_size=8)
+    assert whole["sent0_ids"].shape == whole["sent1_mask"].shape == (2, 3)
+    np.testing.assert_array_equal(whole["clm_ids"], [[10, 11, 12, 13, 20, 21, 22]])
+    np.testing.assert_array_equal(whole["clm_labels"], [[-100, 11, -100, -100, -100, -100, 22]])
+    blocks = bench.reference_collation(batch, block_size=3)
+    np.testing.assert_array_equal(blocks["clm_ids"], [[10, 11, 12], [13, 20, 21]])       # 22 dropped
+    np.testing.assert_array_equal(blocks["clm_labels"], [[-100, 11, -100], [-100, -100, 21]])   # none: last token
 
 
 def test_cpu_peak_follows_the_instruction_set_and_clock():
@@ -127,3 +141,11 @@ def test_cpu_peak_follows_the_instruction_set_and_clock():
     assert metrics.cpu_flops_per_core(line.format("avx512f avx512_bf16")) == pytest.approx(2.3e9 * 64)
     assert metrics.cpu_flops_per_core(line.format("")) == pytest.approx(2.3e9 * 32)
     assert metrics.cpu_flops_per_core("flags\t: sse2\n") == pytest.approx(2.0e9 * 16)
+
+
+@pytest.mark.parametrize("kind,tflops", [
+    ("NVIDIA H100 PCIe", 756), ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 NVL", 835), ("NVIDIA H200 NVL", 835),
+    ("NVIDIA H200", 989), ("NVIDIA L40S", 362), ("NVIDIA L40", 181), ("NVIDIA L4", 121), ("TPU v5 lite", 197)])
+def test_accelerator_peak_is_the_entry_of_the_devices_own_variant(monkeypatch, kind, tflops):
+    monkeypatch.setattr(metrics.jax, "local_devices", lambda: [types.SimpleNamespace(device_kind=kind)])
+    assert metrics.peak_flops_per_device() == tflops * 1e12

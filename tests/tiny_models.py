@@ -79,7 +79,7 @@ def make_tiny_hf_model(name: str, out_dir: str | pathlib.Path, *, tokenizer=None
 
 def reference_batch(vocab: int, seed: int = 0) -> dict:
     """A batch in the pipeline's layout: right-padded sentence pairs of different lengths and two CLM rows of
-    one sequence each with next-token targets (the torch reference recipe's inputs)."""
+    one segment each with next-token targets (what ``bench.reference_collation`` lays out for the torch recipe)."""
     rng = np.random.default_rng(seed)
     batch = {}
     for name in ("sent0", "sent1"):
@@ -87,9 +87,10 @@ def reference_batch(vocab: int, seed: int = 0) -> dict:
         mask = (np.arange(8)[None, :] < lengths[:, None]).astype(np.int32)
         batch[f"{name}_ids"] = np.where(mask, rng.integers(4, vocab, (4, 8)), 3).astype(np.int32)
         batch[f"{name}_mask"] = mask
-    ids = rng.integers(4, vocab, (2, 17)).astype(np.int32)
-    batch["clm_ids"], batch["clm_targets"] = ids[:, :-1], ids[:, 1:]
+    ids = rng.integers(4, vocab, (2, 16)).astype(np.int32)
+    batch["clm_ids"], batch["clm_segment_ids"] = ids, np.ones_like(ids)
+    batch["clm_targets"] = np.concatenate([ids[:, 1:], np.zeros_like(ids[:, :1])], axis=1)
     weights = (rng.random((2, 16)) < 0.6).astype(np.float32)
-    weights[:, -1] = 1.0
+    weights[:, -1] = 0.0                                      # a segment's last token predicts nothing
     batch["clm_weights"] = weights
     return batch

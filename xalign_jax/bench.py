@@ -23,9 +23,11 @@ Figures:
     both sentence masks), the trainer's own count; both parts are reported. tokens/s = mean tokens/step / median
     step time.
   * MFU = mean ``ModelFlops.train_step_flops`` over the timed steps / median step time / (peak FLOP/s per device x
-    devices). ``train_step_flops`` = 3 x (CLM tokens x forward FLOPs of all L blocks, supervised CLM tokens x head,
-    plus contrastive tokens x forward FLOPs of the k blocks up to the pooled layer): see ``metrics.py``. The peak is
-    ``train.peak_tflops`` when set, else the device table (nominal on CPUs, so CPU MFU is indicative only).
+    this process's devices). ``train_step_flops`` = 3 x (CLM tokens x forward FLOPs of all L blocks, supervised CLM
+    tokens x head, plus contrastive tokens x forward FLOPs of the k blocks up to the pooled layer): see
+    ``metrics.py``. The peak is
+    ``train.peak_tflops`` when set, else the device table (the nominal clock on CPUs, so CPU MFU is indicative
+    only: ``metrics.py``).
   * memory: ``compiled.memory_analysis()`` of the step (argument/output/temp/alias bytes) and the process's peak
     RSS (``resource.getrusage``) after the JAX part, before torch runs.
 """
@@ -45,12 +47,15 @@ import time
 from typing import Any, Sequence
 
 import jax
+import numpy as np
 from absl import logging
 from flax import nnx
 
 from xalign_jax import objectives, train
 from xalign_jax.data import pipeline
 
+REFERENCE_CLM_BLOCK = 512   # the reference collator's block_size: min(clm_block_size, model_max_length), AFP_SPEC §1.3
+IGNORE_INDEX = -100         # torch's cross-entropy label to skip
 MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
                  "generated_code_size_in_bytes")
 
@@ -95,16 +100,46 @@ def batch_counts(host_batches: Sequence[dict], trainer: train.Trainer) -> dict:
 
 def executed_step_flops(host_batch: dict, trainer: train.Trainer) -> tuple[float, float]:
     """(ours, the reference recipe's) model FLOPs for the positions each side actually computes, padding included:
-    their ratio is the speed-up to expect when both run matmuls at the same rate. We send CLM positions through
-    the head only at the supervised-cap slots (all positions without a cap) and contrastive sentences through the
-    pooled blocks only; the reference sends everything through everything (``ModelFlops.reference_step_flops``)."""
+    their ratio is the speed-up to expect when both run matmuls at the same rate. We compute our padded rows and
+    buckets, but send CLM positions through the head only at the supervised-cap slots (all positions without a
+    cap) and contrastive sentences through the pooled blocks only; the reference computes its own collator's
+    layout (``reference_collation``: no CLM padding, sentences padded to the batch's longest) through everything
+    (``ModelFlops.reference_step_flops``)."""
+    layers = objectives.parse_pooler(trainer.config.objective.pooler)[1]
     rows, seq = host_batch["clm_ids"].shape
     sentences, cl_seq = host_batch["sent0_ids"].shape
     data = trainer.config.data
     head = rows // data.supervised_group_rows * data.supervised_cap if data.supervised_cap else rows * seq
-    shapes = dict(clm_tokens=rows * seq, clm_seq=seq, cl_tokens=2 * sentences * cl_seq, cl_seq=cl_seq,
-                  cl_layers=objectives.parse_pooler(trainer.config.objective.pooler)[1])
-    return trainer.flops.train_step_flops(**shapes, head_tokens=head), trainer.flops.reference_step_flops(**shapes)
+    ours = trainer.flops.train_step_flops(clm_tokens=rows * seq, clm_seq=seq, cl_tokens=2 * sentences * cl_seq,
+                                          cl_seq=cl_seq, cl_layers=layers, head_tokens=head)
+    theirs = reference_collation(host_batch)
+    (ref_rows, ref_seq), (_, ref_cl_seq) = theirs["clm_ids"].shape, theirs["sent0_ids"].shape
+    return ours, trainer.flops.reference_step_flops(clm_tokens=ref_rows * ref_seq, clm_seq=ref_seq,
+                                                    cl_tokens=2 * sentences * ref_cl_seq, cl_seq=ref_cl_seq,
+                                                    cl_layers=layers)
+
+
+def reference_collation(host_batch: dict, block_size: int = REFERENCE_CLM_BLOCK) -> dict:
+    """A step's tokens laid out as the reference's collator lays them out (AFP_SPEC §1.2-1.3), for the torch
+    baseline and its FLOP count, numpy in and out:
+      * sent0/sent1 ids and masks right-padded to the longest sentence of the batch, not to our bucket;
+      * the CLM examples' real tokens concatenated into one stream (no padding, no barrier between examples) and
+        cut into ``block_size`` rows, the remainder dropped, or one row of the whole stream when it is shorter;
+      * ``clm_labels``: the token where our step supervises its prediction, else -100 (the reference also
+        supervises every BOS/EOS: the same work); a row with none gets its last token, as the reference does.
+    """
+    longest = int(max(host_batch["sent0_mask"].sum(axis=1).max(), host_batch["sent1_mask"].sum(axis=1).max()))
+    out = {k: np.asarray(host_batch[k])[:, :longest] for k in ("sent0_ids", "sent0_mask", "sent1_ids", "sent1_mask")}
+    real = host_batch["clm_segment_ids"] > 0
+    stream, supervised = host_batch["clm_ids"][real], host_batch["clm_weights"][real] > 0
+    labels = np.full_like(stream, IGNORE_INDEX)
+    labels[1:][supervised[:-1]] = stream[1:][supervised[:-1]]     # weight at t supervises the token at t + 1
+    blocks = len(stream) // block_size
+    keep = blocks * block_size if blocks else len(stream)
+    out["clm_ids"], out["clm_labels"] = (x[:keep].reshape(max(blocks, 1), -1) for x in (stream, labels))
+    unsupervised = (out["clm_labels"][:, 1:] == IGNORE_INDEX).all(axis=1)
+    out["clm_labels"][unsupervised, -1] = out["clm_ids"][unsupervised, -1]
+    return out
 
 
 def peak_rss_bytes() -> int:
@@ -206,7 +241,7 @@ def time_torch_reference(trainer: train.Trainer, host_batches: Sequence[dict], w
     optimizer = torch_reference.make_optimizer(model, lr=trainer.config.train.lr)
     ocfg = trainer.config.objective
     result = torch_reference.time_steps(
-        model, optimizer, host_batches, warmup=warmup, layer=layer, temperature=ocfg.temperature,
+        model, optimizer, [reference_collation(b) for b in host_batches], warmup=warmup, layer=layer, temperature=ocfg.temperature,
         cl_weight=ocfg.cl_weight, clm_weight=ocfg.clm_weight, grad_clip=trainer.config.train.grad_clip or 1e9,
         bf16_autocast=bf16_autocast)
     result["threads"] = torch_reference.thread_settings()

@@ -1,16 +1,20 @@
 """Metric writers (JSONL + TensorBoard), the progress line, and the FLOPs/MFU arithmetic.
 
-FLOPs formula (per training step, dense matmuls only, the convention of PaLM/MaxText):
+FLOPs formula (per training step, dense matmuls only; attention as PaLM counts it, over the whole row):
   * a token through ``n`` transformer blocks costs ``2 * P_blocks(n)`` FLOPs forward, where ``P_blocks(n)`` is the
     number of matmul parameters in those blocks, plus ``4 * n * T * d_attn`` for attention scores and values
-    (``T`` the sequence length attended over, ``d_attn = heads * head_dim``; causal masking is not discounted);
+    (``T`` the row length, ``d_attn = heads * head_dim``: the scores are computed for every pair and masked, so
+    neither causal masking nor a sliding window is discounted, as MaxText does);
   * the LM head adds ``2 * d * V`` per SUPERVISED CLM token (only those carry loss; projecting the prompt tokens
     too is work the model does not need, so it does not count as model FLOPs); embedding lookups are free;
   * backward costs twice the forward, so training multiplies everything by 3.
 CLM rows run all ``L`` blocks plus the head; contrastive sentences run only the ``k`` blocks up to the pooled layer.
-MFU = achieved model FLOP/s / (peak FLOP/s per device x devices). The peak comes from ``PEAK_TFLOPS`` by device kind,
-or from the config when given; on CPUs it is a nominal figure from /proc/cpuinfo (cores x clock x fp32 FLOP/cycle:
-64 with AVX-512, 32 with AVX2 FMA, 16 otherwise, i.e. two FMA units per core), so CPU MFU is indicative only.
+MFU = achieved model FLOP/s / (peak FLOP/s per device x this process's devices): tokens and FLOPs are counted from
+this process's share of the global batch, so with several processes both are the logging process's own. The peak
+comes from the config when given, else from ``PEAK_TFLOPS`` by device kind, else on CPUs from /proc/cpuinfo (cores x
+clock x fp32 FLOP/cycle: 64 with AVX-512, 32 with AVX2 FMA, 16 otherwise, i.e. two FMA units per core). That clock
+is the nominal one: a virtual machine may run its cores faster (BENCHMARKS.md measured 2.9-3.0 GHz on a VM that
+reports 2.3), so CPU MFU is indicative only; set ``train.peak_tflops`` when the real peak is known.
 """
 from __future__ import annotations
 
@@ -27,9 +31,11 @@ import jax
 
 log = logging.getLogger(__name__)
 
-# Dense bf16 peak TFLOP/s per device (vendor figures, no sparsity).
+# Dense bf16 peak TFLOP/s per device (vendor figures, no sparsity), matched as a substring of the device kind in
+# this order: the PCIe/NVL variants and L40(S) before the names they contain.
 PEAK_TFLOPS = {
-    "H100": 989.0, "H200": 989.0, "A100": 312.0, "A800": 312.0, "L4": 121.0,
+    "H100 PCIe": 756.0, "H100 NVL": 835.0, "H200 NVL": 835.0, "H100": 989.0, "H200": 989.0,
+    "A100": 312.0, "A800": 312.0, "L40S": 362.0, "L40": 181.0, "L4": 121.0,
     "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0, "TPU v6e": 918.0,
 }
 CPU_FLOPS_PER_CYCLE = (("avx512f", 64), ("fma", 32))   # fp32, two FMA units per core; else 16 (SSE)

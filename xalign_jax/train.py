@@ -175,7 +175,7 @@ class Trainer:
         options = xla_options.usable(config.train.cpu_compiler_options.to_dict(), self.mesh.devices.flat[0].platform)
         self.step_fn = CompiledSteps(step_fn, self.state_shardings, self.batch_sharding, options)
         self.flops = metrics_lib.ModelFlops.from_config(self.model.config)
-        self.peak_flops = metrics_lib.peak_flops_per_device(config.train.peak_tflops) * jax.device_count()
+        self.peak_flops = metrics_lib.peak_flops_per_device(config.train.peak_tflops) * jax.local_device_count()
         self.checkpointer = ckpt_lib.Checkpointer(self.workdir / "checkpoints", keep=config.train.keep_checkpoints,
                                                   keep_best=config.train.keep_best_checkpoints)
         self._maybe_restore()
