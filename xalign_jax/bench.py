@@ -13,8 +13,9 @@ What it does, in order:
   4. with ``--profile_dir``, ``profile_steps`` more steps run on the timed steps' batches under
      ``jax.profiler.trace`` (not counted in the timings: tracing costs host time); ``benchmarks/trace_summary.py``
      turns the trace into per-op device time;
-  5. with ``--torch`` the reference recipe (``benchmarks/torch_reference.py``) runs on the SAME host batches with
-     the same HF config, and the ratio of median step times is printed (same tokens, so it is the tokens/s ratio);
+  5. with ``--torch`` the reference recipe (``benchmarks/torch_reference.py``) runs on the SAME host batches' tokens
+     in its own collator's layout (``reference_collation``) with the same HF config, and the ratio of median step
+     times is printed (same tokens, so it is the tokens/s ratio);
   6. saves the parameters as an HF checkpoint and measures, in a fresh process, the peak RSS growth of
      ``models.from_pretrained`` against the parameter bytes.
 
@@ -227,7 +228,8 @@ def torch_hf_config(trainer: train.Trainer) -> dict:
 
 def time_torch_reference(trainer: train.Trainer, host_batches: Sequence[dict], warmup: int, *,
                          bf16_autocast: bool) -> dict:
-    """The reference recipe on the same batches and architecture (random weights, its own AdamW)."""
+    """The reference recipe on the same tokens, in its collator's layout, and architecture (random weights, its
+    own AdamW)."""
     try:
         from benchmarks import torch_reference
     except ImportError as error:
@@ -241,9 +243,9 @@ def time_torch_reference(trainer: train.Trainer, host_batches: Sequence[dict], w
     optimizer = torch_reference.make_optimizer(model, lr=trainer.config.train.lr)
     ocfg = trainer.config.objective
     result = torch_reference.time_steps(
-        model, optimizer, [reference_collation(b) for b in host_batches], warmup=warmup, layer=layer, temperature=ocfg.temperature,
-        cl_weight=ocfg.cl_weight, clm_weight=ocfg.clm_weight, grad_clip=trainer.config.train.grad_clip or 1e9,
-        bf16_autocast=bf16_autocast)
+        model, optimizer, [reference_collation(b) for b in host_batches], warmup=warmup, layer=layer,
+        temperature=ocfg.temperature, cl_weight=ocfg.cl_weight, clm_weight=ocfg.clm_weight,
+        grad_clip=trainer.config.train.grad_clip or 1e9, bf16_autocast=bf16_autocast)
     result["threads"] = torch_reference.thread_settings()
     result["precision"] = "bf16 autocast" if bf16_autocast else "float32"
     return result
@@ -436,7 +438,7 @@ def cli() -> None:
     config = config_flags.DEFINE_config_file("config", None, "Config file (path[:variant]).", lock_config=True)
     steps = flags.DEFINE_integer("steps", 5, "Timed steps.")
     warmup = flags.DEFINE_integer("warmup", 2, "Untimed steps first (the first one compiles).")
-    with_torch = flags.DEFINE_bool("torch", False, "Also time the PyTorch reference recipe on the same batches.")
+    with_torch = flags.DEFINE_bool("torch", False, "Also time the PyTorch reference recipe on the same tokens.")
     torch_bf16 = flags.DEFINE_bool("torch_bf16", False, "Run the torch reference under bf16 autocast.")
     load = flags.DEFINE_bool("load_memory", True, "Measure the peak RSS of loading a checkpoint.")
     workdir = flags.DEFINE_string("workdir", None, "Where the data set and probe checkpoint go (default: temp).")
