@@ -26,9 +26,8 @@ Figures:
   * MFU = mean ``ModelFlops.train_step_flops`` over the timed steps / median step time / (peak FLOP/s per device x
     this process's devices). ``train_step_flops`` = 3 x (CLM tokens x forward FLOPs of all L blocks, supervised CLM
     tokens x head, plus contrastive tokens x forward FLOPs of the k blocks up to the pooled layer): see
-    ``metrics.py``. The peak is
-    ``train.peak_tflops`` when set, else the device table (the nominal clock on CPUs, so CPU MFU is indicative
-    only: ``metrics.py``).
+    ``metrics.py``. The peak is ``train.peak_tflops`` when set, else the device table (the nominal clock on CPUs,
+    so CPU MFU is indicative only: ``metrics.py``).
   * memory: ``compiled.memory_analysis()`` of the step (argument/output/temp/alias bytes) and the process's peak
     RSS (``resource.getrusage``) after the JAX part, before torch runs.
 """
