@@ -14,7 +14,7 @@ from flax import nnx
 
 from benchmarks import torch_reference
 from tests.tiny_models import TINY_HF_CONFIGS, make_tiny_hf_model, reference_batch
-from xalign_jax import models, objectives
+from xalign_jax import bench, models, objectives
 from xalign_jax.models import layers
 from xalign_jax.models.decoder import blocked_target_logprobs, lm_head_logits, vocabulary_blocks
 from xalign_jax.models.hf_io import export_tensors
@@ -124,7 +124,8 @@ def test_afp_loss_and_gradients_match_the_torch_reference(pair):
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     reference.zero_grad()
-    cl_ref, clm_ref = torch_reference.reference_losses(reference, torch_reference.to_torch_batch(host), layer=1,
+    collated = bench.reference_collation(host, block_size=length)      # blocks = our rows: the same attention
+    cl_ref, clm_ref = torch_reference.reference_losses(reference, torch_reference.to_torch_batch(collated), layer=1,
                                                        temperature=0.05)
     loss_ref = cl_ref + 1.5 * clm_ref
     loss_ref.backward()
