@@ -73,14 +73,20 @@ def test_the_step_is_the_weighted_loss_and_an_optax_adamw_update(clm_weight):
     assert float(metrics["cl_loss"]) == pytest.approx(float(cl), rel=1e-6)
     assert float(metrics["clm_loss"]) == pytest.approx(float(clm_mean), rel=1e-6)
     assert float(metrics["grad_norm"]) == pytest.approx(float(optax.tree.norm(grads)), rel=1e-5)
-    moved = 0
-    for got, before, expected in zip(jax.tree.leaves(new_state["params"]), jax.tree.leaves(params),
-                                     jax.tree.leaves(want)):
-        # Adam turns a gradient entry near its eps into an update anywhere in [0, lr]: float rounding of such an
-        # entry moves the update by a fraction of lr (1e-2 here)
-        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-3 * tcfg.lr)
-        moved += int(not np.array_equal(np.asarray(got), np.asarray(before)))
+    # Adam's first update is lr * g / (|g| + eps) for the clipped gradient g: where |g| is within a few orders of
+    # eps, the float rounding of g (the fused CE sums in another order) moves it by a fraction of lr. Those
+    # entries are held to Adam's bound; the others (over 90%), zero gradients included, to 1e-3 lr.
+    clip = min(1.0, 0.5 / float(optax.tree.norm(grads)))
+    moved, held, entries = 0, 0, 0
+    for got, before, expected, grad in zip(*(jax.tree.leaves(t) for t in (new_state["params"], params, want, grads))):
+        got, expected = np.asarray(got), np.asarray(expected)
+        conditioned = (np.abs(np.asarray(grad)) * clip > 100 * tcfg.eps) | (np.asarray(grad) == 0)
+        np.testing.assert_allclose(got[conditioned], expected[conditioned], rtol=1e-5, atol=1e-3 * tcfg.lr)
+        assert np.abs(got - expected).max() <= tcfg.lr
+        moved += int(not np.array_equal(got, np.asarray(before)))
+        held, entries = held + int(conditioned.sum()), entries + conditioned.size
     assert moved > 0
+    assert held > 0.9 * entries
 
 
 def test_the_shard_major_layout_splits_into_the_steps_contiguous_micro_batches():
