@@ -23,7 +23,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import time  # noqa: E402
-from typing import Any, Mapping, Sequence  # noqa: E402
+from typing import Any, Callable, Mapping, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -95,18 +95,20 @@ def reference_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, bat
     return float(loss.detach())
 
 
-def time_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               host_batches: Sequence[Mapping[str, np.ndarray]], *, warmup: int, **step_options: Any) -> dict:
-    """Run ``warmup`` untimed then the remaining batches timed; wall seconds and loss of each timed step."""
+def prepare_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  host_batches: Sequence[Mapping[str, np.ndarray]], *, warmup: int,
+                  **step_options: Any) -> Callable[[int], tuple[float, float]]:
+    """Run ``warmup`` steps untimed and return the timer of the remaining batches' steps: (wall seconds, loss)
+    of timed batch i."""
     batches = [to_torch_batch(b) for b in host_batches]
     for batch in batches[:warmup]:
         reference_step(model, optimizer, batch, **step_options)
-    seconds, losses = [], []
-    for batch in batches[warmup:]:
+
+    def timed_step(index: int) -> tuple[float, float]:
         start = time.perf_counter()
-        losses.append(reference_step(model, optimizer, batch, **step_options))
-        seconds.append(time.perf_counter() - start)
-    return {"step_seconds": seconds, "losses": losses}
+        loss = reference_step(model, optimizer, batches[warmup + index], **step_options)
+        return time.perf_counter() - start, loss
+    return timed_step
 
 
 def thread_settings() -> dict:

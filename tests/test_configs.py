@@ -68,6 +68,23 @@ def test_a_supervised_group_that_would_straddle_shards_or_micro_batches_is_refus
         config_validation.validate(config, mode="train", num_devices=2)
 
 
+def test_bucket_ladders_must_increase_within_their_limit():
+    """Row lengths within 1..seq_len and LM-head slots within 1..supervised_cap (none at all without a cap)."""
+    config = load_config("demo.py", None)
+    config.data.clm_len_buckets = (64, config.data.seq_len)
+    config_validation.validate(config, mode="train", num_devices=8)
+    for ladder in ((96, 64), (0, 64), (64, config.data.seq_len + 1)):
+        config.data.clm_len_buckets = ladder
+        with pytest.raises(config_validation.ConfigError, match=r"config data.clm_len_buckets: must be an increasing"):
+            config_validation.validate(config, mode="train", num_devices=8)
+    config.data.clm_len_buckets = ()
+    config.data.head_slot_buckets = (32,)
+    with pytest.raises(config_validation.ConfigError, match=r"data.head_slot_buckets: .*1..data.supervised_cap = 0,"):
+        config_validation.validate(config, mode="train", num_devices=8)
+    config.data.supervised_cap = 64
+    config_validation.validate(config, mode="train", num_devices=8)
+
+
 @pytest.mark.parametrize("key", ["batch_rows", "head_positions", "cpu_vocab_block"])
 def test_an_evaluator_size_below_one_is_refused_in_every_mode(key):
     config = load_config("demo.py", None)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from xalign_jax import objectives
+from xalign_jax.data import packing
 
 
 def _masks(lengths: list[int], width: int, side: str) -> np.ndarray:
@@ -175,32 +176,38 @@ def test_clm_loss_scale_scales_the_sum_and_its_gradients_not_the_count(logits_gr
 
 @pytest.mark.parametrize("group", [1, 2, 4])
 def test_supervised_gather_gives_the_full_loss_and_gradients(group):
-    """Per group of ``group`` consecutive rows, K = every position (a cap that never binds) or the most supervised
-    positions of any group (binding but satisfied): same loss and gradients as every position; K one smaller: the
-    gather reports, per group, the positions it could not score (the packer's cap exists to keep that at zero)."""
+    """Per group of ``group`` consecutive rows, the pipeline's index of the supervised positions, with slots to
+    spare (every position) or just enough: same loss and gradients as every position. An index missing the last
+    position of each group: the gather reports, per group, the position it could not score, and the loss loses
+    exactly those; an index with too few slots is refused where it is built."""
     hidden, head, targets, weights = _clm_problem(rows=4)
-    per_group = np.asarray(weights).reshape(4 // group, -1).sum(axis=1)
-    cap = int(per_group.max())
+    host_weights = np.asarray(weights)
+    most = int(host_weights.reshape(4 // group, -1).sum(axis=1).max())
 
-    def loss(h, w, positions):
-        return objectives.clm_loss(h, targets, weights, w, _matmul, chunk_size=3, supervised_positions=positions,
+    def loss(h, w, index):
+        return objectives.clm_loss(h, targets, weights, w, _matmul, chunk_size=3, head_index=index,
                                    rows_per_group=group)
 
-    want, want_count = loss(hidden, head, 0)
-    want_grads = jax.grad(lambda h, w: loss(h, w, 0)[0], argnums=(0, 1))(hidden, head)
-    for positions in (group * hidden.shape[1], cap):
-        got, got_count = loss(hidden, head, positions)
+    want, want_count = loss(hidden, head, None)
+    want_grads = jax.grad(lambda h, w: loss(h, w, None)[0], argnums=(0, 1))(hidden, head)
+    for slots in (group * hidden.shape[1], most):
+        index = jnp.asarray(packing.head_index(host_weights, group, slots))
+        got, got_count = loss(hidden, head, index)
         assert float(got_count) == float(want_count)
         np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
-        got_grads = jax.grad(lambda h, w: loss(h, w, positions)[0], argnums=(0, 1))(hidden, head)
+        got_grads = jax.grad(lambda h, w: loss(h, w, index)[0], argnums=(0, 1))(hidden, head)
         for g, w in zip(got_grads, want_grads):
             np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
-        assert int(objectives.supervised_overflow(weights, positions, group)) == 0
-    over = int(np.maximum(per_group - (cap - 1), 0).sum())
-    assert over > 0 and int(objectives.supervised_overflow(weights, cap - 1, group)) == over
+        assert int(objectives.supervised_overflow(weights, index, group)) == 0
+    short = packing.head_index(host_weights, group, most)
+    listed = (short >= 0).sum(axis=1)
+    short[np.arange(len(short)), listed - 1] = -1                  # every group here has supervised positions
+    assert listed.min() > 0 and int(objectives.supervised_overflow(weights, jnp.asarray(short), group)) == len(short)
     grouped = [objectives.group_rows(x, group) for x in (hidden, targets, weights)]
-    kept = objectives.gather_supervised(*grouped, cap - 1)[2]
-    assert int((np.asarray(kept) > 0).sum()) == int(np.asarray(weights).sum()) - over   # the overflow is what is lost
+    kept = objectives.gather_supervised(*grouped, jnp.asarray(short))[2]
+    assert int((np.asarray(kept) > 0).sum()) == int(host_weights.sum()) - len(short)
+    with pytest.raises(ValueError, match=f"holds {most} supervised positions, more than its {most - 1} LM-head"):
+        packing.head_index(host_weights, group, most - 1)
 
 
 @pytest.mark.parametrize("logits_grad", sorted(objectives.CHUNK_GRADS))

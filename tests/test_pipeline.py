@@ -92,6 +92,25 @@ def test_reference_stream_packing_by_hand():
     np.testing.assert_array_equal(rows["clm_segment_ids"], [[1, 1, 1], [1, 0, 0]])
 
 
+def test_balance_rows_deals_a_steps_examples_evenly_by_hand():
+    """Lengths 5, 4, 3, 2 in two rows of 9: first fit makes rows of 9 and 5; dealt longest first to the emptier
+    row they make 7 and 7. A deal that a supervised cap would break, or that is no shorter, leaves the plan alone."""
+    lengths = [5, 4, 3, 2]
+    plan, left = packing.plan_segments([[0, 0], [1, 0], [2, 0], [3, 0]], lengths, rows=2, seq_len=9)
+    assert plan == [[(0, 0, 5), (1, 0, 4)], [(2, 0, 3), (3, 0, 2)]] and left == []
+    dealt = packing.balance_rows(plan, lengths, 9)
+    assert dealt == [[(0, 0, 5), (3, 0, 2)], [(1, 0, 4), (2, 0, 3)]] and packing.row_length(dealt) == 7
+    counts = [4, 0, 3, 0]     # cap 4 per row: examples 0 and 2 must not share a row, and the deal keeps them apart
+    capped = packing.balance_rows(plan, lengths, 9, supervised=counts, supervised_cap=4)
+    assert capped == dealt
+    counts = [4, 4, 0, 0]     # first fit put 0 and 1 together under a group cap of 8 over both rows; fine dealt too
+    assert packing.balance_rows(plan, lengths, 9, supervised=counts, supervised_cap=8, group_rows=2) == dealt
+    counts = [4, 0, 0, 4]     # cap 4 per row: 3 cannot join 0, and row 1 has no token room left for it
+    assert packing.balance_rows(plan, lengths, 9, supervised=counts, supervised_cap=4) == plan
+    even = [[(0, 0, 5)], [(1, 0, 4)]]
+    assert packing.balance_rows(even, lengths, 9) == even
+
+
 @pytest.fixture(scope="module")
 def corpus(shared_data):
     records = alpaca_records(shared_data, 300)
@@ -189,6 +208,33 @@ def test_supervised_cap_holds_on_every_group_and_nothing_is_lost(corpus, group_r
         assert iterator.carried > 0
 
 
+def test_head_slot_buckets_list_every_supervised_position(corpus):
+    """Under a cap per group of 2 rows, ``clm_head_index`` lists each group's supervised positions in order, then
+    -1; with ``head_slot_buckets`` its slots are the smallest bucket holding the step's most supervised group, and
+    the rest of the batch is what it is without buckets; some steps do use fewer slots than the cap."""
+    data, train = cfgs(batch_size=8, clm_rows=8)
+    cap = 2 * longest_answer(corpus)
+    data.supervised_cap, data.supervised_group_rows = cap, 2
+    plain = pipeline.make_batches(corpus, data, train, seed=6)
+    data.head_slot_buckets = (cap // 2, 3 * cap // 4)
+    bucketed = pipeline.make_batches(corpus, data, train, seed=6)
+    slots = collections.Counter()
+    for _ in range(20):
+        ours, theirs = next(bucketed), next(plain)
+        assert theirs["clm_head_index"].shape == (4, cap)
+        for key in theirs.keys() - {"clm_head_index"}:
+            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+        index = ours["clm_head_index"]
+        supervised = ours["clm_weights"].reshape(4, -1) > 0
+        assert index.shape[1] == min(b for b in (cap // 2, 3 * cap // 4, cap) if supervised.sum(axis=1).max() <= b)
+        slots[index.shape[1]] += 1
+        for group, listed in zip(supervised, index):
+            count = int(group.sum())
+            np.testing.assert_array_equal(listed[:count], np.flatnonzero(group))
+            assert (listed[count:] == -1).all()
+    assert slots[cap] < 20, slots
+
+
 def test_a_supervised_cap_that_cannot_work_is_refused(corpus):
     data, train = cfgs(batch_size=8, clm_rows=8)
     longest = longest_answer(corpus)
@@ -214,6 +260,32 @@ def test_reference_mode_streams_every_token_once(corpus):
     np.testing.assert_array_equal(stream, expected[:expected.size - pending])
     positions = batches[0]["clm_positions"][0]
     np.testing.assert_array_equal(positions, np.arange(128))      # positions run across examples
+
+
+def test_row_length_buckets_trim_the_rows_and_keep_every_step_s_examples(shared_data):
+    """With ``clm_len_buckets`` each step's rows take the smallest length holding its fullest (dealt) row; every
+    step packs the same examples as without buckets, with their tokens, weights and positions, and the carry
+    queue evolves identically; some steps do use a shorter length."""
+    data = data_cfg(seq_len=256, clm_rows=4, cl_buckets=(16, 32, 64))
+    corpus = tokenize.tokenize_corpus(alpaca_records(shared_data, 300), xlmr_tokenizer(), data)
+    train = ml_collections.ConfigDict(dict(batch_size=8, micro_batches=1))
+    plain = pipeline.make_batches(corpus, data, train, seed=4)
+    data.clm_len_buckets = (128, 192)
+    bucketed = pipeline.make_batches(corpus, data, train, seed=4)
+    lengths = collections.Counter()
+    for _ in range(20):
+        ours, theirs = next(bucketed), next(plain)
+        length = ours["clm_ids"].shape[1]
+        lengths[length] += 1
+        fullest = int((ours["clm_segment_ids"] > 0).sum(axis=1).max())
+        assert length == min(b for b in (128, 192, 256) if fullest <= b)
+        assert ours["clm_weights"].sum() == theirs["clm_weights"].sum()
+        assert sorted(map(tuple, placed_spans(ours).values())) == sorted(map(tuple, placed_spans(theirs).values()))
+        for row, segment in placed_spans(ours):
+            in_segment = ours["clm_segment_ids"][row] == segment
+            np.testing.assert_array_equal(ours["clm_positions"][row][in_segment], np.arange(in_segment.sum()))
+        assert bucketed.get_state()["queue"] == plain.get_state()["queue"]
+    assert lengths[128] + lengths[192] >= 5, lengths
 
 
 def test_epochs_visit_every_record_once_across_step_boundaries(corpus):

@@ -77,7 +77,7 @@ def test_bench_runs_on_synthetic_data_without_tokenizer_or_data(tmp_path):
     report = bench.run_benchmark(_synthetic_config(), steps=2, warmup=1, workdir=tmp_path, measure_load=False)
     jax_part, batch = report["jax"], report["batch"]
     assert jax_part["compiles"] == 1 and all(math.isfinite(loss) for loss in jax_part["losses"])
-    assert batch["clm_rows"] == 8 and batch["seq_len"] == 256
+    assert batch["clm_rows"] == 8 and batch["clm_lengths"] == [256]
     assert 0.5 * 8 * 256 < batch["clm_tokens_per_step"] <= 8 * 256      # 8 records of ~136 tokens fill half or more
     assert batch["contrastive_lengths"] == [64]
 
@@ -88,7 +88,7 @@ def test_an_out_of_memory_step_is_reported_with_the_compiled_memory_and_the_knob
         trainer.step_fn(trainer.state, pipeline.to_global(host_batches[0], trainer.mesh))   # compiles the step
         raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 31.86GiB")
 
-    monkeypatch.setattr(bench, "time_jax_steps", exhausted)
+    monkeypatch.setattr(bench, "prepare_jax_steps", exhausted)
     with pytest.raises(SystemExit) as exit_info:
         bench.run_benchmark(_synthetic_config(), steps=1, warmup=1, workdir=tmp_path, measure_load=False)
     message = str(exit_info.value)

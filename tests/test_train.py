@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import threading
 
@@ -238,6 +239,22 @@ def test_supervised_only_cross_entropy_gives_the_same_steps(tokenizer_dir, share
     for ours, theirs in zip(_first_losses(gathered, tmp_path / "b"), reference, strict=True):
         assert ours["train/clm_unscored"] == 0
         for key in ("train/loss", "train/clm_loss", "train/grad_norm"):
+            np.testing.assert_allclose(ours[key], theirs[key], rtol=2e-5, err_msg=key)
+
+
+def test_row_length_buckets_give_the_same_steps(tokenizer_dir, shared_data, tmp_path, caplog):
+    """data.clm_len_buckets: each step's rows are cut to the smallest length that holds them (its examples dealt
+    evenly over the rows), a compile per length used; the steps train on the same examples, so the same losses."""
+    config = tiny_train_config(tokenizer_dir, shared_data, checkpoint_every=100, batch_size=16)
+    config.data.seq_len = 512      # 8 rows for ~2,400 tokens: two examples a row, dealt to ~300 tokens each
+    reference = _first_losses(config, tmp_path / "a", 3)
+    config.data.clm_len_buckets = (256, 384)
+    with caplog.at_level(logging.INFO, logger="xalign_jax.train"):
+        bucketed = _first_losses(config, tmp_path / "b", 3)
+    row_lengths = {int(length) for length in re.findall(r"'clm_ids': \(8, (\d+)\)", caplog.text)}
+    assert row_lengths and min(row_lengths) < 512, caplog.text[-2000:]
+    for ours, theirs in zip(bucketed, reference, strict=True):
+        for key in ("train/loss", "train/cl_loss", "train/clm_loss", "train/grad_norm"):
             np.testing.assert_allclose(ours[key], theirs[key], rtol=2e-5, err_msg=key)
 
 

@@ -8,14 +8,16 @@ What it does, in order:
      the timed function IS the training step, not a re-creation of it;
   2. draws ``warmup + steps`` host batches from the pipeline up front and places them on the devices, so the
      timings cover the step only (the host batch time is measured separately and reported as ``data_s_per_step``);
-  3. the first call compiles (timed by ``CompiledSteps``), ``warmup`` steps run untimed, then each of ``steps``
-     steps is timed to ``jax.block_until_ready``; the number of compiles must stay 1 with a single bucket;
-  4. with ``--profile_dir``, ``profile_steps`` more steps run on the timed steps' batches under
+  3. every distinct batch shape is compiled first (timed by ``CompiledSteps``; one shape per row-length, head-slot
+     and sentence bucket the drawn batches use) and ``warmup`` steps run untimed, so no compile falls inside a
+     timing; each of ``steps`` steps is then timed to ``jax.block_until_ready``;
+  4. with ``--torch`` the reference recipe (``benchmarks/torch_reference.py``) runs on the SAME host batches' tokens
+     in its own collator's layout (``reference_collation``) with the same HF config, its timed steps alternating
+     with ours (``time_alternating``), and the ratio of median step times is printed (same tokens, so it is the
+     tokens/s ratio);
+  5. with ``--profile_dir``, ``profile_steps`` more steps run on the timed steps' batches under
      ``jax.profiler.trace`` (not counted in the timings: tracing costs host time); ``benchmarks/trace_summary.py``
      turns the trace into per-op device time;
-  5. with ``--torch`` the reference recipe (``benchmarks/torch_reference.py``) runs on the SAME host batches' tokens
-     in its own collator's layout (``reference_collation``) with the same HF config, and the ratio of median step
-     times is printed (same tokens, so it is the tokens/s ratio);
   6. saves the parameters as an HF checkpoint and measures, in a fresh process, the peak RSS growth of
      ``models.from_pretrained`` against the parameter bytes.
 
@@ -28,8 +30,8 @@ Figures:
     tokens x head, plus contrastive tokens x forward FLOPs of the k blocks up to the pooled layer): see
     ``metrics.py``. The peak is ``train.peak_tflops`` when set, else the device table (the nominal clock on CPUs,
     so CPU MFU is indicative only: ``metrics.py``).
-  * memory: ``compiled.memory_analysis()`` of the step (argument/output/temp/alias bytes) and the process's peak
-    RSS (``resource.getrusage``) after the JAX part, before torch runs.
+  * memory: ``compiled.memory_analysis()`` of the step's first shape (argument/output/temp/alias bytes) and the
+    process's peak RSS (``resource.getrusage``) after every compile and the warmup steps, before torch is built.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -108,8 +110,7 @@ def executed_step_flops(host_batch: dict, trainer: train.Trainer) -> tuple[float
     layers = objectives.parse_pooler(trainer.config.objective.pooler)[1]
     rows, seq = host_batch["clm_ids"].shape
     sentences, cl_seq = host_batch["sent0_ids"].shape
-    data = trainer.config.data
-    head = rows // data.supervised_group_rows * data.supervised_cap if data.supervised_cap else rows * seq
+    head = host_batch["clm_head_index"].size if "clm_head_index" in host_batch else rows * seq
     ours = trainer.flops.train_step_flops(clm_tokens=rows * seq, clm_seq=seq, cl_tokens=2 * sentences * cl_seq,
                                           cl_seq=cl_seq, cl_layers=layers, head_tokens=head)
     theirs = reference_collation(host_batch)
@@ -160,22 +161,39 @@ def draw_batches(trainer: train.Trainer, count: int) -> tuple[list[dict], float]
     return batches, (time.perf_counter() - start) / count
 
 
-def time_jax_steps(trainer: train.Trainer, host_batches: Sequence[dict], warmup: int) -> dict:
-    """Compile on the first batch, run ``warmup`` steps untimed, then time each remaining step to completion."""
+StepTimer = Callable[[int], tuple[float, float]]   # runs timed batch i to completion: (seconds, loss)
+
+
+def prepare_jax_steps(trainer: train.Trainer, host_batches: Sequence[dict], warmup: int) -> StepTimer:
+    """Compile every batch shape first (row-length, head-slot and sentence buckets may give several), run ``warmup``
+    steps untimed, and return the timer of the remaining batches' steps (each to ``jax.block_until_ready``; the
+    trainer's state stays the live one, as the state is donated)."""
     device_batches = [pipeline.to_global(b, trainer.mesh) for b in host_batches]
-    state = trainer.state
+    for batch in device_batches:
+        trainer.step_fn.compiled_for(trainer.state, batch)
     for batch in device_batches[:warmup]:
-        state, metrics = trainer.step_fn(state, batch)
-    jax.block_until_ready(state)
-    seconds, losses = [], []
-    for batch in device_batches[warmup:]:
+        trainer.state, _ = trainer.step_fn(trainer.state, batch)
+    jax.block_until_ready(trainer.state)
+
+    def timed_step(index: int) -> tuple[float, float]:
         start = time.perf_counter()
-        state, metrics = trainer.step_fn(state, batch)
-        jax.block_until_ready((state, metrics))
-        seconds.append(time.perf_counter() - start)
-        losses.append(float(metrics["loss"]))
-    trainer.state = state
-    return {"step_seconds": seconds, "losses": losses}
+        trainer.state, metrics = trainer.step_fn(trainer.state, device_batches[warmup + index])
+        jax.block_until_ready((trainer.state, metrics))
+        return time.perf_counter() - start, float(metrics["loss"])
+    return timed_step
+
+
+def time_alternating(timers: dict[str, StepTimer], steps: int) -> dict[str, dict]:
+    """Step i of every side before step i + 1 of any. On a shared machine the load drifts over minutes (the same
+    torch step took 3.3 s and 6.0 s within one run); timing one side's steps after the other's put each side in
+    its own minutes, so the ratio carried the drift; alternating gives both sides the same minutes."""
+    runs = {name: {"step_seconds": [], "losses": []} for name in timers}
+    for index in range(steps):
+        for name, timer in timers.items():
+            seconds, loss = timer(index)
+            runs[name]["step_seconds"].append(seconds)
+            runs[name]["losses"].append(loss)
+    return runs
 
 
 def profile_jax_steps(trainer: train.Trainer, host_batches: Sequence[dict], steps: int,
@@ -225,10 +243,10 @@ def torch_hf_config(trainer: train.Trainer) -> dict:
     return hf_config
 
 
-def time_torch_reference(trainer: train.Trainer, host_batches: Sequence[dict], warmup: int, *,
-                         bf16_autocast: bool) -> dict:
+def prepare_torch_reference(trainer: train.Trainer, host_batches: Sequence[dict], warmup: int, *,
+                            bf16_autocast: bool) -> tuple[StepTimer, dict]:
     """The reference recipe on the same tokens, in its collator's layout, and architecture (random weights, its
-    own AdamW)."""
+    own AdamW), after ``warmup`` untimed steps: its step timer and its settings (threads, precision)."""
     try:
         from benchmarks import torch_reference
     except ImportError as error:
@@ -241,13 +259,13 @@ def time_torch_reference(trainer: train.Trainer, host_batches: Sequence[dict], w
     model = torch_reference.build_model(torch_hf_config(trainer), seed=trainer.config.model.init_seed)
     optimizer = torch_reference.make_optimizer(model, lr=trainer.config.train.lr)
     ocfg = trainer.config.objective
-    result = torch_reference.time_steps(
+    timer = torch_reference.prepare_steps(
         model, optimizer, [reference_collation(b) for b in host_batches], warmup=warmup, layer=layer,
         temperature=ocfg.temperature, cl_weight=ocfg.cl_weight, clm_weight=ocfg.clm_weight,
         grad_clip=trainer.config.train.grad_clip or 1e9, bf16_autocast=bf16_autocast)
-    result["threads"] = torch_reference.thread_settings()
-    result["precision"] = "bf16 autocast" if bf16_autocast else "float32"
-    return result
+    settings = {"threads": torch_reference.thread_settings(),
+                "precision": "bf16 autocast" if bf16_autocast else "float32"}
+    return timer, settings
 
 
 # ------------------------------------------------------------------------------------------------- checkpoint load
@@ -334,8 +352,12 @@ def run_benchmark(config: Any, *, steps: int, warmup: int, workdir: pathlib.Path
         host_batches, data_seconds = draw_batches(trainer, warmup + steps)
         counts = batch_counts(host_batches[warmup:], trainer)
         try:
-            jax_run = time_jax_steps(trainer, host_batches, warmup)
-            jax_part = jax_report(trainer, jax_run, counts, data_seconds)    # peak RSS before any profiling
+            timers = {"jax": prepare_jax_steps(trainer, host_batches, warmup)}
+            jax_rss = peak_rss_bytes()                   # the JAX part's peak: compiles and warmup steps, no torch
+            if with_torch:
+                timers["torch"], torch_settings = prepare_torch_reference(trainer, host_batches, warmup,
+                                                                          bf16_autocast=torch_bf16)
+            runs = time_alternating(timers, steps)
             profile = profile_dir and profile_or_error(trainer, host_batches[warmup:], profile_steps, profile_dir)
         except jax.errors.JaxRuntimeError as error:
             if "RESOURCE_EXHAUSTED" not in str(error):
@@ -344,13 +366,12 @@ def run_benchmark(config: Any, *, steps: int, warmup: int, workdir: pathlib.Path
         report = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine_info(),
             "model": model_info(trainer), "batch": batch_info(trainer, host_batches, counts),
-            "jax": jax_part,
+            "jax": jax_report(trainer, runs["jax"], counts, data_seconds, jax_rss),
         }
         if profile:
             report["profile"] = profile
         if with_torch:
-            torch_run = time_torch_reference(trainer, host_batches, warmup, bf16_autocast=torch_bf16)
-            report["torch"] = torch_report(torch_run, counts)
+            report["torch"] = torch_report(runs["torch"], torch_settings, counts)
             report["torch_over_jax_step_time"] = (report["torch"]["step_s"]["median"]
                                                   / report["jax"]["step_s"]["median"])
         if measure_load:
@@ -371,11 +392,11 @@ def model_info(trainer: train.Trainer) -> dict:
 def batch_info(trainer: train.Trainer, host_batches: Sequence[dict], counts: dict) -> dict:
     first = host_batches[0]
     return {"records": int(trainer.config.train.batch_size), "clm_rows": int(first["clm_ids"].shape[0]),
-            "seq_len": int(first["clm_ids"].shape[1]),
+            "clm_lengths": sorted({int(b["clm_ids"].shape[1]) for b in host_batches}),
             "contrastive_lengths": sorted({int(b["sent0_ids"].shape[1]) for b in host_batches}), **counts}
 
 
-def jax_report(trainer: train.Trainer, run: dict, counts: dict, data_seconds: float) -> dict:
+def jax_report(trainer: train.Trainer, run: dict, counts: dict, data_seconds: float, peak_rss: int) -> dict:
     step_s = summarize_seconds(run["step_seconds"])
     return {"step_s": step_s, "tokens_per_s": counts["tokens_per_step"] / step_s["median"],
             "model_tflops_per_s": counts["flops_per_step"] / step_s["median"] / 1e12,
@@ -383,14 +404,13 @@ def jax_report(trainer: train.Trainer, run: dict, counts: dict, data_seconds: fl
             "peak_tflops_total": trainer.peak_flops / 1e12,
             "compile_s": trainer.step_fn.compile_seconds, "compiles": trainer.step_fn.num_compiles,
             "memory_analysis": memory_analysis_dict(trainer.step_fn.memory_analysis()),
-            "peak_rss_bytes": peak_rss_bytes(), "data_s_per_step": data_seconds, "losses": run["losses"]}
+            "peak_rss_bytes": peak_rss, "data_s_per_step": data_seconds, "losses": run["losses"]}
 
 
-def torch_report(run: dict, counts: dict) -> dict:
+def torch_report(run: dict, settings: dict, counts: dict) -> dict:
     step_s = summarize_seconds(run["step_seconds"])
-    return {"step_s": step_s, "tokens_per_s": counts["tokens_per_step"] / step_s["median"],
-            "threads": run["threads"], "precision": run["precision"], "losses": run["losses"],
-            "peak_rss_bytes_process": peak_rss_bytes()}
+    return {"step_s": step_s, "tokens_per_s": counts["tokens_per_step"] / step_s["median"], **settings,
+            "losses": run["losses"], "peak_rss_bytes_process": peak_rss_bytes()}
 
 
 def format_report(report: dict) -> str:
@@ -400,8 +420,8 @@ def format_report(report: dict) -> str:
         f"model {report['model']['family']} {report['model']['parameters'] / 1e6:.1f}M params, "
         f"dtype {report['model']['dtype']}, remat {report['model']['remat_policy']}, "
         f"clm_chunk {report['model']['clm_chunk_size']}",
-        f"batch {batch['records']} records, {batch['clm_rows']}x{batch['seq_len']} CLM, contrastive lengths "
-        f"{batch['contrastive_lengths']}; {batch['tokens_per_step']:.0f} tokens/step "
+        f"batch {batch['records']} records, {batch['clm_rows']} CLM rows of {batch['clm_lengths']}, contrastive "
+        f"lengths {batch['contrastive_lengths']}; {batch['tokens_per_step']:.0f} tokens/step "
         f"({batch['clm_tokens_per_step']:.0f} CLM + {batch['contrastive_tokens_per_step']:.0f} contrastive)",
         f"jax: step {_fmt_step(jax_part['step_s'])}, {jax_part['tokens_per_s']:.0f} tokens/s, "
         f"{jax_part['model_tflops_per_s']:.3f} model TFLOP/s = MFU {100 * jax_part['mfu']:.1f}% of "

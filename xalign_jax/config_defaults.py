@@ -42,6 +42,9 @@ def data_config() -> ml_collections.ConfigDict:
         "seq_len": 512,             # CLM row length (reference clm_block_size 512)
         "clm_rows": 2,              # packed CLM rows per step (global)
         "cl_buckets": (32, 64, 128),  # contrastive sentence lengths (one compile per bucket used)
+        "clm_len_buckets": (),      # shorter CLM row lengths a step may use (one compile per length used): rows
+                                    # take the smallest that holds the step's fullest row, seq_len when none does;
+                                    # segments packing then deals each step's examples evenly over the rows
         "packing": "segments",      # segments (no cross-example attention) | reference (no barrier, AFP_SPEC §1.3)
         "prompt_masking": "offsets",  # offsets (character offsets) | reference (token-prefix heuristic)
         "append_eos": True,         # EOS after every CLM example, supervised (the model learns to stop)
@@ -50,6 +53,9 @@ def data_config() -> ml_collections.ConfigDict:
                                     # (segments packing; 0 = every position)
         "supervised_group_rows": 1,  # rows sharing one supervised_cap; must divide the rows of one data shard's
                                      # micro-batch (clm_rows / (data*fsdp*micro_batches))
+        "head_slot_buckets": (),    # with a supervised_cap: fewer LM-head slots per group a step may use (one
+                                    # compile per count used): the smallest that holds the step's most supervised
+                                    # group, supervised_cap when none does
     })
 
 

@@ -91,9 +91,19 @@ def validate(config: Any, *, mode: str, num_devices: int | None = None) -> None:
     _validate_data_source(config)
     if sorted(data_cfg.cl_buckets) != list(data_cfg.cl_buckets) or not data_cfg.cl_buckets:
         _fail("data.cl_buckets", f"must be a non-empty increasing tuple, got {data_cfg.cl_buckets}")
+    _validate_ladder(data_cfg, "clm_len_buckets", "seq_len")
+    _validate_ladder(data_cfg, "head_slot_buckets", "supervised_cap")
     pool_layer(config.objective.pooler)
     if config.objective.temperature <= 0:
         _fail("objective.temperature", f"must be positive, got {config.objective.temperature}")
+
+
+def _validate_ladder(data_cfg: Any, key: str, limit_key: str) -> None:
+    """A bucket ladder below a limit: increasing sizes within 1..limit (empty = off)."""
+    ladder, limit = list(data_cfg[key]), int(data_cfg[limit_key])
+    if sorted(set(ladder)) != ladder or any(not 0 < b <= limit for b in ladder):
+        _fail(f"data.{key}", f"must be an increasing tuple of sizes within 1..data.{limit_key} = {limit}, got "
+                             f"{data_cfg[key]}")
 
 
 def _validate_train_numbers(train: Any) -> None:

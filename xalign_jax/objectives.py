@@ -239,24 +239,25 @@ def group_rows(x: jax.Array, rows: int) -> jax.Array:
 
 
 def gather_supervised(hidden: jax.Array, targets: jax.Array, weights: jax.Array,
-                      positions: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The first ``positions`` supervised positions of every row, in order: ([R, K, D], [R, K], [R, K] weights).
-    Rows with more than ``positions`` lose the rest (``supervised_overflow`` counts them; the packer's cap keeps
-    that at zero)."""
-    order = jnp.argsort(weights <= 0, axis=1, stable=True)[:, :positions]   # supervised first, in position order
-    return (jnp.take_along_axis(hidden, order[..., None], axis=1), jnp.take_along_axis(targets, order, axis=1),
-            jnp.take_along_axis(weights, order, axis=1))
+                      index: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Grouped rows [G, S, ...] at ``index`` [G, K] (positions within the group; -1 marks an empty slot, which
+    gets weight 0): ([G, K, D] hidden, [G, K] targets, [G, K] weights)."""
+    filled = index >= 0
+    at = jnp.where(filled, index, 0)
+    return (jnp.take_along_axis(hidden, at[..., None], axis=1), jnp.take_along_axis(targets, at, axis=1),
+            jnp.where(filled, jnp.take_along_axis(weights, at, axis=1), 0))
 
 
-def supervised_overflow(weights: jax.Array, positions: int, rows_per_group: int = 1) -> jax.Array:
-    """How many supervised positions ``clm_loss(..., supervised_positions=positions, rows_per_group=...)`` leaves
-    out: those beyond K in a group of rows."""
-    per_group = jnp.sum(group_rows(weights, rows_per_group) > 0, axis=1)
-    return jnp.sum(jnp.maximum(per_group - positions, 0))
+def supervised_overflow(weights: jax.Array, index: jax.Array, rows_per_group: int = 1) -> jax.Array:
+    """How many supervised positions ``clm_loss(..., head_index=index, rows_per_group=...)`` leaves unscored: those
+    of each group of rows that ``index`` does not list (the pipeline lists them all)."""
+    supervised = group_rows(weights, rows_per_group) > 0
+    listed = jnp.take_along_axis(supervised, jnp.maximum(index, 0), axis=1) & (index >= 0)
+    return jnp.sum(supervised) - jnp.sum(listed)
 
 
 def clm_loss(hidden: jax.Array, targets: jax.Array, weights: jax.Array, head: Any, logits_fn: LogitsFn, *,
-             chunk_size: int, supervised_positions: int = 0, rows_per_group: int = 1,
+             chunk_size: int, head_index: jax.Array | None = None, rows_per_group: int = 1,
              logits_grad: str = "auto", scale: float | jax.Array = 1.0) -> tuple[jax.Array, jax.Array]:
     """(``scale`` x the sum of weighted token NLL, sum of weights) of next-token prediction, in sequence chunks.
 
@@ -269,11 +270,11 @@ def clm_loss(hidden: jax.Array, targets: jax.Array, weights: jax.Array, head: An
     "auto" by backend). The chunks are balanced (as few as ``chunk_size`` allows, equal in length), so a length just
     above ``chunk_size`` is not padded to twice its size.
 
-    ``supervised_positions=K`` first gathers the supervised positions of each group of ``rows_per_group``
-    consecutive rows into [R / rows_per_group, K] (the packer guarantees at most K per group): only those reach the
-    vocabulary projection, which dominates the step with 250k+ vocabularies. The count returned is always the sum
-    of ALL weights, so a position that did not fit would lower the loss visibly rather than vanish;
-    ``supervised_overflow`` reports that number for the metrics.
+    ``head_index`` ([R / rows_per_group, K], ``packing.head_index``) first gathers the supervised positions of each
+    group of ``rows_per_group`` consecutive rows into K slots: only those reach the vocabulary projection, which
+    dominates the step with 250k+ vocabularies. The count returned is always the sum of ALL weights, so a
+    position the index left out would lower the loss visibly rather than vanish; ``supervised_overflow`` reports
+    that number for the metrics.
 
     ``scale`` (no gradient) multiplies the token weights inside the fused CE, so the gradients come out scaled.
     A caller that scales the sum anyway (the train step: ``clm_weight`` / the global token count) then hands it a
@@ -281,9 +282,9 @@ def clm_loss(hidden: jax.Array, targets: jax.Array, weights: jax.Array, head: An
     cotangent, one more pass over the step's largest gradient (BENCHMARKS.md).
     """
     count = jnp.sum(weights.astype(jnp.float32))
-    if supervised_positions:
+    if head_index is not None:
         grouped = (group_rows(x, rows_per_group) for x in (hidden, targets, weights))
-        hidden, targets, weights = gather_supervised(*grouped, supervised_positions)
+        hidden, targets, weights = gather_supervised(*grouped, head_index)
     length = hidden.shape[1]
     num_chunks = -(-length // max(1, int(chunk_size)))
     chunk = -(-length // num_chunks)

@@ -113,13 +113,12 @@ def split_micro(batch: Batch, num_micro: int, batch_shards: int = 1) -> Batch:
     return {k: split(v) for k, v in batch.items()}
 
 
-def afp_losses(model: nnx.Module, batch: Batch, rng: jax.Array, ocfg: Any, supervised_cap: int = 0,
-               supervised_group_rows: int = 1,
+def afp_losses(model: nnx.Module, batch: Batch, rng: jax.Array, ocfg: Any, supervised_group_rows: int = 1,
                clm_scale: float | jax.Array = 1.0) -> tuple[jax.Array, jax.Array, dict]:
-    """(contrastive loss, CLM token-loss SUM x ``clm_scale``, aux metrics) for one micro-batch. With a
-    ``supervised_cap`` the CE sees only the supervised positions, gathered per group of ``supervised_group_rows``
-    consecutive rows (a group lies within one shard of the micro-batch: ``config_validation`` checks the
-    divisibility)."""
+    """(contrastive loss, CLM token-loss SUM x ``clm_scale``, aux metrics) for one micro-batch. When the batch has
+    a ``clm_head_index`` (the pipeline's, under ``data.supervised_cap``) the CE sees only the supervised positions
+    it lists per group of ``supervised_group_rows`` consecutive rows (a group lies within one shard of the
+    micro-batch: ``config_validation`` checks the divisibility)."""
     method, layer = objectives.parse_pooler(ocfg.pooler)
     cl_rng, clm_rng = jax.random.split(rng)
     ids = jnp.concatenate([batch["sent0_ids"], batch["sent1_ids"]], axis=0)
@@ -132,23 +131,23 @@ def afp_losses(model: nnx.Module, batch: Batch, rng: jax.Array, ocfg: Any, super
                 positions=batch["clm_positions"], segment_ids=batch["clm_segment_ids"],
                 compute_logits=False, dropout_rng=clm_rng)
     hidden, targets, weights = out.last_hidden_state, batch["clm_targets"], batch["clm_weights"]
+    head_index = batch.get("clm_head_index")
     clm_sum, clm_count = objectives.clm_loss(hidden, targets, weights, model.head(),
                                              functools.partial(lm_head_logits, model.config),
-                                             chunk_size=ocfg.clm_chunk_size, supervised_positions=supervised_cap,
+                                             chunk_size=ocfg.clm_chunk_size, head_index=head_index,
                                              rows_per_group=supervised_group_rows, scale=clm_scale)
     aux = {**cl_metrics, "clm_tokens": clm_count}
-    if supervised_cap:
-        aux["clm_unscored"] = objectives.supervised_overflow(weights, supervised_cap, supervised_group_rows)
+    if head_index is not None:
+        aux["clm_unscored"] = objectives.supervised_overflow(weights, head_index, supervised_group_rows)
     return cl_loss, clm_sum, aux
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    ocfg: Any, num_micro: int, supervised_cap: int = 0, supervised_group_rows: int = 1,
+                    ocfg: Any, num_micro: int, supervised_group_rows: int = 1,
                     batch_shards: int = 1) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """Build the pure step function; ``ocfg`` is the objective config, ``num_micro`` the accumulation count,
-    ``batch_shards`` the mesh's data x fsdp size (the batch's layout, ``split_micro``),
-    ``supervised_cap`` and ``supervised_group_rows`` the packer's cap (``data.supervised_cap`` per group of
-    ``data.supervised_group_rows`` rows; a cap of 0 = the CE sees every position)."""
+    ``batch_shards`` the mesh's data x fsdp size (the batch's layout, ``split_micro``), ``supervised_group_rows``
+    the rows that share one group of LM-head slots in a batch's ``clm_head_index`` (``data.supervised_cap``)."""
 
     clm_weight = ocfg.clm_weight or 1.0    # a CE weight of 0 still reports the CE, and adds nothing to the loss
 
@@ -156,7 +155,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         model = nnx.merge(graphdef, params)
         # The CE's sum comes out as its term of the loss (clm_weight x the global token mean), so that its
         # gradients need no further scaling (objectives.clm_loss's ``scale``).
-        cl_loss, clm_term, aux = afp_losses(model, micro_batch, rng, ocfg, supervised_cap, supervised_group_rows,
+        cl_loss, clm_term, aux = afp_losses(model, micro_batch, rng, ocfg, supervised_group_rows,
                                             clm_scale=clm_weight / total_tokens)
         loss = ocfg.cl_weight * cl_loss / num_micro + (clm_term if ocfg.clm_weight else 0.0)
         return loss, {"cl_loss": cl_loss / num_micro, "clm_loss": clm_term / clm_weight, **aux}
@@ -190,7 +189,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
             "cl_accuracy": sums["accuracy"] / num_micro, "cl_positive_cosine": sums["positive_cosine"] / num_micro,
             "clm_tokens": sums["clm_tokens"], "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state["step"]),
-            **({"clm_unscored": sums["clm_unscored"]} if supervised_cap else {}),
+            **({"clm_unscored": sums["clm_unscored"]} if "clm_head_index" in batch else {}),
         }
         new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1, "rng": rng}
         return new_state, metrics

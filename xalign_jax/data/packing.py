@@ -51,6 +51,41 @@ def plan_segments(queue: Pending, lengths: Sequence[int], rows: int, seq_len: in
     return plan, left
 
 
+def row_length(plan: Sequence[Sequence[Span]]) -> int:
+    """Tokens in the plan's fullest row."""
+    return max((sum(stop - start for _, start, stop in row) for row in plan), default=0)
+
+
+def balance_rows(plan: Sequence[Sequence[Span]], lengths: Sequence[int], seq_len: int, *,
+                 supervised: Sequence[int] | None = None, supervised_cap: int = 0,
+                 group_rows: int = 1) -> list[list[Span]]:
+    """The same examples dealt anew over the plan's rows, longest first, each to the emptiest row that takes it
+    (rows' tokens within ``seq_len``, groups' supervised positions within ``supervised_cap``), so that the longest
+    row, which sets the step's row length (``data.clm_len_buckets``), is as short as this greedy deal makes it.
+
+    First fit fills row 0 before row 1: 418 tokens in two rows of 256 become 256 + 162, which no row-length bucket
+    below 256 holds; dealt, they become about 209 + 209. Which examples the step takes is first fit's choice, so the
+    carry queue and the data a step trains on do not change; only their placement does (segments never attend to
+    each other and their positions restart, so the loss is the same). Where the deal cannot place an example, or
+    its longest row is not shorter, the plan comes back unchanged."""
+    spans = sorted((span for row in plan for span in row), key=lambda s: (s[1] - s[2], s[0]))
+    rows = len(plan)
+    dealt: list[list[Span]] = [[] for _ in range(rows)]
+    fill = [0] * rows
+    supervised_room = [supervised_cap if supervised_cap else group_rows * seq_len] * -(-rows // group_rows)
+    for example, start, stop in spans:
+        weight = supervised[example] if supervised_cap else 0
+        fits = [r for r in range(rows) if fill[r] + stop - start <= seq_len
+                and supervised_room[r // group_rows] >= weight]
+        if not fits:
+            return [list(row) for row in plan]
+        row = min(fits, key=lambda r: (fill[r], r))
+        dealt[row].append((example, start, stop))
+        fill[row] += stop - start
+        supervised_room[row // group_rows] -= weight
+    return dealt if max(fill, default=0) < row_length(plan) else [list(row) for row in plan]
+
+
 def plan_stream(queue: Pending, lengths: Sequence[int], rows: int, seq_len: int) -> tuple[list[list[Span]], Pending]:
     """The reference's concatenation: fill rows in order from one stream; a split example's tail stays queued."""
     plan: list[list[Span]] = [[] for _ in range(rows)]
@@ -88,6 +123,21 @@ def fill_rows(plan: Sequence[Sequence[Span]], ids: Sequence[np.ndarray], labels:
             out["clm_weights"][r, offset:end - 1] = seg_labels[1:]
             offset = end
     return out
+
+
+def head_index(weights: np.ndarray, group_rows: int, slots: int) -> np.ndarray:
+    """[R, T] loss weights -> int32 [R / group_rows, slots]: each group's supervised positions (its rows laid end
+    to end), in order, then -1 in the slots left over. The train step gathers the LM head's inputs at these
+    positions (``objectives.gather_supervised``), so the number of slots, a shape, is chosen here per step."""
+    grouped = weights.reshape(weights.shape[0] // group_rows, -1) > 0
+    index = np.full((grouped.shape[0], slots), -1, np.int32)
+    for group, supervised in enumerate(grouped):
+        positions = np.flatnonzero(supervised)
+        if len(positions) > slots:
+            raise ValueError(f"group {group} of {group_rows} CLM rows holds {len(positions)} supervised positions, "
+                             f"more than its {slots} LM-head slots")
+        index[group, :len(positions)] = positions
+    return index
 
 
 def _segments(spans: Sequence[Span], ids, labels, one_segment_per_row: bool) -> list[tuple[np.ndarray, np.ndarray]]:

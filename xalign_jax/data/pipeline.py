@@ -4,7 +4,10 @@ Per step the iterator draws the next B records of an endless stream of epoch per
 ``(seed, e)``; a step may span an epoch boundary, so no record is ever skipped). The records' contrastive pairs
 fill ``sent0_*``/``sent1_*`` (right padded to the smallest bucket that fits the global batch, so shapes are static
 per bucket). Their CLM examples join a carry queue which is packed into R rows of T tokens (``packing.py``);
-whatever does not fit waits for the next step, so nothing is dropped. The queue cannot grow without bound: a
+whatever does not fit waits for the next step, so nothing is dropped. Shapes may follow the step's contents, one
+compile per shape used: with ``data.clm_len_buckets`` the step's examples are dealt evenly over the rows and the
+rows cut to the shortest bucket that holds them; with a ``data.supervised_cap``, ``clm_head_index`` lists each
+group of rows' supervised positions for the LM head, in the fewest ``data.head_slot_buckets`` slots that hold them. The queue cannot grow without bound: a
 configuration whose B records bring more tokens on average than R*T is refused up front, and since first-fit
 packing leaves gaps that an average does not see, a queue that still outgrows ``MAX_QUEUED_STEPS`` steps of rows
 stops the run with an error (the examples in it would otherwise wait for ever).
@@ -114,6 +117,7 @@ class BatchIterator:
         self.batch_size, self.rows = int(train_cfg.batch_size), int(data_cfg.clm_rows)
         self.seq_len = int(data_cfg.seq_len)
         self.buckets = tuple(int(b) for b in data_cfg.cl_buckets)
+        self.row_lengths = tuple(int(b) for b in data_cfg.clm_len_buckets if int(b) < self.seq_len) + (self.seq_len,)
         self.mode = str(data_cfg.packing)
         if self.mode not in packing.PACKING_MODES:
             raise ValueError(f"config data.packing: {self.mode!r} is not one of {packing.PACKING_MODES}")
@@ -128,6 +132,8 @@ class BatchIterator:
         self._clm_lengths = [0 if ids is None else len(ids) for ids in self._clm_ids]
         self._clm_supervised = [0 if labels is None else int(labels[1:].sum()) for labels in self._clm_labels]
         self.supervised_cap, self.group_rows = int(data_cfg.supervised_cap), int(data_cfg.supervised_group_rows)
+        self.head_slots = tuple(int(b) for b in data_cfg.head_slot_buckets if int(b) < self.supervised_cap) + (
+            self.supervised_cap,)
         if self.supervised_cap:
             _check_supervised_cap(self._clm_supervised, self.batch_size, self.rows, self.supervised_cap,
                                   self.group_rows, self.mode)
@@ -215,17 +221,29 @@ class BatchIterator:
         length = pick_bucket(max(self._sent_lengths[i] for i in records), self.buckets)
         batch = self._contrastive([records[i] for i in self._local(self.batch_size)], length)
         batch.update(packing.fill_rows([plan[i] for i in self._local(self.rows)], self._clm_ids, self._clm_labels,
-                                       seq_len=self.seq_len, pad_id=self.corpus.pad_id,
-                                       one_segment_per_row=self.mode == "reference"))
+                                       seq_len=pick_bucket(packing.row_length(plan), self.row_lengths),
+                                       pad_id=self.corpus.pad_id, one_segment_per_row=self.mode == "reference"))
+        if self.supervised_cap:
+            batch["clm_head_index"] = packing.head_index(batch["clm_weights"], self.group_rows,
+                                                         pick_bucket(self._most_supervised(plan), self.head_slots))
         self._advance(records, plan, left)
         return batch
 
     def _plan(self, queue: packing.Pending) -> tuple[list[list[packing.Span]], packing.Pending]:
-        if self.mode == "segments":
-            return packing.plan_segments(queue, self._clm_lengths, self.rows, self.seq_len,
-                                         supervised=self._clm_supervised, supervised_cap=self.supervised_cap,
-                                         group_rows=self.group_rows)
-        return packing.plan_stream(queue, self._clm_lengths, self.rows, self.seq_len)
+        if self.mode == "reference":
+            return packing.plan_stream(queue, self._clm_lengths, self.rows, self.seq_len)
+        supervised = {"supervised": self._clm_supervised, "supervised_cap": self.supervised_cap,
+                      "group_rows": self.group_rows}
+        plan, left = packing.plan_segments(queue, self._clm_lengths, self.rows, self.seq_len, **supervised)
+        if len(self.row_lengths) > 1:
+            plan = packing.balance_rows(plan, self._clm_lengths, self.seq_len, **supervised)
+        return plan, left
+
+    def _most_supervised(self, plan: list[list[packing.Span]]) -> int:
+        """The supervised positions of the plan's fullest group of rows (every process sees the global plan, so
+        every process picks the same number of LM-head slots)."""
+        rows = [sum(self._clm_supervised[example] for example, _, _ in spans) for spans in plan]
+        return max(sum(rows[g:g + self.group_rows]) for g in range(0, len(rows), self.group_rows))
 
     def _contrastive(self, records: list[int], length: int) -> dict[str, np.ndarray]:
         batch = {}
