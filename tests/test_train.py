@@ -228,13 +228,15 @@ def test_accumulation_gives_the_same_steps_on_any_mesh(tokenizer_dir, shared_dat
             np.testing.assert_allclose(ours[key], theirs[key], rtol=2e-5, err_msg=key)
 
 
-def test_supervised_only_cross_entropy_gives_the_same_steps(tokenizer_dir, shared_data, tmp_path):
+@pytest.mark.parametrize("slot_ladder", [(), (48, 64, 96)])
+def test_supervised_only_cross_entropy_gives_the_same_steps(tokenizer_dir, shared_data, tmp_path, slot_ladder):
     """data.supervised_cap = 2 x seq_len per group of 2 rows (a cap that never binds, so the packing is identical),
     on a mesh with 2 rows per data shard: gathering each group's supervised positions before the LM head changes
-    no loss, and every supervised token was scored."""
+    no loss, and every supervised token was scored; also with fewer head slots per step (``head_slot_buckets``)."""
     gathered = tiny_train_config(tokenizer_dir, shared_data, checkpoint_every=100)
     gathered.mesh.update(dict(data=2, fsdp=2, tensor=2))
     gathered.data.supervised_cap, gathered.data.supervised_group_rows = 2 * gathered.data.seq_len, 2
+    gathered.data.head_slot_buckets = slot_ladder
     reference = _first_losses(tiny_train_config(tokenizer_dir, shared_data, checkpoint_every=100), tmp_path / "a")
     for ours, theirs in zip(_first_losses(gathered, tmp_path / "b"), reference, strict=True):
         assert ours["train/clm_unscored"] == 0
