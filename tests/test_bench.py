@@ -12,7 +12,7 @@ import torch
 from benchmarks import torch_reference
 from tests.tiny_models import TINY_HF_CONFIGS, reference_batch
 from tests.train_fixtures import tiny_train_config, train_tiny_tokenizer
-from xalign_jax import bench, metrics
+from xalign_jax import bench, metrics, train
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,6 @@ def report(tmp_path_factory, shared_data):
     tokenizer_dir = train_tiny_tokenizer(shared_data, tmp_path_factory.mktemp("tok"))
     config = tiny_train_config(tokenizer_dir, shared_data)
     config.data.cl_buckets = (64,)
-    config.data.clm_len_buckets = (32, 48)
     return bench.run_benchmark(config, steps=2, warmup=1, workdir=tmp_path_factory.mktemp("bench"), with_torch=True)
 
 
@@ -34,6 +33,21 @@ def test_jax_timings_are_positive_and_every_shape_compiles_once(report):
     assert 0 < jax_part["mfu"] < 1
     assert jax_part["model_tflops_per_s"] == pytest.approx(
         report["batch"]["flops_per_step"] / step["median"] / 1e12)
+
+
+def test_every_row_length_compiles_before_the_timed_steps(shared_data, tmp_path_factory):
+    """With a row-length ladder the bench's batches need several shapes; each compiles once, before any timing."""
+    tokenizer_dir = train_tiny_tokenizer(shared_data, tmp_path_factory.mktemp("tok"))
+    config = tiny_train_config(tokenizer_dir, shared_data)
+    config.data.seq_len = 512      # 8 rows of 512 for ~1,200 tokens: the dealt rows need 352 or 384 of them
+    config.data.clm_len_buckets = (320, 352, 384)
+    trainer = train.Trainer(config, tmp_path_factory.mktemp("ladder"))
+    host_batches, _ = bench.draw_batches(trainer, 3)
+    assert sorted({b["clm_ids"].shape[1] for b in host_batches}) == [352, 384]
+    timed_step = bench.prepare_jax_steps(trainer, host_batches, warmup=1)
+    assert trainer.step_fn.num_compiles == 2
+    assert all(math.isfinite(timed_step(index)[1]) for index in range(2))
+    assert trainer.step_fn.num_compiles == 2
 
 
 def test_tokens_per_second_is_tokens_per_step_over_the_median_step(report):

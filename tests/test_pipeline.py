@@ -98,17 +98,17 @@ def test_balance_rows_deals_a_steps_examples_evenly_by_hand():
     lengths = [5, 4, 3, 2]
     plan, left = packing.plan_segments([[0, 0], [1, 0], [2, 0], [3, 0]], lengths, rows=2, seq_len=9)
     assert plan == [[(0, 0, 5), (1, 0, 4)], [(2, 0, 3), (3, 0, 2)]] and left == []
-    dealt = packing.balance_rows(plan, lengths, 9)
+    dealt = packing.balance_rows(plan, 9)
     assert dealt == [[(0, 0, 5), (3, 0, 2)], [(1, 0, 4), (2, 0, 3)]] and packing.row_length(dealt) == 7
     counts = [4, 0, 3, 0]     # cap 4 per row: examples 0 and 2 must not share a row, and the deal keeps them apart
-    capped = packing.balance_rows(plan, lengths, 9, supervised=counts, supervised_cap=4)
+    capped = packing.balance_rows(plan, 9, supervised=counts, supervised_cap=4)
     assert capped == dealt
     counts = [4, 4, 0, 0]     # first fit put 0 and 1 together under a group cap of 8 over both rows; fine dealt too
-    assert packing.balance_rows(plan, lengths, 9, supervised=counts, supervised_cap=8, group_rows=2) == dealt
+    assert packing.balance_rows(plan, 9, supervised=counts, supervised_cap=8, group_rows=2) == dealt
     counts = [4, 0, 0, 4]     # cap 4 per row: 3 cannot join 0, and row 1 has no token room left for it
-    assert packing.balance_rows(plan, lengths, 9, supervised=counts, supervised_cap=4) == plan
+    assert packing.balance_rows(plan, 9, supervised=counts, supervised_cap=4) == plan
     even = [[(0, 0, 5)], [(1, 0, 4)]]
-    assert packing.balance_rows(even, lengths, 9) == even
+    assert packing.balance_rows(even, 9) == even
 
 
 @pytest.fixture(scope="module")

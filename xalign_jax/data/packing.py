@@ -28,6 +28,11 @@ Span = tuple[int, int, int]          # (example index, first token, one past the
 Pending = list[list[int]]            # the carry queue: [example index, first token not yet packed]
 
 
+def _group_supervised_room(rows: int, seq_len: int, supervised_cap: int, group_rows: int) -> list[int]:
+    """Each group of ``group_rows`` rows' room for supervised positions: the cap, or every token when uncapped."""
+    return [supervised_cap if supervised_cap else group_rows * seq_len] * -(-rows // group_rows)
+
+
 def plan_segments(queue: Pending, lengths: Sequence[int], rows: int, seq_len: int, *,
                   supervised: Sequence[int] | None = None, supervised_cap: int = 0,
                   group_rows: int = 1) -> tuple[list[list[Span]], Pending]:
@@ -36,7 +41,7 @@ def plan_segments(queue: Pending, lengths: Sequence[int], rows: int, seq_len: in
     supervised positions (``supervised[e]`` is example e's count); the rest stays queued."""
     plan: list[list[Span]] = [[] for _ in range(rows)]
     room = [seq_len] * rows
-    supervised_room = [supervised_cap if supervised_cap else group_rows * seq_len] * -(-rows // group_rows)
+    supervised_room = _group_supervised_room(rows, seq_len, supervised_cap, group_rows)
     left: Pending = []
     for example, start in queue:
         size = lengths[example] - start
@@ -56,7 +61,7 @@ def row_length(plan: Sequence[Sequence[Span]]) -> int:
     return max((sum(stop - start for _, start, stop in row) for row in plan), default=0)
 
 
-def balance_rows(plan: Sequence[Sequence[Span]], lengths: Sequence[int], seq_len: int, *,
+def balance_rows(plan: Sequence[Sequence[Span]], seq_len: int, *,
                  supervised: Sequence[int] | None = None, supervised_cap: int = 0,
                  group_rows: int = 1) -> list[list[Span]]:
     """The same examples dealt anew over the plan's rows, longest first, each to the emptiest row that takes it
@@ -72,7 +77,7 @@ def balance_rows(plan: Sequence[Sequence[Span]], lengths: Sequence[int], seq_len
     rows = len(plan)
     dealt: list[list[Span]] = [[] for _ in range(rows)]
     fill = [0] * rows
-    supervised_room = [supervised_cap if supervised_cap else group_rows * seq_len] * -(-rows // group_rows)
+    supervised_room = _group_supervised_room(rows, seq_len, supervised_cap, group_rows)
     for example, start, stop in spans:
         weight = supervised[example] if supervised_cap else 0
         fits = [r for r in range(rows) if fill[r] + stop - start <= seq_len

@@ -7,10 +7,10 @@ per bucket). Their CLM examples join a carry queue which is packed into R rows o
 whatever does not fit waits for the next step, so nothing is dropped. Shapes may follow the step's contents, one
 compile per shape used: with ``data.clm_len_buckets`` the step's examples are dealt evenly over the rows and the
 rows cut to the shortest bucket that holds them; with a ``data.supervised_cap``, ``clm_head_index`` lists each
-group of rows' supervised positions for the LM head, in the fewest ``data.head_slot_buckets`` slots that hold them. The queue cannot grow without bound: a
-configuration whose B records bring more tokens on average than R*T is refused up front, and since first-fit
-packing leaves gaps that an average does not see, a queue that still outgrows ``MAX_QUEUED_STEPS`` steps of rows
-stops the run with an error (the examples in it would otherwise wait for ever).
+group of rows' supervised positions for the LM head, in the fewest ``data.head_slot_buckets`` slots that hold them.
+The queue cannot grow without bound: a configuration whose B records bring more tokens on average than R*T is
+refused up front, and since first-fit packing leaves gaps that an average does not see, a queue that still outgrows
+``MAX_QUEUED_STEPS`` steps of rows stops the run with an error (the examples in it would otherwise wait for ever).
 
 Every process plans the whole global step from token counts alone (cheap and identical everywhere) and materialises
 only its contiguous block of the step's records and rows as laid out for the mesh (``micro_batch_layout``), which
@@ -236,7 +236,7 @@ class BatchIterator:
                       "group_rows": self.group_rows}
         plan, left = packing.plan_segments(queue, self._clm_lengths, self.rows, self.seq_len, **supervised)
         if len(self.row_lengths) > 1:
-            plan = packing.balance_rows(plan, self._clm_lengths, self.seq_len, **supervised)
+            plan = packing.balance_rows(plan, self.seq_len, **supervised)
         return plan, left
 
     def _most_supervised(self, plan: list[list[packing.Span]]) -> int:

@@ -328,18 +328,23 @@ class Scorer:
             log.info("scorer: new %s shape %d x %d (%d compiled so far)", kind, rows, length, compile_count())
 
 
+def _next_power_of_two(count: int) -> int:
+    """The smallest power of two >= ``count`` (1 for 0): call sizes on a power-of-two grid compile few shapes."""
+    return 1 << max(count - 1, 0).bit_length()
+
+
 def _remainder_size(count: int, head_positions: int) -> int:
     """The call size for a call's last ``count`` positions: the next power of two, at least 16 and at most
     ``head_positions``. At most three more compiled shapes at 128 (16, 32, 64); padding the rest to a whole call
     wasted half a call on average, and the completion rules' calls send tens of positions."""
-    return min(head_positions, max(16, 1 << (count - 1).bit_length()))
+    return min(head_positions, max(16, _next_power_of_two(count)))
 
 
 def _call_rows(used: int, batch_rows: int, devices: int) -> int:
     """Rows of a forward call whose first ``used`` rows hold segments: the next power of two, at least the batch
     devices' count and a multiple of it, at most ``batch_rows``. A call shape is compiled once per bucket length,
     so a full grid adds at most log2(batch_rows) row counts per length, each compiled once."""
-    rows = -(-max(devices, 1 << max(used - 1, 0).bit_length()) // devices) * devices
+    rows = -(-max(devices, _next_power_of_two(used)) // devices) * devices
     return min(batch_rows, rows)
 
 
