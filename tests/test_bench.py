@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pathlib
 import types
 
 import numpy as np
@@ -20,7 +21,8 @@ def report(tmp_path_factory, shared_data):
     tokenizer_dir = train_tiny_tokenizer(shared_data, tmp_path_factory.mktemp("tok"))
     config = tiny_train_config(tokenizer_dir, shared_data)
     config.data.cl_buckets = (64,)
-    return bench.run_benchmark(config, steps=2, warmup=1, workdir=tmp_path_factory.mktemp("bench"), with_torch=True)
+    return bench.run_benchmark(config, steps=2, warmup=1, workdir=tmp_path_factory.mktemp("bench"),
+                               torch_precisions=("float32", "bf16_autocast"))
 
 
 def test_jax_timings_are_positive_and_every_shape_compiles_once(report):
@@ -84,13 +86,34 @@ def test_memory_figures_cover_the_train_state(report):
         load["peak_rss_growth_bytes"] / param_bytes)
 
 
-def test_torch_reference_runs_on_the_same_batches(report):
-    torch_part = report["torch"]
-    assert len(torch_part["step_s"]["all"]) == 2 and torch_part["step_s"]["min"] > 0
-    assert all(math.isfinite(loss) for loss in torch_part["losses"])
-    assert torch_part["threads"]["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert report["torch_over_jax_step_time"] == pytest.approx(
-        torch_part["step_s"]["median"] / report["jax"]["step_s"]["median"])
+def test_torch_reference_runs_on_the_same_batches_in_both_precisions(report):
+    """Each precision is its own timed model; the speed-up is read against the faster of the two."""
+    assert set(report["torch"]) == {"float32", "bf16_autocast"}
+    for precision, torch_part in report["torch"].items():
+        assert len(torch_part["step_s"]["all"]) == 2 and torch_part["step_s"]["min"] > 0
+        assert all(math.isfinite(loss) for loss in torch_part["losses"])
+        assert torch_part["threads"]["OMP_WAIT_POLICY"] == "PASSIVE"
+        assert report["torch_over_jax_step_time"][precision] == pytest.approx(
+            torch_part["step_s"]["median"] / report["jax"]["step_s"]["median"])
+    assert report["torch"]["bf16_autocast"]["precision"] == "bf16 autocast"
+    fastest = min(report["torch"], key=lambda p: report["torch"][p]["step_s"]["median"])
+    assert report["torch_baseline"] == fastest
+    assert report["speed_up"] == min(report["torch_over_jax_step_time"].values())
+    assert f"faster precision ({fastest}): {report['speed_up']:.2f}x" in bench.format_report(report)
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/cpuinfo").exists(), reason="reads /proc/cpuinfo")
+def test_the_report_names_the_cpu_and_its_flags_of_note(report):
+    cpuinfo = pathlib.Path("/proc/cpuinfo").read_text()
+    machine = report["machine"]
+    assert machine["cpu_model"] and machine["cpu_model"] in cpuinfo
+    flags = next(line for line in cpuinfo.splitlines() if line.startswith("flags")).split(":", 1)[1].split()
+    assert machine["cpu_flags"] == [flag for flag in bench.CPU_FLAGS_OF_NOTE if flag in flags]
+
+
+def test_an_unknown_torch_precision_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="float16.*choose from"):
+        bench.run_benchmark(None, steps=1, warmup=1, workdir=tmp_path, torch_precisions=("float16",))
 
 
 def test_work_ratio_counts_what_each_side_computes(report):

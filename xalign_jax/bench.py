@@ -1,7 +1,8 @@
 """Train-step benchmark: the real trainer's compiled step on the real data pipeline, optionally beside PyTorch.
 
     python -m xalign_jax.bench --config configs/bench_bloom.py[:gemma3] [--config.x=y] [--steps N] [--warmup W]
-                               [--torch] [--out FILE.json] [--profile_dir DIR [--profile_steps 3]]
+                               [--torch [--torch_precision float32,bf16_autocast]] [--out FILE.json]
+                               [--profile_dir DIR [--profile_steps 3]]
 
 What it does, in order:
   1. builds ``train.Trainer`` (model, tokenized real data, optimizer, sharded state, the AOT-compiled step), so
@@ -12,9 +13,12 @@ What it does, in order:
      and sentence bucket the drawn batches use) and ``warmup`` steps run untimed, so no compile falls inside a
      timing; each of ``steps`` steps is then timed to ``jax.block_until_ready``;
   4. with ``--torch`` the reference recipe (``benchmarks/torch_reference.py``) runs on the SAME host batches' tokens
-     in its own collator's layout (``reference_collation``) with the same HF config, its timed steps alternating
-     with ours (``time_alternating``), and the ratio of median step times is printed (same tokens, so it is the
-     tokens/s ratio);
+     in its own collator's layout (``reference_collation``) with the same HF config, in fp32 and under bf16
+     autocast (``--torch_precision``; one model each), its timed steps alternating with ours
+     (``time_alternating``), and the ratio of median step times is printed for each precision and for the faster
+     one (same tokens, so it is the tokens/s ratio). Which precision is torch's faster depends on the CPU: where
+     its bf16 matrix products use bf16 instructions they run 2-2.5x its fp32 ones, elsewhere slower (BENCHMARKS.md),
+     so the baseline is measured, not assumed;
   5. with ``--profile_dir``, ``profile_steps`` more steps run on the timed steps' batches under
      ``jax.profiler.trace`` (not counted in the timings: tracing costs host time); ``benchmarks/trace_summary.py``
      turns the trace into per-op device time;
@@ -243,6 +247,9 @@ def torch_hf_config(trainer: train.Trainer) -> dict:
     return hf_config
 
 
+TORCH_PRECISIONS = {"float32": False, "bf16_autocast": True}   # name -> torch.autocast(bfloat16) enabled
+
+
 def prepare_torch_reference(trainer: train.Trainer, host_batches: Sequence[dict], warmup: int, *,
                             bf16_autocast: bool) -> tuple[StepTimer, dict]:
     """The reference recipe on the same tokens, in its collator's layout, and architecture (random weights, its
@@ -333,20 +340,39 @@ def measure_checkpoint_load(trainer: train.Trainer, directory: pathlib.Path) -> 
 
 
 # ------------------------------------------------------------------------------------------------- the run
+CPU_FLAGS_OF_NOTE = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")   # what sets bf16/fp32 matmul rates
+
+
+def cpu_model() -> dict:
+    """The CPU's model name and its flags of note, from /proc/cpuinfo (empty where there is none): the reference's
+    bf16 step ran slower than its fp32 step on one 2-core VM and 1.7x faster on another (BENCHMARKS.md)."""
+    try:
+        lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return {}
+    fields = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in lines if ":" in line)}
+    flags = set(fields.get("flags", "").split())
+    return {"cpu_model": fields.get("model name", ""), "cpu_flags": [f for f in CPU_FLAGS_OF_NOTE if f in flags]}
+
+
 def machine_info() -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), **cpu_model(),
             "cpu_cores": cores, "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
             "devices": jax.device_count(), "jax": jax.__version__, "python": platform.python_version(),
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
 
 
-def run_benchmark(config: Any, *, steps: int, warmup: int, workdir: pathlib.Path, with_torch: bool = False,
-                  torch_bf16: bool = False, measure_load: bool = True, profile_dir: pathlib.Path | None = None,
-                  profile_steps: int = 3) -> dict:
-    """Everything the module docstring lists, as one JSON-ready dict."""
+def run_benchmark(config: Any, *, steps: int, warmup: int, workdir: pathlib.Path,
+                  torch_precisions: Sequence[str] = (), measure_load: bool = True,
+                  profile_dir: pathlib.Path | None = None, profile_steps: int = 3) -> dict:
+    """Everything the module docstring lists, as one JSON-ready dict; the torch reference is timed in each of
+    ``torch_precisions`` (keys of ``TORCH_PRECISIONS``; none: no torch)."""
     if steps < 1 or warmup < 1:
         raise ValueError(f"--steps and --warmup must be >= 1 (the first warmup step compiles), got {steps}, {warmup}")
+    unknown = sorted(set(torch_precisions) - set(TORCH_PRECISIONS))
+    if unknown:
+        raise ValueError(f"--torch_precision {unknown}: choose from {sorted(TORCH_PRECISIONS)}")
     trainer = train.Trainer(config, workdir)
     try:
         host_batches, data_seconds = draw_batches(trainer, warmup + steps)
@@ -354,9 +380,10 @@ def run_benchmark(config: Any, *, steps: int, warmup: int, workdir: pathlib.Path
         try:
             timers = {"jax": prepare_jax_steps(trainer, host_batches, warmup)}
             jax_rss = peak_rss_bytes()                   # the JAX part's peak: compiles and warmup steps, no torch
-            if with_torch:
-                timers["torch"], torch_settings = prepare_torch_reference(trainer, host_batches, warmup,
-                                                                          bf16_autocast=torch_bf16)
+            torch_settings = {}
+            for precision in torch_precisions:
+                timers[precision], torch_settings[precision] = prepare_torch_reference(
+                    trainer, host_batches, warmup, bf16_autocast=TORCH_PRECISIONS[precision])
             runs = time_alternating(timers, steps)
             profile = profile_dir and profile_or_error(trainer, host_batches[warmup:], profile_steps, profile_dir)
         except jax.errors.JaxRuntimeError as error:
@@ -370,10 +397,8 @@ def run_benchmark(config: Any, *, steps: int, warmup: int, workdir: pathlib.Path
         }
         if profile:
             report["profile"] = profile
-        if with_torch:
-            report["torch"] = torch_report(runs["torch"], torch_settings, counts)
-            report["torch_over_jax_step_time"] = (report["torch"]["step_s"]["median"]
-                                                  / report["jax"]["step_s"]["median"])
+        if torch_precisions:
+            report.update(torch_reports(runs, torch_settings, counts, report["jax"]["step_s"]["median"]))
         if measure_load:
             report["checkpoint_load"] = measure_checkpoint_load(trainer, workdir / "load_probe_checkpoint")
         return report
@@ -407,10 +432,18 @@ def jax_report(trainer: train.Trainer, run: dict, counts: dict, data_seconds: fl
             "peak_rss_bytes": peak_rss, "data_s_per_step": data_seconds, "losses": run["losses"]}
 
 
-def torch_report(run: dict, settings: dict, counts: dict) -> dict:
-    step_s = summarize_seconds(run["step_seconds"])
-    return {"step_s": step_s, "tokens_per_s": counts["tokens_per_step"] / step_s["median"], **settings,
-            "losses": run["losses"], "peak_rss_bytes_process": peak_rss_bytes()}
+def torch_reports(runs: dict, settings: dict, counts: dict, jax_median: float) -> dict:
+    """``torch`` (per precision: step times, tokens/s, settings), ``torch_over_jax_step_time`` per precision, and
+    the faster precision (``torch_baseline``) with its ratio (``speed_up``): the figure the 2x target is read on."""
+    torch_part = {}
+    for precision, run in ((p, runs[p]) for p in settings):
+        step_s = summarize_seconds(run["step_seconds"])
+        torch_part[precision] = {"step_s": step_s, "tokens_per_s": counts["tokens_per_step"] / step_s["median"],
+                                 **settings[precision], "losses": run["losses"]}
+    ratios = {precision: part["step_s"]["median"] / jax_median for precision, part in torch_part.items()}
+    baseline = min(ratios, key=ratios.get)
+    return {"torch": torch_part, "torch_over_jax_step_time": ratios, "torch_baseline": baseline,
+            "speed_up": ratios[baseline], "torch_peak_rss_bytes_process": peak_rss_bytes()}
 
 
 def format_report(report: dict) -> str:
@@ -428,13 +461,14 @@ def format_report(report: dict) -> str:
         f"{jax_part['peak_tflops_total']:.3f}, compile "
         f"{jax_part['compile_s']:.1f}s x{jax_part['compiles']}, peak RSS {jax_part['peak_rss_bytes'] / 2**30:.2f} GiB",
     ]
+    for precision, part in report.get("torch", {}).items():
+        lines.append(f"torch reference ({part['precision']}, {part['threads']['num_threads']} threads): "
+                     f"step {_fmt_step(part['step_s'])}, {part['tokens_per_s']:.0f} tokens/s, speed-up (its median "
+                     f"/ jax median) {report['torch_over_jax_step_time'][precision]:.2f}x")
     if "torch" in report:
-        torch_part = report["torch"]
-        lines.append(f"torch reference ({torch_part['precision']}, {torch_part['threads']['num_threads']} threads): "
-                     f"step {_fmt_step(torch_part['step_s'])}, {torch_part['tokens_per_s']:.0f} tokens/s")
-        lines.append(f"speed-up (torch median / jax median): {report['torch_over_jax_step_time']:.2f}x; work ratio "
-                     f"(reference / our executed FLOPs, the speed-up at equal matmul rates): "
-                     f"{batch['reference_executed_flops_per_step'] / batch['executed_flops_per_step']:.2f}x")
+        lines.append(f"speed-up against the reference's faster precision ({report['torch_baseline']}): "
+                     f"{report['speed_up']:.2f}x; work ratio (reference / our executed FLOPs, the speed-up at equal "
+                     f"matmul rates): {batch['reference_executed_flops_per_step'] / batch['executed_flops_per_step']:.2f}x")
     if "checkpoint_load" in report:
         load = report["checkpoint_load"]
         lines.append(f"checkpoint load: peak RSS growth {load['peak_rss_growth_bytes'] / 2**20:.0f} MiB for "
@@ -458,7 +492,8 @@ def cli() -> None:
     steps = flags.DEFINE_integer("steps", 5, "Timed steps.")
     warmup = flags.DEFINE_integer("warmup", 2, "Untimed steps first (the first one compiles).")
     with_torch = flags.DEFINE_bool("torch", False, "Also time the PyTorch reference recipe on the same tokens.")
-    torch_bf16 = flags.DEFINE_bool("torch_bf16", False, "Run the torch reference under bf16 autocast.")
+    torch_precisions = flags.DEFINE_list("torch_precision", list(TORCH_PRECISIONS),
+                                         f"The reference's precisions timed with --torch: {list(TORCH_PRECISIONS)}.")
     load = flags.DEFINE_bool("load_memory", True, "Measure the peak RSS of loading a checkpoint.")
     workdir = flags.DEFINE_string("workdir", None, "Where the data set and probe checkpoint go (default: temp).")
     out = flags.DEFINE_string("out", None, "Write the JSON report here.")
@@ -469,7 +504,8 @@ def cli() -> None:
         del argv
         report = run_benchmark(config.value, steps=steps.value, warmup=warmup.value,
                                workdir=pathlib.Path(workdir.value or tempfile.mkdtemp(prefix="xalign_bench_")),
-                               with_torch=with_torch.value, torch_bf16=torch_bf16.value, measure_load=load.value,
+                               torch_precisions=torch_precisions.value if with_torch.value else (),
+                               measure_load=load.value,
                                profile_dir=pathlib.Path(profile_dir.value) if profile_dir.value else None,
                                profile_steps=profile_steps.value)
         report["command"] = " ".join(["python", "-m", "xalign_jax.bench", *sys.argv[1:]])
