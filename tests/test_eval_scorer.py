@@ -309,3 +309,18 @@ def test_eval_speed_reference_loop_scores_like_the_scorer_in_nats(tiny, shared_d
     _, expected = eval_speed._reference(reference, tok, per_item)
     got = scorer.Scorer(model, batch_rows=4).score(scorer.encode_prompts(tok, [p for ps in per_item for p in ps]))
     np.testing.assert_allclose(got.reference, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_eval_speed_reference_loop_runs_with_bf16_weights(tiny, shared_data):
+    """The DeepSpeed setting of the reference's evaluation (bf16 weights): the same scores up to bf16 rounding."""
+    import copy
+
+    import torch
+
+    from benchmarks import eval_speed
+    reference, _, tok, _ = tiny
+    per_item = _task_prompts("xcopa", 1, tok, shared_data)
+    _, in_fp32 = eval_speed._reference(reference, tok, per_item)
+    _, in_bf16 = eval_speed._reference(copy.deepcopy(reference).to(torch.bfloat16), tok, per_item)
+    assert not np.array_equal(in_bf16, in_fp32)
+    np.testing.assert_allclose(in_bf16, in_fp32, rtol=0.05)
