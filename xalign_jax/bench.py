@@ -17,7 +17,7 @@ What it does, in order:
      autocast (``--torch_precision``; one model each), its timed steps alternating with ours
      (``time_alternating``), and the ratio of median step times is printed for each precision and for the faster
      one (same tokens, so it is the tokens/s ratio). Which precision is torch's faster depends on the CPU: where
-     its bf16 matrix products use bf16 instructions they run 2-2.5x its fp32 ones, elsewhere slower (BENCHMARKS.md),
+     its bf16 matrix products use bf16 instructions they ran 2-2.6x its fp32 ones, elsewhere slower (BENCHMARKS.md),
      so the baseline is measured, not assumed;
   5. with ``--profile_dir``, ``profile_steps`` more steps run on the timed steps' batches under
      ``jax.profiler.trace`` (not counted in the timings: tracing costs host time); ``benchmarks/trace_summary.py``
@@ -436,10 +436,10 @@ def torch_reports(runs: dict, settings: dict, counts: dict, jax_median: float) -
     """``torch`` (per precision: step times, tokens/s, settings), ``torch_over_jax_step_time`` per precision, and
     the faster precision (``torch_baseline``) with its ratio (``speed_up``): the figure the 2x target is read on."""
     torch_part = {}
-    for precision, run in ((p, runs[p]) for p in settings):
-        step_s = summarize_seconds(run["step_seconds"])
+    for precision in settings:
+        step_s = summarize_seconds(runs[precision]["step_seconds"])
         torch_part[precision] = {"step_s": step_s, "tokens_per_s": counts["tokens_per_step"] / step_s["median"],
-                                 **settings[precision], "losses": run["losses"]}
+                                 **settings[precision], "losses": runs[precision]["losses"]}
     ratios = {precision: part["step_s"]["median"] / jax_median for precision, part in torch_part.items()}
     baseline = min(ratios, key=ratios.get)
     return {"torch": torch_part, "torch_over_jax_step_time": ratios, "torch_baseline": baseline,
@@ -466,9 +466,10 @@ def format_report(report: dict) -> str:
                      f"step {_fmt_step(part['step_s'])}, {part['tokens_per_s']:.0f} tokens/s, speed-up (its median "
                      f"/ jax median) {report['torch_over_jax_step_time'][precision]:.2f}x")
     if "torch" in report:
+        work_ratio = batch["reference_executed_flops_per_step"] / batch["executed_flops_per_step"]
         lines.append(f"speed-up against the reference's faster precision ({report['torch_baseline']}): "
                      f"{report['speed_up']:.2f}x; work ratio (reference / our executed FLOPs, the speed-up at equal "
-                     f"matmul rates): {batch['reference_executed_flops_per_step'] / batch['executed_flops_per_step']:.2f}x")
+                     f"matmul rates): {work_ratio:.2f}x")
     if "checkpoint_load" in report:
         load = report["checkpoint_load"]
         lines.append(f"checkpoint load: peak RSS growth {load['peak_rss_growth_bytes'] / 2**20:.0f} MiB for "
