@@ -34,6 +34,9 @@ EVENTS = [
     _complete(1, 11, "dot.2", 100, 300, hlo_op="dot.2"),
     _complete(1, 11, "add_fusion.3", 500, 200, hlo_op="add_fusion.3"),
     _complete(1, 11, "dot.2", 2000, 300, hlo_op="dot.2"),
+    *_metadata(1, "/host:CPU", {12: "tf_XLAPjRtCpuClient/1"}),
+    _complete(1, 12, "ThunkExecutor::Execute (wait for completion)", 0, 1500),
+    _complete(1, 12, "ThunkExecutor::Execute (wait for completion)", 2000, 1500),
     *_metadata(2, "/device:GPU:0", {7: "Stream #7(Kernel,MemcpyD2D)", 99: "XLA Ops"}),
     _complete(2, 7, "nvjet_tst_128x256_64x4_2x1_v_bz_TNN", 0, 3000),
     _complete(2, 7, "nvjet_tst_128x256_64x4_2x1_v_bz_TNN", 4000, 3000),
@@ -102,6 +105,8 @@ def test_summary_tables(tmp_path):
     assert "| matmul | 6.00 | 3.000 | 60.0 | 2 |" in text
     assert "| other | 1.00 | 0.500 | 10.0 | 1 |" in text
     assert "## host XLA ops: 1.3 ms over 2 steps = 0.65 ms/step" in text
+    # op events cover 0-1000 and 2000-2300 us of the two 1500 us program runs
+    assert "XLA op events cover 0.65 ms/step of the 1.50 ms/step the programs ran (43.3%)" in text
     assert "| matmul | 0.60 | 0.300 | 46.2 | 2 |" in text
 
 
@@ -127,3 +132,4 @@ def test_bench_profiles_untimed_steps(tmp_path, shared_data):
     per_kind, _, _ = trace_summary.op_times(trace_summary.load_events(trace_summary.find_trace(tmp_path / "profile")))
     ops = per_kind[trace_summary.HOST_OPS]
     assert ops and all(count % 3 == 0 for _, count in ops.values())
+    assert "XLA op events cover" in trace_summary.summarize(tmp_path / "profile", steps=3)
