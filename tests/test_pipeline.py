@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.test_tokenize import alpaca_records, data_cfg, xlmr_tokenizer
+from xalign_jax import sharding
 from xalign_jax.data import packing, pipeline, tokenize
 
 PAD = 0
@@ -326,8 +327,8 @@ def test_state_from_another_config_is_refused(corpus):
 @pytest.mark.parametrize("mode", ["segments", "reference"])
 def test_process_slices_union_is_the_global_batch(corpus, mode):
     data, train = cfgs(mode, batch_size=16, clm_rows=12)
-    whole = take(pipeline.make_batches(corpus, data, train, seed=2), 6)
-    parts = [take(pipeline.make_batches(corpus, data, train, seed=2, process_index=p, process_count=2), 6)
+    whole = take(pipeline.make_batches(corpus, data, train, seed=2, batch_shards=2), 6)
+    parts = [take(pipeline.make_batches(corpus, data, train, seed=2, batch_shards=2, local_shards=(p,)), 6)
              for p in range(2)]
     for step, batch in enumerate(whole):
         for key in batch:
@@ -337,8 +338,11 @@ def test_process_slices_union_is_the_global_batch(corpus, mode):
 
 def test_divisibility_and_capacity_errors_name_the_key(corpus):
     data, train = cfgs(batch_size=6, clm_rows=8)
-    with pytest.raises(ValueError, match="train.batch_size: 6 is not divisible by process_count"):
-        pipeline.make_batches(corpus, data, train, seed=0, process_count=4)
+    with pytest.raises(ValueError, match="train.batch_size: 6 is not divisible by data shards"):
+        pipeline.make_batches(corpus, data, train, seed=0, batch_shards=4)
+    with pytest.raises(ValueError, match=r"local_shards \(1, 1\)"):
+        pipeline.make_batches(corpus, cfgs(batch_size=8, clm_rows=8)[0], train, seed=0, batch_shards=2,
+                              local_shards=(1, 1))
     data, train = cfgs(batch_size=8, clm_rows=6, micro_batches=4)
     with pytest.raises(ValueError, match="data.clm_rows: 6"):
         pipeline.make_batches(corpus, data, train, seed=0)
@@ -371,16 +375,19 @@ def synthetic_corpus(records: int = 64, seed: int = 0) -> tokenize.TokenizedCorp
     return tokenize.TokenizedCorpus(examples, tokenize.TokenizeReport(records=records), pad_id=0)
 
 
-def two_process_worker(process_id: int, port: int) -> None:
+def two_process_worker(process_id: int, port: int, mesh_shape: tuple[int, int, int]) -> None:
     """One of two real JAX processes (4 CPU devices each): every addressable shard of the global batch built from
-    this process's local slice must equal the same rows of the single-process global batch."""
+    this process's batch shards must equal the same rows of the single-process global batch. Under a (1, 1, 8)
+    mesh the one batch shard spans both processes, which must then feed it the same rows."""
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
-    mesh = jax.make_mesh((4, 2, 1), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    mesh = jax.make_mesh(mesh_shape, ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
     corpus = synthetic_corpus()
     data, train = cfgs(batch_size=16, clm_rows=16)
     data.seq_len, data.cl_buckets = 64, (16, 32)
-    local = pipeline.make_batches(corpus, data, train, seed=4, process_index=jax.process_index(), process_count=2)
-    whole = pipeline.make_batches(corpus, data, train, seed=4)
+    shards = mesh_shape[0] * mesh_shape[1]
+    local = pipeline.make_batches(corpus, data, train, seed=4, batch_shards=shards,
+                                  local_shards=sharding.local_batch_shards(mesh))
+    whole = pipeline.make_batches(corpus, data, train, seed=4, batch_shards=shards)
     checked = 0
     for _ in range(5):
         expected, arrays = next(whole), pipeline.to_global(next(local), mesh)
@@ -394,14 +401,15 @@ def two_process_worker(process_id: int, port: int) -> None:
 
 
 @pytest.mark.slow
-def test_two_real_processes_assemble_the_global_batch(tmp_path):
+@pytest.mark.parametrize("mesh_shape", ["4,2,1", "1,1,8"])
+def test_two_real_processes_assemble_the_global_batch(tmp_path, mesh_shape):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     repo = str(pathlib.Path(__file__).resolve().parents[1])
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
-    workers = [subprocess.Popen([sys.executable, __file__, str(i), str(port)], env=env, stdout=subprocess.PIPE,
+    workers = [subprocess.Popen([sys.executable, __file__, str(i), str(port), mesh_shape], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     for i, (worker, output) in enumerate(zip(workers, outputs)):
@@ -410,7 +418,7 @@ def test_two_real_processes_assemble_the_global_batch(tmp_path):
 
 
 if __name__ == "__main__":
-    two_process_worker(int(sys.argv[1]), int(sys.argv[2]))
+    two_process_worker(int(sys.argv[1]), int(sys.argv[2]), tuple(int(n) for n in sys.argv[3].split(",")))
 
 
 def test_a_carry_queue_that_packing_cannot_drain_stops_the_run():

@@ -4,10 +4,11 @@ Read top to bottom: ``Trainer.__init__`` sets everything up (mesh, model, data, 
 ``Trainer.run`` is the loop. The step itself lives in ``train_step.py``.
 
 Host-device discipline: the loop never waits on the device except to fetch the scalars of a *previous* log step
-(which has finished by then) and at checkpoints; shapes are fixed per contrastive bucket and every compile is logged.
+(the next step is already queued behind it, so the device does not idle) and at checkpoints; shapes are fixed per contrastive bucket and every compile is logged.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import pathlib
@@ -110,7 +111,9 @@ class CompiledSteps:
     """AOT-compiles the step once per distinct batch shape and logs every compile (a recompile is never silent),
     with ``compiler_options`` (XLA options this XLA accepts: ``xla_options.usable``)."""
 
-    def __init__(self, step_fn, state_shardings, batch_shardings, compiler_options: Mapping[str, str] | None = None):
+    def __init__(self, step_fn, state_shardings, batch_shardings, compiler_options: Mapping[str, str] | None = None,
+                 mesh: jax.sharding.Mesh | None = None):
+        self._mesh = mesh                                    # traced under it: the model's activation constraints
         self._jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
                                out_shardings=(state_shardings, None), donate_argnums=0)
         self._options = compiler_options
@@ -130,7 +133,8 @@ class CompiledSteps:
         key = tuple((k, v.shape) for k, v in sorted(batch.items()))
         if key not in self._compiled:
             start = time.perf_counter()
-            compiled = self._jitted.lower(state, batch).compile(self._options)
+            with jax.set_mesh(self._mesh) if self._mesh is not None else contextlib.nullcontext():
+                compiled = self._jitted.lower(state, batch).compile(self._options)
             seconds = time.perf_counter() - start
             self.compile_seconds += seconds
             memory = compiled.memory_analysis()
@@ -168,8 +172,8 @@ class Trainer:
                                                vocab_size=self.model.config.vocab_size)
         batch_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         self.batches = pipeline.make_batches(self.examples, config.data, config.train, seed=config.train.seed,
-                                             process_index=jax.process_index(),
-                                             process_count=jax.process_count(), batch_shards=batch_shards)
+                                             batch_shards=batch_shards,
+                                             local_shards=sharding.local_batch_shards(self.mesh))
         tx, self.schedule = train_step.make_optimizer(config.train)
         self.state = init_train_state(params, tx, self.mesh, config.train.seed)
         self.state_shardings = jax.tree.map(lambda x: x.sharding, self.state)
@@ -178,7 +182,7 @@ class Trainer:
                                              config.train.micro_batches, config.data.supervised_group_rows,
                                              batch_shards)
         options = xla_options.usable(config.train.cpu_compiler_options.to_dict(), self.mesh.devices.flat[0].platform)
-        self.step_fn = CompiledSteps(step_fn, self.state_shardings, self.batch_sharding, options)
+        self.step_fn = CompiledSteps(step_fn, self.state_shardings, self.batch_sharding, options, self.mesh)
         self.flops = metrics_lib.ModelFlops.from_config(self.model.config)
         self.peak_flops = metrics_lib.peak_flops_per_device(config.train.peak_tflops) * jax.local_device_count()
         self.checkpointer = ckpt_lib.Checkpointer(self.workdir / "checkpoints", keep=config.train.keep_checkpoints,

@@ -13,8 +13,10 @@ refused up front, and since first-fit packing leaves gaps that an average does n
 ``MAX_QUEUED_STEPS`` steps of rows stops the run with an error (the examples in it would otherwise wait for ever).
 
 Every process plans the whole global step from token counts alone (cheap and identical everywhere) and materialises
-only its contiguous block of the step's records and rows as laid out for the mesh (``micro_batch_layout``), which
-is what ``jax.make_array_from_process_local_data`` expects for a batch sharded over ('data', 'fsdp'). Plain numpy
+only the batch shards its devices hold (``sharding.local_batch_shards``), each a block of the step's records and
+rows as laid out for the mesh (``micro_batch_layout``); ``to_global`` hands them to
+``jax.make_array_from_process_local_data``. Processes whose devices share a shard (a ``tensor`` axis spanning
+hosts) materialise the same rows, as replicas must. Plain numpy
 with an explicit JSON state rather than grain: the carry queue is state that a grain ``MapDataset`` pipeline cannot
 express without a custom iterator anyway, and with the whole corpus tokenized up front, batching is a handful of
 numpy copies per step.
@@ -22,7 +24,6 @@ numpy copies per step.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Sequence
 
 import jax
@@ -30,20 +31,25 @@ import numpy as np
 
 from xalign_jax.data import packing
 from xalign_jax.data.tokenize import TokenizedCorpus
-from xalign_jax.sharding import batch_sharding
+from xalign_jax.sharding import batch_sharding, local_batch_shards
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
 MAX_QUEUED_STEPS = 8     # CLM tokens waiting in the carry queue, in steps' worth of rows (R * T), before an error
 
 
-def _check_divisible(batch_size: int, clm_rows: int, process_count: int, batch_shards: int,
-                     micro_batches: int) -> None:
-    shards = math.lcm(process_count, batch_shards)
+def _check_divisible(batch_size: int, clm_rows: int, batch_shards: int, micro_batches: int) -> None:
     for key, value in (("train.batch_size", batch_size), ("data.clm_rows", clm_rows)):
-        if value % (shards * micro_batches):
-            raise ValueError(f"config {key}: {value} is not divisible by process_count / data shards * "
-                             f"train.micro_batches = {shards} * {micro_batches}")
+        if value % (batch_shards * micro_batches):
+            raise ValueError(f"config {key}: {value} is not divisible by data shards * train.micro_batches = "
+                             f"{batch_shards} * {micro_batches}")
+
+
+def _check_local_shards(local_shards: Sequence[int], batch_shards: int) -> tuple[int, ...]:
+    shards = tuple(int(s) for s in local_shards)
+    if not shards or list(shards) != sorted(set(shards)) or not 0 <= shards[0] <= shards[-1] < batch_shards:
+        raise ValueError(f"local_shards {shards}: need distinct increasing shard indices in 0..{batch_shards - 1}")
+    return shards
 
 
 def _check_supervised_cap(counts: Sequence[int], batch_size: int, clm_rows: int, cap: int, group_rows: int,
@@ -112,7 +118,7 @@ class BatchIterator:
     """Endless iterator of this process's local batch slices; ``get_state``/``set_state`` make it resumable."""
 
     def __init__(self, corpus: TokenizedCorpus, data_cfg: Any, train_cfg: Any, *, seed: int,
-                 process_index: int = 0, process_count: int = 1, batch_shards: int = 1):
+                 batch_shards: int = 1, local_shards: Sequence[int] | None = None):
         self.corpus = corpus
         self.batch_size, self.rows = int(train_cfg.batch_size), int(data_cfg.clm_rows)
         self.seq_len = int(data_cfg.seq_len)
@@ -122,11 +128,11 @@ class BatchIterator:
         if self.mode not in packing.PACKING_MODES:
             raise ValueError(f"config data.packing: {self.mode!r} is not one of {packing.PACKING_MODES}")
         self.micro_batches, self.batch_shards = int(train_cfg.micro_batches), int(batch_shards)
-        _check_divisible(self.batch_size, self.rows, process_count, self.batch_shards, self.micro_batches)
+        _check_divisible(self.batch_size, self.rows, self.batch_shards, self.micro_batches)
         _check_capacity(corpus, self.batch_size, self.rows, self.seq_len)
-        if not 0 <= process_index < process_count:
-            raise ValueError(f"process_index {process_index} is outside 0..{process_count - 1}")
-        self.seed, self.process_index, self.process_count = int(seed), process_index, process_count
+        self.local_shards = _check_local_shards(
+            range(self.batch_shards) if local_shards is None else local_shards, self.batch_shards)
+        self.seed = int(seed)
         self._clm_ids = [e.clm_ids for e in corpus.examples]
         self._clm_labels = [e.clm_labels for e in corpus.examples]
         self._clm_lengths = [0 if ids is None else len(ids) for ids in self._clm_ids]
@@ -209,10 +215,10 @@ class BatchIterator:
         return drawn
 
     def _local(self, total: int) -> np.ndarray:
-        """This process's contiguous part of the step's items in ``micro_batch_layout`` order."""
-        size = total // self.process_count
+        """The step's items of this process's batch shards, shard after shard, in ``micro_batch_layout`` order."""
+        per_shard = total // self.batch_shards
         order = micro_batch_layout(total, self.micro_batches, self.batch_shards)
-        return order[self.process_index * size:(self.process_index + 1) * size]
+        return np.concatenate([order[s * per_shard:(s + 1) * per_shard] for s in self.local_shards])
 
     def __next__(self) -> dict[str, np.ndarray]:
         records = self._draw_records()
@@ -272,15 +278,19 @@ class BatchIterator:
                      carried=state["carried"] + len(left))
 
 
-def make_batches(corpus: TokenizedCorpus, data_cfg: Any, train_cfg: Any, *, seed: int, process_index: int = 0,
-                 process_count: int = 1, batch_shards: int = 1) -> BatchIterator:
+def make_batches(corpus: TokenizedCorpus, data_cfg: Any, train_cfg: Any, *, seed: int, batch_shards: int = 1,
+                 local_shards: Sequence[int] | None = None) -> BatchIterator:
     """The trainer's entry point: an endless, resumable iterator of this process's local batch slices, laid out
-    for ``batch_shards`` data shards (the mesh's data x fsdp size)."""
-    return BatchIterator(corpus, data_cfg, train_cfg, seed=seed, process_index=process_index,
-                         process_count=process_count, batch_shards=batch_shards)
+    for ``batch_shards`` data shards (the mesh's data x fsdp size), of which this process holds ``local_shards``
+    (``sharding.local_batch_shards``; None: all of them)."""
+    return BatchIterator(corpus, data_cfg, train_cfg, seed=seed, batch_shards=batch_shards, local_shards=local_shards)
 
 
 def to_global(host_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-    """Each process's local slice -> global arrays sharded over ('data', 'fsdp') along the batch axis."""
-    sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in host_batch.items()}
+    """This process's batch shards -> global arrays sharded over ('data', 'fsdp') along the batch axis.
+
+    The global shape is given, not inferred: JAX's inference assumes no two processes hold the same shard."""
+    sharding, held = batch_sharding(mesh), len(local_batch_shards(mesh))
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    return {k: jax.make_array_from_process_local_data(sharding, v, (v.shape[0] // held * shards,) + v.shape[1:])
+            for k, v in host_batch.items()}

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from xalign_jax import sharding
 from xalign_jax.models import layers
 from xalign_jax.models.config import ModelConfig
 
@@ -37,7 +38,8 @@ class ParamSpec:
 
 
 class DecoderOutput(NamedTuple):
-    logits: jax.Array | None                    # [B, T, V] fp32, None when not asked for or stopped early
+    logits: jax.Array | None                    # [B, T, V] in cfg.logits_dtype (fp32 by default), None when
+                                                # not asked for or stopped early
     hidden_states: tuple[jax.Array, ...] | None  # HF convention (see Decoder.__call__)
     last_hidden_state: jax.Array                 # final-normed output, or the residual after block k
     keys_values: tuple[jax.Array, jax.Array] | None = None   # per block [depth, B, T, KV, d] when asked for
@@ -293,13 +295,14 @@ def _embed(cfg: ModelConfig, top: dict, table: jax.Array, input_ids: jax.Array, 
            rng: jax.Array | None) -> jax.Array:
     dtype = jnp.dtype(cfg.dtype)
     hidden = jnp.take(table, input_ids, axis=0).astype(dtype)
-    if cfg.embed_scale:   # HF casts sqrt(d) to the compute dtype first (it matters in bf16)
+    if cfg.embed_scale:   # HF's Gemma casts sqrt(d) to the compute dtype first (it matters in bf16); XGLM's
+                          # Python float gives the same for its sqrt(1024) = 32
         hidden = hidden * jnp.asarray(cfg.hidden_size ** 0.5, dtype)
     if cfg.positions == "sinusoidal":
         hidden = hidden + layers.sinusoidal(positions + cfg.position_offset, cfg.hidden_size).astype(dtype)
     if cfg.embed_norm:
         hidden = layers.normalize(hidden, top["embed_norm"], top["embed_norm_bias"], cfg.norm, cfg.norm_eps)
-    return layers.dropout(hidden, cfg.dropout, rng)
+    return sharding.constrain_batch(layers.dropout(hidden, cfg.dropout, rng))
 
 
 def _attention_context(cfg: ModelConfig, mask: jax.Array, positions: jax.Array, segment_ids: jax.Array | None,
@@ -346,6 +349,7 @@ def _run_blocks(cfg: ModelConfig, blocks: dict, hidden: jax.Array, context: dict
         params, is_sliding, index, layer_past = xs
         layer_rng = None if rng is None else jax.random.fold_in(rng, index)
         h, keys_values = _block(cfg, params, h, context, is_sliding, layer_rng, layer_past)
+        h = sharding.constrain_batch(h)
         return h, (h if collect else None, keys_values if return_keys_values else None)
 
     if cfg.remat_policy != "none":
@@ -436,7 +440,6 @@ def _mlp(cfg: ModelConfig, p: dict, x: jax.Array, rng: jax.Array | None) -> jax.
 def init_model(config: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None = None,
                std: float = 0.02) -> Decoder:
     """A randomly initialised model (demo configs, tests), created directly in the mesh's parameter shardings."""
-    from xalign_jax import sharding
     specs = param_specs(config)
     dtype = jnp.dtype(config.param_dtype)
     out_shardings = sharding.param_shardings(specs, mesh) if mesh is not None else None
