@@ -115,3 +115,13 @@ def test_the_deepspeed_schedule_refuses_a_final_learning_rate():
         config_validation.validate(config, mode="train", num_devices=1)
     config.train.end_lr_ratio = 0.0
     config_validation.validate(config, mode="train", num_devices=1)
+
+
+def test_a_contrastive_weight_without_clm_is_refused():
+    """Without CLM the reference's loss is L_cl unweighted (AFP_SPEC §1.2.7): a cl_weight there would be ignored."""
+    config = load_config("demo.py", None)
+    config.objective.update(clm_weight=0.0, cl_weight=2.0)
+    with pytest.raises(config_validation.ConfigError, match="^config objective.cl_weight: 2.0 would be ignored"):
+        config_validation.validate(config, mode="train", num_devices=1)
+    config.objective.cl_weight = 1.0
+    config_validation.validate(config, mode="train", num_devices=1)

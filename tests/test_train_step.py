@@ -35,8 +35,8 @@ def test_clipping_by_a_scalar_factor_is_optax_clipping(scale):
         assert float(optax.tree.norm(ours)) == pytest.approx(1.0, rel=1e-6)
 
 
-@pytest.mark.parametrize("clm_weight", [1.5, 0.0])
-def test_the_step_is_the_weighted_loss_and_an_optax_adamw_update(clm_weight):
+@pytest.mark.parametrize("clm_weight, cl_weight", [(1.5, 1.0), (0.0, 1.0), (1.5, 2.0)])
+def test_the_step_is_the_weighted_loss_and_an_optax_adamw_update(clm_weight, cl_weight):
     """One step of ``make_train_step`` (the CE's sum scaled inside the fused CE, clipping by a scalar factor) gives
     the loss cl + clm_weight x token-mean CE, both losses as metrics, and the parameters optax's clip + AdamW give
     from ``jax.grad`` of that loss; a CE weight of 0 still reports the CE and leaves it out of the update."""
@@ -48,7 +48,7 @@ def test_the_step_is_the_weighted_loss_and_an_optax_adamw_update(clm_weight):
              "clm_positions": jnp.broadcast_to(jnp.arange(length), (rows, length)),
              "clm_segment_ids": jnp.ones((rows, length), jnp.int32)}
     ocfg = config_defaults.objective_config()
-    ocfg.update(clm_weight=clm_weight, clm_chunk_size=5)
+    ocfg.update(clm_weight=clm_weight, cl_weight=cl_weight, clm_chunk_size=5)
     tcfg = config_defaults.train_config()
     tcfg.update(lr=1e-2, warmup_steps=0, grad_clip=0.5)
     tx, schedule = train_step.make_optimizer(tcfg)
@@ -142,3 +142,12 @@ def test_schedules_give_the_learning_rates_the_reference_logged():
     assert float(deepspeed(0)) == float(deepspeed(1)) == 0.0                  # DeepSpeed's iterations -1 and 0
     assert float(deepspeed(76)) == pytest.approx(1e-5 * np.log(76) / np.log(150), rel=1e-6)   # log warmup
     assert float(deepspeed(151)) == pytest.approx(1e-5, rel=1e-6) and float(deepspeed(5001)) == 0.0
+
+
+def test_weight_decay_follows_the_reference_grouping():
+    """HF Trainer's grouping (the reference's): every weight decays but norms and biases; embeddings included."""
+    cfg = models.ModelConfig.from_hf(TINY_HF_CONFIGS["bloom"], dropout=0.0)
+    _, params = nnx.split(models.init_model(cfg, seed=0), nnx.Param)
+    mask = jax.tree_util.tree_leaves_with_path(train_step.decay_mask(params))
+    decayed = {".".join(str(p.key) for p in path[:2]) for path, wants in mask if wants}
+    assert decayed == {"top.embed"} | {f"blocks.{name}" for name in ("q", "k", "v", "o", "up", "down")}

@@ -74,7 +74,8 @@ def train_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         "steps": 5000,
         "batch_size": 2,           # records per step, global (reference: 2 on one GPU)
-        "micro_batches": 1,        # gradient accumulation inside the step
+        "micro_batches": 1,        # gradient accumulation inside the step; InfoNCE negatives come from each
+                                   # micro-batch (batch_size / micro_batches pairs), the CLM token mean is exact
         "seed": 0,
         "lr": 1e-5,
         "warmup_steps": 150,       # ceil(0.03 * 5000)

@@ -96,6 +96,9 @@ def validate(config: Any, *, mode: str, num_devices: int | None = None) -> None:
     pool_layer(config.objective.pooler)
     if config.objective.temperature <= 0:
         _fail("objective.temperature", f"must be positive, got {config.objective.temperature}")
+    if not config.objective.clm_weight and config.objective.cl_weight != 1.0:
+        _fail("objective.cl_weight", f"{config.objective.cl_weight} would be ignored: without CLM "
+                                     "(objective.clm_weight = 0) the loss is L_cl unweighted, as the reference's")
 
 
 def _validate_ladder(data_cfg: Any, key: str, limit_key: str) -> None:

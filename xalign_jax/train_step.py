@@ -4,10 +4,11 @@
 state donated. Per step:
   1. the contrastive pass runs sent0 and sent1 through the embeddings and the first ``k`` blocks only (``k`` is the
      pooling layer), pools, and computes InfoNCE over the GLOBAL batch (the batch arrays are globally sharded, so
-     ``z0 @ z1.T`` inside jit gives every device every negative, with gradients);
+     ``z0 @ z1.T`` inside jit gives every device every negative, with gradients); with gradient accumulation the
+     negatives are those of the micro-batch (``batch_size / micro_batches`` pairs), as in any accumulation;
   2. the CLM pass runs the packed rows through the whole decoder and computes the masked cross-entropy in sequence
      chunks, so the [rows, T, vocab] fp32 logits never exist;
-  3. ``loss = cl_weight * L_cl + clm_weight * L_clm``, where ``L_clm`` is the mean over ALL supervised tokens of the
+  3. ``loss = cl_weight * L_cl + clm_weight * L_clm`` (``L_cl`` alone, unweighted, without CLM: AFP_SPEC §1.2.7), where ``L_clm`` is the mean over ALL supervised tokens of the
      step (micro-batches accumulate token sums, so accumulation is exact, not a mean of means).
 Gradient accumulation scans over micro-batches inside the same compiled function.
 """
@@ -66,10 +67,11 @@ def learning_rate_schedule(tcfg: Any) -> optax.Schedule:
 
 
 def decay_mask(params: Any) -> Any:
-    """Weight decay applies to matmul kernels only: not to norms, biases or embeddings (standard practice)."""
+    """Weight decay applies to every weight but norms and biases, embeddings (and so a tied head) included: the
+    reference's HF Trainer grouping (its weight decay is 0.0, AFP_SPEC §1.4, so this matters only when set)."""
     def wants_decay(path, leaf) -> bool:
         name = "/".join(str(getattr(p, "key", getattr(p, "name", p))) for p in path).lower()
-        return not any(tag in name for tag in ("norm", "bias", "embed", "scale")) and leaf.ndim >= 2
+        return not any(tag in name for tag in ("norm", "bias", "scale")) and leaf.ndim >= 2
     return jax.tree_util.tree_map_with_path(wants_decay, params)
 
 
@@ -150,6 +152,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
     the rows that share one group of LM-head slots in a batch's ``clm_head_index`` (``data.supervised_cap``)."""
 
     clm_weight = ocfg.clm_weight or 1.0    # a CE weight of 0 still reports the CE, and adds nothing to the loss
+    cl_weight = ocfg.cl_weight if ocfg.clm_weight else 1.0     # without CLM the reference's loss is L_cl alone
 
     def micro_loss(params, micro_batch, rng, total_tokens):
         model = nnx.merge(graphdef, params)
@@ -157,7 +160,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         # gradients need no further scaling (objectives.clm_loss's ``scale``).
         cl_loss, clm_term, aux = afp_losses(model, micro_batch, rng, ocfg, supervised_group_rows,
                                             clm_scale=clm_weight / total_tokens)
-        loss = ocfg.cl_weight * cl_loss / num_micro + (clm_term if ocfg.clm_weight else 0.0)
+        loss = cl_weight * cl_loss / num_micro + (clm_term if ocfg.clm_weight else 0.0)
         return loss, {"cl_loss": cl_loss / num_micro, "clm_loss": clm_term / clm_weight, **aux}
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
