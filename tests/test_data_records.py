@@ -23,6 +23,7 @@ def test_round_trip_keeps_unicode_tags_and_is_atomic(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["train.jsonl"]  # no temp file left behind
     read, report = read_records(path)
     assert read == records and report.records == 2 and not report.skipped
+    assert [r.source for r in read] == [f"{path}:1", f"{path}:2"]        # where each came from, never written
     assert read[0].prompt == "Say hi. Answer in Chinese: " and read[0].answer == "你好"
 
 

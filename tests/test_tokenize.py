@@ -206,8 +206,9 @@ def test_contrastive_sentences_truncated_to_the_largest_bucket_and_counted(recor
 def test_bad_config_and_empty_sentences_fail_clearly(records, xlmr):
     with pytest.raises(ValueError, match="data.prompt_masking"):
         tokenize.tokenize_corpus(records[:2], xlmr, data_cfg(prompt_masking="prefix"))
-    with pytest.raises(ValueError, match=r"record 1 \(0-based, file order\): sent0"):
-        tokenize.tokenize_sentences(["fine", ""], _no_special(xlmr), max_len=8, field="sent0")
+    with pytest.raises(ValueError, match=r"^train.jsonl:7: sent0: '' tokenizes to no tokens"):
+        tokenize.tokenize_sentences(["fine", ""], _no_special(xlmr), max_len=8, field="sent0",
+                                    where=["train.jsonl:3", "train.jsonl:7"])
 
 
 def _no_special(tokenizer):

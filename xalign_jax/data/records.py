@@ -42,6 +42,7 @@ class AFPRecord:
     sent1_lang: str | None = None
     src_lang: str | None = None
     tgt_lang: str | None = None
+    source: str | None = dataclasses.field(default=None, compare=False)   # "FILE:LINE" it was read from
 
     @property
     def prompt(self) -> str:
@@ -53,7 +54,7 @@ class AFPRecord:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object written to disk; absent language tags are omitted, not written as null."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "source"}
 
 
 @dataclasses.dataclass
@@ -139,7 +140,7 @@ def validate_record(obj: Any, path: str | os.PathLike = "<record>", lineno: int 
     texts = {field: _check_text(obj, field, path, lineno) for field in TEXT_FIELDS}
     prompt_len = _check_prompt_len(obj, texts["clm_text"], path, lineno)
     tags = {field: _check_lang_tag(obj, field, path, lineno) for field in LANG_TAGS}
-    return AFPRecord(**texts, clm_prompt_len=prompt_len, **tags)
+    return AFPRecord(**texts, clm_prompt_len=prompt_len, **tags, source=f"{path}:{lineno}")
 
 
 def _decode_line(raw: bytes, path, lineno: int) -> Any:

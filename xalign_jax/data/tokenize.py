@@ -174,15 +174,16 @@ def _fit(ids: list[int], labels: np.ndarray, seq_len: int, report: TokenizeRepor
     return kept_ids, kept_labels
 
 
-def tokenize_sentences(sentences: Sequence[str], tokenizer: Any, *, max_len: int, field: str, first_index: int = 0,
-                       report: TokenizeReport | None = None) -> list[np.ndarray]:
-    """Raw sentences with the default special tokens, cut to ``max_len`` tokens (cuts are counted)."""
+def tokenize_sentences(sentences: Sequence[str], tokenizer: Any, *, max_len: int, field: str,
+                       where: Sequence[str] | None = None, report: TokenizeReport | None = None) -> list[np.ndarray]:
+    """Raw sentences with the default special tokens, cut to ``max_len`` tokens (cuts are counted); ``where``
+    names each sentence's record in errors (its file and line)."""
     report = report if report is not None else TokenizeReport()
     out = []
     for i, ids in enumerate(tokenizer(list(sentences), add_special_tokens=True, verbose=False)["input_ids"]):
         if not ids:
-            raise ValueError(f"record {first_index + i} (0-based, file order): {field}: {sentences[i]!r} tokenizes "
-                             "to no tokens (nothing to pool)")
+            raise ValueError(f"{where[i] if where else f'sentence {i}'}: {field}: {sentences[i]!r} tokenizes to no "
+                             "tokens (nothing to pool)")
         if len(ids) > max_len:
             report.contrastive_sentences_truncated += 1
         out.append(np.asarray(ids[:max_len], np.int32))
@@ -194,9 +195,10 @@ def _tokenize_chunk(records: Sequence[AFPRecord], first: int, tokenizer: Any, da
     clm = tokenize_clm(records, tokenizer, seq_len=int(data_cfg.seq_len), mode=str(data_cfg.prompt_masking),
                        append_eos=bool(data_cfg.append_eos), report=report)
     sentences = {}
+    where = [r.source or f"record {first + i} (0-based)" for i, r in enumerate(records)]
     for field in ("sent0", "sent1"):
         sentences[field] = tokenize_sentences([getattr(r, field) for r in records], tokenizer, field=field,
-                                              max_len=int(max(data_cfg.cl_buckets)), first_index=first, report=report)
+                                              max_len=int(max(data_cfg.cl_buckets)), where=where, report=report)
     return [TokenizedExample(s0, s1, *(c if c is not None else (None, None)))
             for s0, s1, c in zip(sentences["sent0"], sentences["sent1"], clm)]
 
