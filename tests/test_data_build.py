@@ -134,19 +134,33 @@ def test_bilingual_direction_mix_is_within_four_sigma(shared_data, alpaca_build)
 
 
 def records_using_test_items(records, shared_data):
-    """Records whose CIF source or target item has a field that is an evaluation test sentence."""
+    """Records whose CIF source or target item has a field that is, or has a sentence that is, an evaluation test
+    sentence."""
     test_texts = heldout.evaluation_test_texts(shared_data)
+
+    def leaks(text: str) -> bool:
+        return not test_texts.isdisjoint(heldout.sentence_keys(text))
+
     items = alpaca_items(shared_data)
     leaked_heads, leaked_outputs = set(), set()
     for rows in items.values():
         for index, row in enumerate(rows):
             both = [items[other][index] for other in items]
-            if any(heldout.normalize(r[f]) in test_texts for r in both for f in ("instruction", "input", "output")):
+            if any(leaks(r[f]) for r in both for f in ("instruction", "input", "output")):
                 leaked_heads.add(" ".join(filter(None, (row["instruction"], row["input"]))))
                 leaked_outputs.add(row["output"])
     return [r for r in records if prompt_head(r) in leaked_heads
-            or r.answer in leaked_outputs or heldout.normalize(r.sent0) in test_texts
-            or heldout.normalize(r.sent1) in test_texts]
+            or r.answer in leaked_outputs or leaks(r.sent0) or leaks(r.sent1)]
+
+
+def test_a_test_sentence_inside_a_longer_text_is_held_out():
+    """The default recipe's Alpaca outputs had Tatoeba test sentences inside dialogues; a whole-field match
+    missed them."""
+    held = heldout.HeldoutFilter(frozenset({"what is your name?", "long time no see!", "..."}))
+    assert held.is_heldout('Write a dialogue.\nJohn: Hi! What is your name?\nMary: "Long time no see!"')
+    assert held.is_heldout("Ｗhat  is your NAME?")                     # width, case and spacing variants
+    assert not held.is_heldout("Wait... what is your name, again?", "What is your name")
+    assert held.removed == 2
 
 
 def test_heldout_filter_removes_every_test_sentence_and_the_check_can_fail(shared_data, alpaca_build):
