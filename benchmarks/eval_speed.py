@@ -34,10 +34,11 @@ import transformers  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from tests.test_tokenize import xlmr_tokenizer  # noqa: E402
-from xalign_jax import models  # noqa: E402
+from xalign_jax import bench, models  # noqa: E402
 from xalign_jax.evaluation import fewshot, scorer, tasks, templates  # noqa: E402
 
 WORKLOADS = (("xcopa", "zh"), ("pawsx", "en"))
+REFERENCE_DTYPES = ("float32", "bfloat16")
 
 
 def _model(tok, directory: pathlib.Path, hidden: int, layers: int) -> transformers.PreTrainedModel:
@@ -111,6 +112,10 @@ def main() -> None:
     parser.add_argument("--reference-dtypes", default="float32,bfloat16",
                         help="the reference loop's model dtypes, comma-separated (float32, bfloat16)")
     args = parser.parse_args()
+    unknown = sorted(set(args.reference_dtypes.split(",")) - set(REFERENCE_DTYPES))
+    if unknown:
+        parser.error(f"--reference-dtypes {unknown}: choose from {list(REFERENCE_DTYPES)}")
+    machine = bench.machine_info()                            # before any work: its load average is the sitting's
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
@@ -143,7 +148,7 @@ def main() -> None:
             rows.append(row)
             print(" | ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()),
                   flush=True)
-            pathlib.Path(args.out).write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
+            pathlib.Path(args.out).write_text(json.dumps({"args": vars(args), "machine": machine, "results": rows}, indent=2))
 
 
 if __name__ == "__main__":
