@@ -41,15 +41,16 @@ def test_every_row_length_compiles_before_the_timed_steps(shared_data, tmp_path_
     """With a row-length ladder the bench's batches need several shapes; each compiles once, before any timing."""
     tokenizer_dir = train_tiny_tokenizer(shared_data, tmp_path_factory.mktemp("tok"))
     config = tiny_train_config(tokenizer_dir, shared_data)
-    config.data.seq_len = 512      # 8 rows of 512 for ~1,200 tokens: the dealt rows need 352 or 384 of them
-    config.data.clm_len_buckets = (320, 352, 384)
+    config.data.seq_len = 512      # 8 rows of 512, a 16-token ladder: the dealt rows need a few lengths
+    config.data.clm_len_buckets = tuple(range(64, 512, 16))
     trainer = train.Trainer(config, tmp_path_factory.mktemp("ladder"))
     host_batches, _ = bench.draw_batches(trainer, 3)
-    assert sorted({b["clm_ids"].shape[1] for b in host_batches}) == [352, 384]
+    lengths = {b["clm_ids"].shape[1] for b in host_batches}
+    assert len(lengths) >= 2, lengths
     timed_step = bench.prepare_jax_steps(trainer, host_batches, warmup=1)
-    assert trainer.step_fn.num_compiles == 2
+    assert trainer.step_fn.num_compiles == len(lengths)
     assert all(math.isfinite(timed_step(index)[1]) for index in range(2))
-    assert trainer.step_fn.num_compiles == 2
+    assert trainer.step_fn.num_compiles == len(lengths)
 
 
 def test_tokens_per_second_is_tokens_per_step_over_the_median_step(report):

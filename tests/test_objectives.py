@@ -100,6 +100,33 @@ def test_contrastive_metrics_are_exact():
     assert float(metrics["accuracy"]) == pytest.approx((1.0 + 0.75) / 2)
 
 
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_pairs_sharing_a_sentence_are_not_each_others_negatives(symmetric):
+    """With groups, the loss is each anchor's cross-entropy over its positive and the pairs outside its group, a
+    plain re-computation in numpy; gradients stay finite where the masked logits are -inf."""
+    rng = np.random.default_rng(4)
+    z0, z1 = (rng.normal(size=(6, 8)).astype(np.float32) for _ in range(2))
+    groups = np.array([0, 1, 0, 3, 1, 0], np.int32)          # pairs 0, 2, 5 share a sentence; so do 1 and 4
+
+    def plain(a, b):
+        unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
+        logits = unit(a) @ unit(b).T / 0.05
+        losses = []
+        for i in range(len(a)):
+            kept = [j for j in range(len(a)) if j == i or groups[j] != groups[i]]
+            row = logits[i, kept]
+            losses.append(np.log(np.exp(row - row.max()).sum()) + row.max() - logits[i, i])
+        return float(np.mean(losses))
+
+    want = (plain(z0, z1) + plain(z1, z0)) / 2 if symmetric else plain(z0, z1)
+    fn = lambda a, b: objectives.contrastive_loss(a, b, temperature=0.05, symmetric=symmetric,
+                                                  groups=jnp.asarray(groups))[0]
+    loss, grads = jax.value_and_grad(fn, argnums=(0, 1))(jnp.asarray(z0), jnp.asarray(z1))
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    assert float(loss) < float(objectives.contrastive_loss(z0, z1, symmetric=symmetric)[0])
+    assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+
+
 def test_contrastive_loss_on_sharded_global_batch_sees_all_negatives_with_gradients():
     """Sharded over 8 devices inside jit, loss and gradients equal the single-array computation."""
     rng = np.random.default_rng(2)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import pathlib
@@ -414,7 +415,7 @@ def test_two_real_processes_assemble_the_global_batch(tmp_path, mesh_shape):
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     for i, (worker, output) in enumerate(zip(workers, outputs)):
         assert worker.returncode == 0, output[-3000:]
-        assert f"process {i}: {5 * 9 * 4} shards match" in output     # 5 steps x 9 arrays x 4 local devices
+        assert f"process {i}: {5 * 10 * 4} shards match" in output    # 5 steps x 10 arrays x 4 local devices
 
 
 if __name__ == "__main__":
@@ -446,3 +447,28 @@ def test_state_from_another_corpus_of_the_same_size_is_refused(corpus):
         pipeline.make_batches(shuffled, data, train, seed=0).set_state(state)
     del state["corpus_digest"]                                # a state saved before digests: resumes, with a warning
     pipeline.make_batches(corpus, data, train, seed=0).set_state(state)
+
+
+def test_pairs_sharing_a_sentence_share_a_group():
+    """Directly or through a chain: (a, b), (e, a) and (b, x) are one group; (f, g) and (g, h) another."""
+    pairs = [(b"a", b"b"), (b"c", b"d"), (b"e", b"a"), (b"f", b"g"), (b"g", b"h"), (b"b", b"x"), (b"y", b"z")]
+    np.testing.assert_array_equal(pipeline.sentence_groups(pairs), [0, 1, 0, 3, 3, 0, 6])
+
+
+def test_each_batch_groups_its_pairs_that_share_a_sentence():
+    """Four copies of one English sentence among 32 records: whenever a step draws two of them, they share a
+    group, and no other pairs do."""
+    corpus = synthetic_corpus(records=32)
+    shared = corpus.examples[0].sent0_ids
+    for i in (9, 17, 25):
+        corpus.examples[i] = dataclasses.replace(corpus.examples[i], sent0_ids=shared)
+    data, train = cfgs(batch_size=8, clm_rows=8)
+    data.seq_len, data.cl_buckets = 64, (16, 32)
+    grouped = 0
+    for batch in take(pipeline.make_batches(corpus, data, train, seed=5), 8):
+        holds_shared = (batch["sent0_mask"].sum(1) == len(shared)) & np.all(
+            batch["sent0_ids"][:, :len(shared)] == shared, axis=1)
+        expected = np.where(holds_shared, np.argmax(holds_shared), np.arange(8))
+        np.testing.assert_array_equal(batch["sent_group"], expected)
+        grouped += int(holds_shared.sum() > 1)
+    assert grouped > 0

@@ -151,3 +151,25 @@ def test_weight_decay_follows_the_reference_grouping():
     mask = jax.tree_util.tree_leaves_with_path(train_step.decay_mask(params))
     decayed = {".".join(str(p.key) for p in path[:2]) for path, wants in mask if wants}
     assert decayed == {"top.embed"} | {f"blocks.{name}" for name in ("q", "k", "v", "o", "up", "down")}
+
+
+def test_the_step_masks_pairs_of_one_group_unless_told_not_to():
+    """``sent_group`` from the pipeline reaches the InfoNCE: pairs 0 and 2 in one group lower the loss (one
+    negative fewer for each), and ``mask_shared_sentences=False`` (the reference) ignores the groups."""
+    cfg = models.ModelConfig.from_hf(TINY_HF_CONFIGS["llama3"], dropout=0.0)
+    model = models.init_model(cfg, seed=0, std=0.2)
+    host = reference_batch(cfg.vocab_size)
+    rows, length = host["clm_ids"].shape
+    batch = {**{k: jnp.asarray(v) for k, v in host.items()},
+             "clm_positions": jnp.broadcast_to(jnp.arange(length), (rows, length)),
+             "clm_segment_ids": jnp.ones((rows, length), jnp.int32)}
+    ocfg = config_defaults.objective_config()
+
+    def cl_loss(groups, mask):
+        ocfg.mask_shared_sentences = mask
+        grouped = {**batch, "sent_group": jnp.asarray(groups, jnp.int32)}
+        return float(train_step.afp_losses(model, grouped, jax.random.PRNGKey(0), ocfg)[0])
+
+    apart = cl_loss([0, 1, 2, 3], True)
+    assert cl_loss([0, 1, 0, 3], True) < apart
+    assert cl_loss([0, 1, 0, 3], False) == apart

@@ -64,6 +64,8 @@ def objective_config() -> ml_collections.ConfigDict:
         "pooler": "last-1",        # {last,avg,max}-k, k = hidden-state index (0 = embeddings), reference last-1
         "temperature": 0.05,
         "symmetric": True,         # reference: False (one direction, sent0 anchors)
+        "mask_shared_sentences": True,   # pairs sharing a sentence (one English in en-zh and en-sw pairs) are not
+                                         # each other's negatives; reference: False
         "cl_weight": 1.0,
         "clm_weight": 1.5,
         "clm_chunk_size": 128,     # sequence positions per CE chunk (bounds the live [rows, chunk, vocab] logits)

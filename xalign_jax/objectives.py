@@ -74,17 +74,23 @@ def _infonce(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     return loss, accuracy
 
 
-def contrastive_loss(z0: jax.Array, z1: jax.Array, *, temperature: float = 0.05,
-                     symmetric: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+def contrastive_loss(z0: jax.Array, z1: jax.Array, *, temperature: float = 0.05, symmetric: bool = False,
+                     groups: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """InfoNCE between translation pairs: row i of ``z0`` must pick row i of ``z1`` among all B rows of ``z1``.
 
     ``symmetric=False`` is the reference (sent0 anchors only); ``symmetric=True`` averages it with the z1 -> z0
-    direction. Metrics: top-1 in-batch accuracy (mean over the directions in the loss) and mean positive cosine.
-    The similarity matmul runs at full fp32 precision (TPUs would otherwise use bf16 passes for it).
+    direction. With ``groups`` ([B] ints), pairs of one group are not each other's negatives: a pair sharing a
+    sentence with the anchor's holds the anchor's own sentence or its translation, so pushing it away would fight
+    the positive (the reference has no such mask). Metrics: top-1 in-batch accuracy (mean over the directions in
+    the loss) and mean positive cosine. The similarity matmul runs at full fp32 precision (TPUs would otherwise
+    use bf16 passes for it).
     """
     cosine = jnp.matmul(_unit(z0.astype(jnp.float32)), _unit(z1.astype(jnp.float32)).T,
                         precision=jax.lax.Precision.HIGHEST)
     logits = cosine / temperature
+    if groups is not None:
+        shared = (groups[:, None] == groups[None, :]) & ~jnp.eye(groups.shape[0], dtype=bool)
+        logits = jnp.where(shared, -jnp.inf, logits)
     loss, accuracy = _infonce(logits)
     if symmetric:
         loss_back, accuracy_back = _infonce(logits.T)

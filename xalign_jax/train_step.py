@@ -127,8 +127,9 @@ def afp_losses(model: nnx.Module, batch: Batch, rng: jax.Array, ocfg: Any, super
     mask = jnp.concatenate([batch["sent0_mask"], batch["sent1_mask"]], axis=0)
     hidden = model(ids, mask, num_layers=layer, compute_logits=False, dropout_rng=cl_rng).last_hidden_state
     z0, z1 = jnp.split(objectives.pool(hidden, mask, method), 2, axis=0)
+    groups = batch.get("sent_group") if ocfg.mask_shared_sentences else None
     cl_loss, cl_metrics = objectives.contrastive_loss(z0, z1, temperature=ocfg.temperature,
-                                                      symmetric=ocfg.symmetric)
+                                                      symmetric=ocfg.symmetric, groups=groups)
     out = model(batch["clm_ids"], (batch["clm_segment_ids"] > 0).astype(jnp.int32),
                 positions=batch["clm_positions"], segment_ids=batch["clm_segment_ids"],
                 compute_logits=False, dropout_rng=clm_rng)

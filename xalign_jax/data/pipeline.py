@@ -3,7 +3,8 @@
 Per step the iterator draws the next B records of an endless stream of epoch permutations (epoch e is shuffled by
 ``(seed, e)``; a step may span an epoch boundary, so no record is ever skipped). The records' contrastive pairs
 fill ``sent0_*``/``sent1_*`` (right padded to the smallest bucket that fits the global batch, so shapes are static
-per bucket). Their CLM examples join a carry queue which is packed into R rows of T tokens (``packing.py``);
+per bucket), and ``sent_group`` numbers the step's pairs so that pairs sharing a sentence (the same English in an
+en-zh and an en-sw pair) share a number: the contrastive loss does not use them as each other's negatives. Their CLM examples join a carry queue which is packed into R rows of T tokens (``packing.py``);
 whatever does not fit waits for the next step, so nothing is dropped. Shapes may follow the step's contents, one
 compile per shape used: with ``data.clm_len_buckets`` the step's examples are dealt evenly over the rows and the
 rows cut to the shortest bucket that holds them; with a ``data.supervised_cap``, ``clm_head_index`` lists each
@@ -104,6 +105,25 @@ def pick_bucket(length: int, buckets: Sequence[int]) -> int:
                      "tokenize with the same data config")
 
 
+def sentence_groups(pairs: Sequence[tuple[bytes, bytes]]) -> np.ndarray:
+    """int32 [n]: pairs that share a sentence, directly or through others, get the same number (the position of
+    the first of them), every other pair its own position."""
+    parent = list(range(len(pairs)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    first_holder: dict[bytes, int] = {}
+    for i, sentences in enumerate(pairs):
+        for sentence in sentences:
+            j = first_holder.setdefault(sentence, i)
+            a, b = sorted((root(i), root(j)))
+            parent[b] = a
+    return np.asarray([root(i) for i in range(len(pairs))], np.int32)
+
+
 def pad_right(sequences: Sequence[np.ndarray], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids, mask) int32 [n, length], right padded."""
     ids = np.full((len(sequences), length), pad_id, np.int32)
@@ -144,6 +164,7 @@ class BatchIterator:
             _check_supervised_cap(self._clm_supervised, self.batch_size, self.rows, self.supervised_cap,
                                   self.group_rows, self.mode)
         self._sent_lengths = [max(len(e.sent0_ids), len(e.sent1_ids)) for e in corpus.examples]
+        self._sentence_keys = [(e.sent0_ids.tobytes(), e.sent1_ids.tobytes()) for e in corpus.examples]
         self._permutations: dict[int, np.ndarray] = {}
         self._corpus_digest: str | None = None
         self._state = {"epoch": 0, "cursor": 0, "step": 0, "queue": [], "tokens_seen": 0, "carried": 0}
@@ -225,7 +246,7 @@ class BatchIterator:
         queue = self._state["queue"] + [[i, 0] for i in records if self._clm_lengths[i]]
         plan, left = self._plan(queue)
         length = pick_bucket(max(self._sent_lengths[i] for i in records), self.buckets)
-        batch = self._contrastive([records[i] for i in self._local(self.batch_size)], length)
+        batch = self._contrastive(records, self._local(self.batch_size), length)
         batch.update(packing.fill_rows([plan[i] for i in self._local(self.rows)], self._clm_ids, self._clm_labels,
                                        seq_len=pick_bucket(packing.row_length(plan), self.row_lengths),
                                        pad_id=self.corpus.pad_id, one_segment_per_row=self.mode == "reference"))
@@ -251,11 +272,13 @@ class BatchIterator:
         rows = [sum(self._clm_supervised[example] for example, _, _ in spans) for spans in plan]
         return max(sum(rows[g:g + self.group_rows]) for g in range(0, len(rows), self.group_rows))
 
-    def _contrastive(self, records: list[int], length: int) -> dict[str, np.ndarray]:
+    def _contrastive(self, records: list[int], local: np.ndarray, length: int) -> dict[str, np.ndarray]:
+        """The ``local`` positions of the step's ``records``: their padded sentences and their ``sent_group``."""
         batch = {}
         for name in ("sent0", "sent1"):
-            sequences = [getattr(self.corpus.examples[i], f"{name}_ids") for i in records]
+            sequences = [getattr(self.corpus.examples[records[i]], f"{name}_ids") for i in local]
             batch[f"{name}_ids"], batch[f"{name}_mask"] = pad_right(sequences, length, self.corpus.pad_id)
+        batch["sent_group"] = sentence_groups([self._sentence_keys[i] for i in records])[local]
         return batch
 
     def _advance(self, records: list[int], plan: list[list[packing.Span]], left: packing.Pending) -> None:
