@@ -233,3 +233,19 @@ def test_chunked_tokenization_equals_one_pass(records, xlmr, monkeypatch):
             assert (getattr(a, field) is None and getattr(b, field) is None) or \
                 np.array_equal(getattr(a, field), getattr(b, field))
     assert dataclasses.replace(whole.report, seconds=0) == dataclasses.replace(chunked.report, seconds=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("masking", ["offsets", "reference"])
+def test_special_token_strings_in_a_text_are_text(gemma, masking):
+    """A literal "<eos>" or "<mask>" in an answer is supervised text, not an EOS or mask token in mid-answer; the
+    tokenizer's own BOS and closing EOS stay special (Gemma-3's tokenizer)."""
+    text = "Repeat: <eos> Answer in English: the <mask> and <eos> tags"
+    record = AFPRecord(sent0="a <eos> b", sent1="<mask>", clm_text=text, clm_prompt_len=text.index("the"))
+    ids, labels = tokenize.tokenize_clm([record], gemma, seq_len=64, mode=masking)[0]
+    specials = set(gemma.all_special_ids)
+    assert ids[0] == gemma.bos_token_id and ids[-1] == gemma.eos_token_id
+    assert not specials & set(ids[1:-1].tolist())
+    assert gemma.decode(ids[1:][labels[1:]][:-1]).strip() == "the <mask> and <eos> tags"   # targets, EOS aside
+    sentences = tokenize.tokenize_sentences([record.sent0, record.sent1], gemma, max_len=16, field="sent0")
+    assert all(not specials & set(s[1:].tolist()) and len(s) > 3 for s in sentences)

@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 MASKING_MODES = ("offsets", "reference")
 CHUNK_RECORDS = 10_000
+# A training text's "<eos>" or "<mask>" is text: parsed as the control token it would become an EOS or a mask in
+# mid-answer, and the special-tokens mask would leave it unsupervised. Only the tokenizer's own BOS/EOS are special.
+# (XLM-R's tokenizer.json also has its control strings among its Unigram pieces, so there they still match.)
+TEXT_IS_DATA = {"split_special_tokens": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,9 +146,10 @@ def tokenize_clm(records: Sequence[AFPRecord], tokenizer: Any, *, seq_len: int, 
         raise ValueError("data.append_eos: the tokenizer has no eos_token; set append_eos=False or give it one")
     texts = [r.clm_text for r in records]
     enc = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=(mode == "offsets"),
-                    return_special_tokens_mask=True, verbose=False)
+                    return_special_tokens_mask=True, verbose=False, **TEXT_IS_DATA)
     if mode == "reference":
-        prompts = tokenizer([r.prompt for r in records], add_special_tokens=True, verbose=False)["input_ids"]
+        prompts = tokenizer([r.prompt for r in records], add_special_tokens=True, verbose=False,
+                            **TEXT_IS_DATA)["input_ids"]
     out: list[tuple[np.ndarray, np.ndarray] | None] = []
     for i, record in enumerate(records):
         ids, special = list(enc["input_ids"][i]), enc["special_tokens_mask"][i]
@@ -180,7 +185,8 @@ def tokenize_sentences(sentences: Sequence[str], tokenizer: Any, *, max_len: int
     names each sentence's record in errors (its file and line)."""
     report = report if report is not None else TokenizeReport()
     out = []
-    for i, ids in enumerate(tokenizer(list(sentences), add_special_tokens=True, verbose=False)["input_ids"]):
+    encoded = tokenizer(list(sentences), add_special_tokens=True, verbose=False, **TEXT_IS_DATA)["input_ids"]
+    for i, ids in enumerate(encoded):
         if not ids:
             raise ValueError(f"{where[i] if where else f'sentence {i}'}: {field}: {sentences[i]!r} tokenizes to no "
                              "tokens (nothing to pool)")
