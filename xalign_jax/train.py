@@ -4,7 +4,8 @@ Read top to bottom: ``Trainer.__init__`` sets everything up (mesh, model, data, 
 ``Trainer.run`` is the loop. The step itself lives in ``train_step.py``.
 
 Host-device discipline: the loop never waits on the device except to fetch the scalars of a *previous* log step
-(the next step is already queued behind it, so the device does not idle) and at checkpoints; shapes are fixed per contrastive bucket and every compile is logged.
+(the next step is already queued behind it, so the device does not idle) and at checkpoints; shapes are fixed per
+contrastive bucket and every compile is logged.
 """
 from __future__ import annotations
 

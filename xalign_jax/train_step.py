@@ -8,8 +8,9 @@ state donated. Per step:
      negatives are those of the micro-batch (``batch_size / micro_batches`` pairs), as in any accumulation;
   2. the CLM pass runs the packed rows through the whole decoder and computes the masked cross-entropy in sequence
      chunks, so the [rows, T, vocab] fp32 logits never exist;
-  3. ``loss = cl_weight * L_cl + clm_weight * L_clm`` (``L_cl`` alone, unweighted, without CLM: AFP_SPEC §1.2.7), where ``L_clm`` is the mean over ALL supervised tokens of the
-     step (micro-batches accumulate token sums, so accumulation is exact, not a mean of means).
+  3. ``loss = cl_weight * L_cl + clm_weight * L_clm`` (``L_cl`` alone, unweighted, without CLM: AFP_SPEC §1.2.7),
+     where ``L_clm`` is the mean over ALL supervised tokens of the step (micro-batches accumulate token sums, so
+     accumulation is exact, not a mean of means).
 Gradient accumulation scans over micro-batches inside the same compiled function.
 """
 from __future__ import annotations

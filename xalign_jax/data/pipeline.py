@@ -4,8 +4,9 @@ Per step the iterator draws the next B records of an endless stream of epoch per
 ``(seed, e)``; a step may span an epoch boundary, so no record is ever skipped). The records' contrastive pairs
 fill ``sent0_*``/``sent1_*`` (right padded to the smallest bucket that fits the global batch, so shapes are static
 per bucket), and ``sent_group`` numbers the step's pairs so that pairs sharing a sentence (the same English in an
-en-zh and an en-sw pair) share a number: the contrastive loss does not use them as each other's negatives. Their CLM examples join a carry queue which is packed into R rows of T tokens (``packing.py``);
-whatever does not fit waits for the next step, so nothing is dropped. Shapes may follow the step's contents, one
+en-zh and an en-sw pair) share a number: the contrastive loss does not use them as each other's negatives. Their
+CLM examples join a carry queue which is packed into R rows of T tokens (``packing.py``); whatever does not fit
+waits for the next step, so nothing is dropped. Shapes may follow the step's contents, one
 compile per shape used: with ``data.clm_len_buckets`` the step's examples are dealt evenly over the rows and the
 rows cut to the shortest bucket that holds them; with a ``data.supervised_cap``, ``clm_head_index`` lists each
 group of rows' supervised positions for the LM head, in the fewest ``data.head_slot_buckets`` slots that hold them.
