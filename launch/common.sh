@@ -49,17 +49,20 @@ quote_words() {
   printf '%s' "$out"
 }
 
-# normalize_args ARGS...: NORMALIZED_ARGS with every "--flag=value" split into "--flag" "value" (up to "--").
+# normalize_args ARGS...: NORMALIZED_ARGS with every "--flag=value" split into "--flag" "value" (up to "--"); the
+# value of "--extra" is left whole (it is main's own flags, "--config.x=1 ...").
 normalize_args() {
   NORMALIZED_ARGS=()
-  local passthrough=0 arg
+  local passthrough=0 previous="" arg
   for arg in "$@"; do
-    if [[ "$passthrough" == 0 && "$arg" == --*=* ]]; then
+    if [[ "$passthrough" == 0 && "$previous" != "--extra" && "$arg" == --*=* ]]; then
       NORMALIZED_ARGS+=("${arg%%=*}" "${arg#*=}")
+      arg="${arg%%=*}"
     else
-      [[ "$arg" == "--" ]] && passthrough=1
+      [[ "$arg" == "--" && "$previous" != "--extra" ]] && passthrough=1
       NORMALIZED_ARGS+=("$arg")
     fi
+    previous="$arg"
   done
 }
 
@@ -79,7 +82,7 @@ parse_settings() {
     case "$1" in
       -h|--help) usage; exit 0 ;;
       --dry-run) DRY_RUN=1; shift ;;
-      --extra) need_value "$@"; read -r -a EXTRA_ARGS <<<"$2"; shift 2 ;;
+      --extra) [[ $# -ge 2 ]] || die "--extra needs a value"; read -r -a EXTRA_ARGS <<<"$2"; shift 2 ;;
       --) shift; EXTRA_ARGS+=("$@"); break ;;
       --*)
         if [[ -n "${SWITCH_FLAGS[$1]:-}" ]]; then

@@ -349,6 +349,15 @@ def test_slurm_submits_the_script_and_srun_starts_main_with_every_argument(tmp_p
                     "--config.mesh.fsdp=16"]
 
 
+@pytest.mark.parametrize("extra", [["--extra", "--config.train.steps=100 --config.mesh.fsdp=16"],
+                                   ["--extra=--config.train.steps=100 --config.mesh.fsdp=16"]])
+def test_slurm_extra_passes_main_flags(tmp_path, fake_bin, extra):
+    """``--extra`` carries main's own flags, which all start with "--"."""
+    done, _ = _launch(SLURM, [*SLURM_ARGS, *extra, "--dry-run"], tmp_path, fake_bin)
+    assert done.returncode == 0, done.stderr
+    assert "--config.train.steps=100 --config.mesh.fsdp=16" in done.stdout
+
+
 def test_slurm_one_task_per_gpu_and_no_requeue(tmp_path, fake_bin):
     done, _ = _launch(SLURM, [*SLURM_ARGS, "--task-per", "gpu", "--gpus-per-node=4", "--no-requeue", "--dry-run"],
                       tmp_path, fake_bin)

@@ -69,39 +69,3 @@ def test_adam_moments_are_sharded_like_their_parameters(tmp_path, mesh):
     for moment in (adam.mu, adam.nu):
         assert [x.sharding.spec for x in jax.tree.leaves(moment)] == param_specs
 
-
-def _compiled_train_step(mesh):
-    """The trainer's step for a tiny Llama on ``mesh``, compiled as the trainer does (traced under the mesh)."""
-    from xalign_jax import config_defaults, train, train_step
-    from tests.tiny_models import TINY_HF_CONFIGS
-    config = models.ModelConfig.from_hf(dict(TINY_HF_CONFIGS["llama"], hidden_size=64, intermediate_size=128),
-                                        dropout=0.0)
-    graphdef, params = nnx.split(models.init_model(config, seed=0, mesh=mesh), nnx.Param)
-    objective = config_defaults.objective_config()
-    objective.pooler = "last-2"
-    tx, schedule = train_step.make_optimizer(config_defaults.train_config())
-    state = train.init_train_state(params, tx, mesh, 0)
-    batch_sharding = sharding.batch_sharding(mesh)
-    shapes = {"sent0_ids": (8, 16), "sent0_mask": (8, 16), "sent1_ids": (8, 16), "sent1_mask": (8, 16),
-              "clm_ids": (8, 64), "clm_positions": (8, 64), "clm_segment_ids": (8, 64), "clm_targets": (8, 64)}
-    batch = {name: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding) for name, shape in shapes.items()}
-    batch["clm_weights"] = jax.ShapeDtypeStruct((8, 64), jnp.float32, sharding=batch_sharding)
-    step = train_step.make_train_step(graphdef, tx, schedule, objective, 1,
-                                      batch_shards=mesh.shape["data"] * mesh.shape["fsdp"])
-    state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    return train.CompiledSteps(step, state_shardings, batch_sharding, None, mesh).compiled_for(state, batch)
-
-
-def test_fsdp_keeps_activations_split_by_batch():
-    """Under fsdp the weights move, not the activations: the embedding table is split on ``embed``, and without
-    the model's batch constraints every device computed all 512 CLM tokens on a quarter of the features and
-    all-reduced the blocks' outputs and the head's logits (5.4 MiB of temporaries against 4.3 under data
-    parallelism)."""
-    import re
-    fsdp = _compiled_train_step(sharding.make_mesh(1, 4, 1, devices=jax.devices()[:4]))
-    data_parallel = _compiled_train_step(sharding.make_mesh(4, 1, 1, devices=jax.devices()[:4]))
-    reduced = re.findall(r"= [a-z0-9]+\[([0-9,]*)\]\S* all-reduce(?:-start)?\(", fsdp.as_text())
-    reduced_elements = sum(int(np.prod([int(d) for d in dims.split(",") if d])) for dims in reduced)
-    assert reduced_elements < 8 * 64, reduced                   # below one feature of every CLM token
-    assert "all-gather" in fsdp.as_text()                       # the weights are gathered instead
-    assert fsdp.memory_analysis().temp_size_in_bytes <= data_parallel.memory_analysis().temp_size_in_bytes

@@ -82,22 +82,5 @@ def local_batch_shards(mesh: Mesh) -> tuple[int, ...]:
     return tuple(sorted({index[0].start or 0 for index in index_map.values()}))
 
 
-def constrain_batch(x: jax.Array) -> jax.Array:
-    """Pin an activation's leading (batch) dimension over ``data`` x ``fsdp`` when traced under a mesh
-    (``jax.set_mesh``) that splits it; otherwise ``x`` unchanged.
-
-    Without it, sharding propagation follows the embedding table, which ``fsdp`` splits on ``embed``: every device
-    then computes every token of the batch on a slice of the features, and the blocks' outputs and the LM head's
-    logits are all-reduced over the whole batch. Pinned after the embedding and at every block boundary, the
-    activations stay split by batch and the weights are what moves (ZeRO-3)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
-        return x
-    ways = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
-    if ways == 1 or x.shape[0] % ways:
-        return x
-    return jax.lax.with_sharding_constraint(x, PartitionSpec(BATCH_AXES))
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())

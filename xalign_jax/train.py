@@ -9,7 +9,6 @@ contrastive bucket and every compile is logged.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import pathlib
@@ -112,9 +111,7 @@ class CompiledSteps:
     """AOT-compiles the step once per distinct batch shape and logs every compile (a recompile is never silent),
     with ``compiler_options`` (XLA options this XLA accepts: ``xla_options.usable``)."""
 
-    def __init__(self, step_fn, state_shardings, batch_shardings, compiler_options: Mapping[str, str] | None = None,
-                 mesh: jax.sharding.Mesh | None = None):
-        self._mesh = mesh                                    # traced under it: the model's activation constraints
+    def __init__(self, step_fn, state_shardings, batch_shardings, compiler_options: Mapping[str, str] | None = None):
         self._jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
                                out_shardings=(state_shardings, None), donate_argnums=0)
         self._options = compiler_options
@@ -134,8 +131,7 @@ class CompiledSteps:
         key = tuple((k, v.shape) for k, v in sorted(batch.items()))
         if key not in self._compiled:
             start = time.perf_counter()
-            with jax.set_mesh(self._mesh) if self._mesh is not None else contextlib.nullcontext():
-                compiled = self._jitted.lower(state, batch).compile(self._options)
+            compiled = self._jitted.lower(state, batch).compile(self._options)
             seconds = time.perf_counter() - start
             self.compile_seconds += seconds
             memory = compiled.memory_analysis()
@@ -183,7 +179,7 @@ class Trainer:
                                              config.train.micro_batches, config.data.supervised_group_rows,
                                              batch_shards)
         options = xla_options.usable(config.train.cpu_compiler_options.to_dict(), self.mesh.devices.flat[0].platform)
-        self.step_fn = CompiledSteps(step_fn, self.state_shardings, self.batch_sharding, options, self.mesh)
+        self.step_fn = CompiledSteps(step_fn, self.state_shardings, self.batch_sharding, options)
         self.flops = metrics_lib.ModelFlops.from_config(self.model.config)
         self.peak_flops = metrics_lib.peak_flops_per_device(config.train.peak_tflops) * jax.local_device_count()
         self.checkpointer = ckpt_lib.Checkpointer(self.workdir / "checkpoints", keep=config.train.keep_checkpoints,

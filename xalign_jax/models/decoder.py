@@ -302,7 +302,7 @@ def _embed(cfg: ModelConfig, top: dict, table: jax.Array, input_ids: jax.Array, 
         hidden = hidden + layers.sinusoidal(positions + cfg.position_offset, cfg.hidden_size).astype(dtype)
     if cfg.embed_norm:
         hidden = layers.normalize(hidden, top["embed_norm"], top["embed_norm_bias"], cfg.norm, cfg.norm_eps)
-    return sharding.constrain_batch(layers.dropout(hidden, cfg.dropout, rng))
+    return layers.dropout(hidden, cfg.dropout, rng)
 
 
 def _attention_context(cfg: ModelConfig, mask: jax.Array, positions: jax.Array, segment_ids: jax.Array | None,
@@ -349,7 +349,6 @@ def _run_blocks(cfg: ModelConfig, blocks: dict, hidden: jax.Array, context: dict
         params, is_sliding, index, layer_past = xs
         layer_rng = None if rng is None else jax.random.fold_in(rng, index)
         h, keys_values = _block(cfg, params, h, context, is_sliding, layer_rng, layer_past)
-        h = sharding.constrain_batch(h)
         return h, (h if collect else None, keys_values if return_keys_values else None)
 
     if cfg.remat_policy != "none":
