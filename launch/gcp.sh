@@ -28,7 +28,7 @@ Settings (flag, or environment variable; flags win)
   --ref REF          XALIGN_REF           branch, tag or commit for --repo (default: main)
   --pip-extras E     XALIGN_PIP_EXTRAS    extras of the package to install (default: models)
   --config C         XALIGN_CONFIG        config for `run`, e.g. configs/bloom.py:7b1 (required for run)
-  --workdir W        XALIGN_WORKDIR       run directory on the workers, e.g. /mnt/disks/run/bloom (required for run)
+  --workdir W        XALIGN_WORKDIR       run directory every worker shares, e.g. /mnt/shared/runs/bloom (required for run)
   --worker I         XALIGN_WORKER        worker for `tail` (default: 0)
   --extra "ARGS"     XALIGN_EXTRA_ARGS    extra arguments for xalign_jax.main (also: everything after --)
   --dry-run          XALIGN_DRY_RUN=1     print the gcloud commands instead of running them
@@ -38,7 +38,7 @@ Example
   launch/gcp.sh --project my-proj --zone us-central2-b --tpu-type v4-32 create
   launch/gcp.sh --project my-proj --zone us-central2-b setup
   launch/gcp.sh --project my-proj --zone us-central2-b --config configs/bloom.py:7b1 \
-      --workdir /mnt/disks/run/bloom7b1 run -- --config.model.source=/mnt/disks/models/bloom-7b1
+      --workdir /mnt/shared/runs/bloom7b1 run -- --config.model.source=/mnt/shared/models/bloom-7b1
 EOF
 }
 

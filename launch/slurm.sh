@@ -11,7 +11,8 @@ Writes LOG_DIR/JOB_NAME.sbatch and submits it with sbatch. Inside the job, `srun
 `python -m xalign_jax.main` once per node (default) or once per GPU; xalign_jax.distributed reads the SLURM
 variables (coordinator = first node), so no address or rank flags are needed. Each task logs to
 LOG_DIR/JOB_NAME-JOBID-taskN.log. SLURM sends SIGTERM 5 minutes before the time limit (and on preemption): the run
-writes a checkpoint and exits; with --requeue (default) SLURM restarts it and it resumes from that checkpoint.
+writes a checkpoint and exits. With --requeue (default) SLURM restarts a job that was preempted or lost a node,
+and it resumes from that checkpoint; a job that reached its time limit ends: submit it again to continue.
 
 Settings (flag, or environment variable; flags win)
   --nodes N            XALIGN_NODES            nodes (default: 2)

@@ -199,7 +199,8 @@ def test_cpu_peak_follows_the_instruction_set_and_clock():
 
 @pytest.mark.parametrize("kind,tflops", [
     ("NVIDIA H100 PCIe", 756), ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 NVL", 835), ("NVIDIA H200 NVL", 835),
-    ("NVIDIA H200", 989), ("NVIDIA L40S", 362), ("NVIDIA L40", 181), ("NVIDIA L4", 121), ("TPU v5 lite", 197)])
+    ("NVIDIA H200", 989), ("NVIDIA L40S", 362), ("NVIDIA L40", 181), ("NVIDIA L4", 121), ("TPU v5 lite", 197),
+    ("TPU v5", 459)])
 def test_accelerator_peak_is_the_entry_of_the_devices_own_variant(monkeypatch, kind, tflops):
     monkeypatch.setattr(metrics.jax, "local_devices", lambda: [types.SimpleNamespace(device_kind=kind)])
     assert metrics.peak_flops_per_device() == tflops * 1e12

@@ -249,3 +249,11 @@ def test_streaming_safetensors_writer_matches_safetensors_reader(tmp_path):
         for key, value in arrays.items():
             assert loaded[key].dtype == np.dtype(np_dtype)
             np.testing.assert_array_equal(loaded[key], value.astype(np_dtype))
+
+
+def test_gemma3_query_scale_follows_llama_cpp():
+    """GGUF has no field for it: 168 for the 62-layer 27B (5376 / 32), the head size (256) for 270M-12B."""
+    assert gguf_io.gemma3_query_scalar({"num_hidden_layers": 62, "hidden_size": 5376, "num_attention_heads": 32,
+                                        "head_dim": 128}) == 168
+    assert gguf_io.gemma3_query_scalar({"num_hidden_layers": 18, "hidden_size": 640, "num_attention_heads": 4,
+                                        "head_dim": 256}) == 256

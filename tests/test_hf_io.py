@@ -144,6 +144,23 @@ def test_missing_tensor_is_named(tmp_path):
         models.from_pretrained(tmp_path)
 
 
+def test_tensors_the_config_does_not_describe_are_reported(tmp_path, caplog):
+    """A bias checkpoint whose config.json says it has no biases: the biases are named in a warning, not
+    dropped without a word (transformers warns too)."""
+    make_tiny_hf_model("llama_bias", tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "attention_bias": False, "mlp_bias": False}))
+    with caplog.at_level("WARNING", logger="xalign_jax.models.hf_io"):
+        models.from_pretrained(tmp_path)
+    assert "checkpoint tensors are not used by this config" in caplog.text
+    assert "model.layers.0.self_attn.q_proj.bias" in caplog.text
+    caplog.clear()
+    make_tiny_hf_model("llama_bias", tmp_path / "intact")
+    with caplog.at_level("WARNING", logger="xalign_jax.models.hf_io"):
+        models.from_pretrained(tmp_path / "intact")
+    assert "not used" not in caplog.text
+
+
 @pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
 def test_read_round_trips_into_owned_aligned_memory(tmp_path, dtype):
     """A memory-mapped view kept the file resident for as long as the loaded parameter lived (load peaked near 2x

@@ -113,7 +113,8 @@ def test_afp_loss_and_gradients_match_the_torch_reference(pair):
     batch = {**{k: jnp.asarray(v) for k, v in host.items()},
              "clm_positions": jnp.broadcast_to(jnp.arange(length), (rows, length)),
              "clm_segment_ids": jnp.ones((rows, length), jnp.int32)}
-    ocfg = ml_collections.ConfigDict(dict(pooler="last-1", temperature=0.05, symmetric=False, clm_chunk_size=5))
+    ocfg = ml_collections.ConfigDict(dict(pooler="last-1", temperature=0.05, symmetric=False, clm_chunk_size=5,
+                                          mask_shared_sentences=False))    # the reference recipe
     graphdef, params = nnx.split(model)
 
     def loss_fn(state):   # the reference model is in eval mode: no dropout on our side either

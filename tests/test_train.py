@@ -86,6 +86,19 @@ def test_best_step_is_the_highest_kept_score_not_the_latest(tmp_path):
         checkpointer.close()
 
 
+def test_a_score_that_is_not_finite_never_becomes_the_best(tmp_path):
+    """A diverged loss gives NaN; ranked, it sorted as the best and the real best checkpoint was deleted."""
+    checkpointer = ckpt_lib.Checkpointer(tmp_path, keep=1, keep_best=1)
+    try:
+        for step, score in ((1, -2.0), (2, -1.5), (3, float("nan"))):
+            checkpointer.save(step, {"w": jnp.full((2,), float(step))}, {"pos": step}, {"step": step},
+                              selection_score=score)
+            checkpointer.wait()
+        assert checkpointer.all_steps() == [2, 3] and checkpointer.best_step() == 2
+    finally:
+        checkpointer.close()
+
+
 def test_checkpoints_are_scored_by_their_own_step_and_throughput_skips_saves(tokenizer_dir, shared_data, tmp_path):
     """A checkpoint step is logged before its save, so its score is its own loss; the save's seconds stay out of
     every row's throughput; a finished run started again saves nothing twice."""
@@ -117,10 +130,17 @@ def test_with_dev_evaluations_the_best_checkpoint_is_the_best_dev_score(tokenize
     scores = {2: 0.3, 4: 0.9, 6: 0.5}
     config = tiny_train_config(tokenizer_dir, shared_data, steps=6, checkpoint_every=2, eval_every=2,
                                keep_checkpoints=1, keep_best_checkpoints=1)
-    trainer = train.Trainer(config, tmp_path, evaluator=lambda model, tokenizer, params: {
-        "avg_zero": scores[int(jax.device_get(trainer.state["step"]))]})
+    ready_when_called = []
+
+    def evaluator(model, tokenizer, params):
+        # the steps before an evaluation have run when its pause starts (their time is the throughput window's)
+        ready_when_called.append(all(leaf.is_ready() for leaf in jax.tree.leaves(params)))
+        return {"avg_zero": scores[int(jax.device_get(trainer.state["step"]))]}
+
+    trainer = train.Trainer(config, tmp_path, evaluator=evaluator)
     try:
         summary = trainer.run()
+        assert ready_when_called == [True, True, True]
         assert trainer.checkpointer.all_steps() == [4, 6] and summary["best_checkpoint_step"] == 4
         best = trainer.best_params()
         restored = trainer.checkpointer.restore(4, ckpt_lib.abstract_like(trainer.state))[0]["params"]

@@ -11,6 +11,7 @@ until a dev metric exists the caller passes the negated training loss).
 from __future__ import annotations
 
 import logging
+import math
 import pathlib
 from typing import Any
 
@@ -53,7 +54,13 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_state: dict, meta: dict, *, selection_score: float | None,
              force: bool = False) -> bool:
-        """Start an async save of ``step``; returns whether a save was started."""
+        """Start an async save of ``step``; returns whether a save was started. A score that is not finite (a
+        diverged loss, a dev run without zero-shot tasks) is not ranked: NaN would sort as the best and the
+        retention policy would delete the real best checkpoint."""
+        if selection_score is not None and not math.isfinite(selection_score):
+            log.warning("checkpoint: step %d's selection score %s is not finite: kept as latest, never as best",
+                        step, selection_score)
+            selection_score = None
         metrics = None if selection_score is None else {BEST_METRIC: float(selection_score)}
         saved = self._manager.save(
             step,

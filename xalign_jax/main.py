@@ -4,7 +4,8 @@ Modes:
   * ``train``  (default): AFP training; resumes from ``DIR/checkpoints`` when present; ``summary.json`` at the end.
     With ``eval.before_training`` / ``eval.after_training`` it also writes the before/after comparison.
   * ``eval``: evaluate the model the config points at, or the latest checkpoint in DIR, into ``DIR/eval/``.
-  * ``export``: write the latest (or best) checkpoint as an HF directory ``DIR/export`` that transformers loads.
+  * ``export``: write the latest checkpoint as an HF directory ``DIR/export`` that transformers loads (training's
+    after-evaluation reports the best checkpoint, which is the latest unless a better one was kept).
 Any config key can be overridden: ``--config.train.steps=100``.
 """
 from __future__ import annotations

@@ -32,11 +32,13 @@ import jax
 log = logging.getLogger(__name__)
 
 # Dense bf16 peak TFLOP/s per device (vendor figures, no sparsity), matched as a substring of the device kind in
-# this order: the PCIe/NVL variants and L40(S) before the names they contain.
+# this order: the PCIe/NVL variants, L40(S) and the v5 lite (v5e) before the names they contain. A v5p reports
+# its kind as "TPU v5".
 PEAK_TFLOPS = {
     "H100 PCIe": 756.0, "H100 NVL": 835.0, "H200 NVL": 835.0, "H100": 989.0, "H200": 989.0,
     "A100": 312.0, "A800": 312.0, "L40S": 362.0, "L40": 181.0, "L4": 121.0,
-    "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0, "TPU v6e": 918.0,
+    "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v5": 459.0,
+    "TPU v6 lite": 918.0, "TPU v6e": 918.0,
 }
 CPU_FLOPS_PER_CYCLE = (("avx512f", 64), ("fma", 32))   # fp32, two FMA units per core; else 16 (SSE)
 DEFAULT_CPU_HZ = 2.0e9

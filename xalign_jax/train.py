@@ -128,7 +128,7 @@ class CompiledSteps:
     def compiled_for(self, state, batch):
         """The executable for this batch's shapes, compiled (and logged) the first time they are seen; a caller
         that knows its shapes up front (the benchmark) compiles them all before timing anything."""
-        key = tuple((k, v.shape) for k, v in sorted(batch.items()))
+        key = self._shape_key(batch)
         if key not in self._compiled:
             start = time.perf_counter()
             compiled = self._jitted.lower(state, batch).compile(self._options)
@@ -139,6 +139,14 @@ class CompiledSteps:
                      seconds, {k: s for k, s in key}, _format_memory(memory))
             self._compiled[key] = compiled
         return self._compiled[key]
+
+    @staticmethod
+    def _shape_key(batch) -> tuple:
+        return tuple((k, v.shape) for k, v in sorted(batch.items()))
+
+    def is_new_shape(self, batch) -> bool:
+        """Whether this batch's shapes will compile."""
+        return self._shape_key(batch) not in self._compiled
 
     def memory_analysis(self):
         return next(iter(self._compiled.values())).memory_analysis() if self._compiled else None
@@ -233,6 +241,8 @@ class Trainer:
                 host_batch = next(self.batches)
                 batch = pipeline.to_global(host_batch, self.mesh)
                 compile_seconds = self.step_fn.compile_seconds
+                if self.step_fn.is_new_shape(batch):   # its compile pauses the clock: the queued steps run first
+                    jax.block_until_ready(self.state)
                 self.state, step_metrics = self.step_fn(self.state, batch)
                 step += 1
                 preemption.check(step)
@@ -262,7 +272,10 @@ class Trainer:
                              preempted=preemption.requested)
 
     def _paused(self, work, *args) -> None:
-        """Run host-side ``work`` (an evaluation, a checkpoint save) with its seconds kept out of throughput."""
+        """Run host-side ``work`` (an evaluation, a checkpoint save) with its seconds kept out of throughput. The
+        steps queued before it finish first: their device time belongs to the window, and an evaluation waiting
+        for them inside the pause made step times too short and MFU too high at every evaluation step."""
+        jax.block_until_ready(self.state)
         started = time.perf_counter()
         work(*args)
         self._clock.pause(time.perf_counter() - started)

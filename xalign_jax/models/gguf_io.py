@@ -212,7 +212,18 @@ class GGUFSource:
                 fields[hf_key] = self.metadata(key)
         fields.setdefault("vocab_size", len(self._reader.fields["tokenizer.ggml.tokens"].data))
         fields["tie_word_embeddings"] = "lm_head.weight" not in self._entries
+        if arch == "gemma3":
+            fields["query_pre_attn_scalar"] = gemma3_query_scalar(fields)
         return fields
+
+
+def gemma3_query_scalar(fields: dict) -> int:
+    """Gemma 3's attention query scale, which GGUF does not store: llama.cpp derives it from the model size,
+    hidden / heads for the 62-layer 27B (168) and the head size for the others (256). transformers' GGUF loader
+    leaves its default of 256, which is wrong for the 27B."""
+    if fields["num_hidden_layers"] == 62:
+        return fields["hidden_size"] // fields["num_attention_heads"]
+    return fields["head_dim"]
 
 
 def _unpermute_rows(weights: np.ndarray, num_heads: int) -> np.ndarray:

@@ -176,6 +176,18 @@ def _names_in_checkpoint(maps: list[TensorMap], available: set[str]) -> list[Ten
     return [dataclasses.replace(m, hf=m.hf[len(prefix):]) if m.hf.startswith(prefix) else m for m in maps]
 
 
+def _warn_unused(available: set[str], maps: list[TensorMap], num_layers: int) -> None:
+    """Log the checkpoint's tensors that no parameter reads, as transformers does: weights the config does not
+    describe (biases of a config that says it has none) would otherwise be dropped without a word. Rotary
+    frequency buffers and a tied model's saved ``lm_head.weight`` are expected."""
+    used = {m.hf.format(i=i) for m in maps for i in range(num_layers)}
+    unused = sorted(name for name in available - used
+                    if not name.endswith("rotary_emb.inv_freq") and not name.endswith("lm_head.weight"))
+    if unused:
+        log.warning("%d checkpoint tensors are not used by this config (does config.json describe the weights?): "
+                    "%s", len(unused), ", ".join(unused[:8]) + (" ..." if len(unused) > 8 else ""))
+
+
 def load_arrays(cfg: ModelConfig, source: TensorSource, mesh: jax.sharding.Mesh | None,
                 maps: list[TensorMap]) -> dict[str, jax.Array]:
     """Every parameter of ``cfg`` read from ``source`` and placed into its mesh sharding (one device if none)."""
@@ -183,6 +195,7 @@ def load_arrays(cfg: ModelConfig, source: TensorSource, mesh: jax.sharding.Mesh 
     specs = param_specs(cfg)
     available = set(source.names())
     maps = _names_in_checkpoint(maps, available)
+    _warn_unused(available, maps, cfg.num_layers)
     for tmap in maps:
         spec = specs[tmap.ours]
         per_layer = spec.shape[1:] if tmap.ours.startswith(BLOCK_PREFIX) else spec.shape
