@@ -144,6 +144,14 @@ def test_missing_tensor_is_named(tmp_path):
         models.from_pretrained(tmp_path)
 
 
+def test_a_tensor_in_two_files_without_an_index_is_refused(tmp_path):
+    """A stray copy of a weights file beside the model's must not replace its tensors in file-name order."""
+    make_tiny_hf_model("llama", tmp_path)
+    shutil.copy(tmp_path / "model.safetensors", tmp_path / "model-old.safetensors")
+    with pytest.raises(ValueError, match=r"tensor \S+ is in both model-old.safetensors and model.safetensors"):
+        models.from_pretrained(tmp_path)
+
+
 def test_tensors_the_config_does_not_describe_are_reported(tmp_path, caplog):
     """A bias checkpoint whose config.json says it has no biases: the biases are named in a warning, not
     dropped without a word (transformers warns too)."""

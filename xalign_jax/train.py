@@ -321,6 +321,12 @@ class Trainer:
         self.checkpointer.save(step, self.state, self.batches.get_state(), meta, selection_score=score, force=force)
 
     def _summary(self, start_step: int, end_step: int, wall: float, last: dict, *, preempted: bool) -> dict:
+        """What the run did, written to ``summary.json``; a run that found nothing left to train keeps the summary
+        of the run that finished (its losses and throughput are not this run's to blank)."""
+        written = self.workdir / "summary.json"
+        if end_step == start_step and written.exists():
+            log.info("no step left to train: %s of the run that reached step %d is kept", written, end_step)
+            return json.loads(written.read_text())
         summary = {
             "steps": end_step, "steps_this_run": end_step - start_step, "preempted": preempted,
             "tokens_seen": int(self.batches.tokens_seen), "wall_time_s": wall,
@@ -332,7 +338,7 @@ class Trainer:
             "data_report": self.examples.report if hasattr(self.examples, "report") else None,
         }
         if self.is_main:
-            (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+            written.write_text(json.dumps(summary, indent=2, default=str))
         return summary
 
 

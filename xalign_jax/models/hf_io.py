@@ -58,7 +58,11 @@ class SafetensorsDir:
         self._file_of: dict[str, SafetensorsFile] = {}
         for name in files:
             opened = SafetensorsFile(self.directory / name)
-            self._file_of.update({tensor: opened for tensor in opened.names()})
+            for tensor in opened.names():
+                if tensor in self._file_of:     # a stray copy in the directory must not replace weights silently
+                    raise ValueError(f"{self.directory}: tensor {tensor} is in both {self._file_of[tensor].path.name} "
+                                     f"and {name}; keep one file (or an index, {INDEX_FILE}, that says which)")
+                self._file_of[tensor] = opened
 
     def names(self) -> list[str]:
         return list(self._file_of)
