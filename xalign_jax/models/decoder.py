@@ -295,8 +295,8 @@ def _embed(cfg: ModelConfig, top: dict, table: jax.Array, input_ids: jax.Array, 
            rng: jax.Array | None) -> jax.Array:
     dtype = jnp.dtype(cfg.dtype)
     hidden = jnp.take(table, input_ids, axis=0).astype(dtype)
-    if cfg.embed_scale:   # HF's Gemma casts sqrt(d) to the compute dtype first (it matters in bf16); XGLM's
-                          # Python float gives the same for its sqrt(1024) = 32
+    if cfg.embed_scale:   # HF's Gemma casts sqrt(d) to the weights' dtype (it matters in bf16): ours is the compute
+                          # dtype, the same for a model run in one dtype; XGLM's float sqrt(1024) = 32 is exact
         hidden = hidden * jnp.asarray(cfg.hidden_size ** 0.5, dtype)
     if cfg.positions == "sinusoidal":
         hidden = hidden + layers.sinusoidal(positions + cfg.position_offset, cfg.hidden_size).astype(dtype)
