@@ -326,7 +326,7 @@ class Trainer:
         written = self.workdir / "summary.json"
         if end_step == start_step and written.exists():
             log.info("no step left to train: %s of the run that reached step %d is kept", written, end_step)
-            return json.loads(written.read_text())
+            return {**json.loads(written.read_text()), "steps_this_run": 0}
         summary = {
             "steps": end_step, "steps_this_run": end_step - start_step, "preempted": preempted,
             "tokens_seen": int(self.batches.tokens_seen), "wall_time_s": wall,
