@@ -13,7 +13,7 @@ import torch
 from flax import nnx
 
 from benchmarks import torch_reference
-from tests.tiny_models import TINY_HF_CONFIGS, make_tiny_hf_model, reference_batch
+from tests.tiny_models import TINY_HF_CONFIGS, make_tiny_hf_model, reference_batch, step_batch
 from xalign_jax import bench, models, objectives
 from xalign_jax.models import layers
 from xalign_jax.models.decoder import blocked_target_logprobs, lm_head_logits, vocabulary_blocks
@@ -109,10 +109,8 @@ def test_afp_loss_and_gradients_match_the_torch_reference(pair):
     name, reference, model = pair
     no_dropout = model.config.replace(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
     host = reference_batch(model.config.vocab_size)
-    rows, length = host["clm_ids"].shape
-    batch = {**{k: jnp.asarray(v) for k, v in host.items()},
-             "clm_positions": jnp.broadcast_to(jnp.arange(length), (rows, length)),
-             "clm_segment_ids": jnp.ones((rows, length), jnp.int32)}
+    length = host["clm_ids"].shape[1]
+    batch = step_batch(host)
     ocfg = ml_collections.ConfigDict(dict(pooler="last-1", temperature=0.05, symmetric=False, clm_chunk_size=5,
                                           mask_shared_sentences=False))    # the reference recipe
     graphdef, params = nnx.split(model)

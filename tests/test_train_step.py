@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from tests.tiny_models import TINY_HF_CONFIGS, reference_batch
+from tests.tiny_models import TINY_HF_CONFIGS, reference_batch, step_batch
 from xalign_jax import config_defaults, models, sharding, train, train_step
 from xalign_jax.data import pipeline
 
@@ -42,11 +42,7 @@ def test_the_step_is_the_weighted_loss_and_an_optax_adamw_update(clm_weight, cl_
     from ``jax.grad`` of that loss; a CE weight of 0 still reports the CE and leaves it out of the update."""
     cfg = models.ModelConfig.from_hf(TINY_HF_CONFIGS["llama3"], dropout=0.0)
     graphdef, params = nnx.split(models.init_model(cfg, seed=0, std=0.2), nnx.Param)
-    host = reference_batch(cfg.vocab_size)
-    rows, length = host["clm_ids"].shape
-    batch = {**{k: jnp.asarray(v) for k, v in host.items()},
-             "clm_positions": jnp.broadcast_to(jnp.arange(length), (rows, length)),
-             "clm_segment_ids": jnp.ones((rows, length), jnp.int32)}
+    batch = step_batch(reference_batch(cfg.vocab_size))
     ocfg = config_defaults.objective_config()
     ocfg.update(clm_weight=clm_weight, cl_weight=cl_weight, clm_chunk_size=5)
     tcfg = config_defaults.train_config()
@@ -158,11 +154,7 @@ def test_the_step_masks_pairs_of_one_group_unless_told_not_to():
     negative fewer for each), and ``mask_shared_sentences=False`` (the reference) ignores the groups."""
     cfg = models.ModelConfig.from_hf(TINY_HF_CONFIGS["llama3"], dropout=0.0)
     model = models.init_model(cfg, seed=0, std=0.2)
-    host = reference_batch(cfg.vocab_size)
-    rows, length = host["clm_ids"].shape
-    batch = {**{k: jnp.asarray(v) for k, v in host.items()},
-             "clm_positions": jnp.broadcast_to(jnp.arange(length), (rows, length)),
-             "clm_segment_ids": jnp.ones((rows, length), jnp.int32)}
+    batch = step_batch(reference_batch(cfg.vocab_size))
     ocfg = config_defaults.objective_config()
 
     def cl_loss(groups, mask):

@@ -94,3 +94,12 @@ def reference_batch(vocab: int, seed: int = 0) -> dict:
     weights[:, -1] = 0.0                                      # a segment's last token predicts nothing
     batch["clm_weights"] = weights
     return batch
+
+
+def step_batch(host: dict) -> dict:
+    """A ``reference_batch`` as the train step takes it: device arrays, with each row's positions (its one
+    segment id is already there)."""
+    import jax.numpy as jnp
+    rows, length = host["clm_ids"].shape
+    return {**{k: jnp.asarray(v) for k, v in host.items()},
+            "clm_positions": jnp.broadcast_to(jnp.arange(length), (rows, length))}
