@@ -125,3 +125,13 @@ def test_a_contrastive_weight_without_clm_is_refused():
         config_validation.validate(config, mode="train", num_devices=1)
     config.objective.cl_weight = 1.0
     config_validation.validate(config, mode="train", num_devices=1)
+
+
+def test_an_unknown_ce_gradient_layout_is_refused_before_anything_compiles():
+    config = load_config("demo.py", None)
+    config.objective.clm_logits_grad = "vocab-major"
+    with pytest.raises(config_validation.ConfigError,
+                       match=r"^config objective.clm_logits_grad: 'vocab-major': choose auto or one of"):
+        config_validation.validate(config, mode="train", num_devices=1)
+    config.objective.clm_logits_grad = "vocab_major"
+    config_validation.validate(config, mode="train", num_devices=1)

@@ -6,7 +6,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 import torch
@@ -14,7 +13,7 @@ from flax import nnx
 
 from benchmarks import torch_reference
 from tests.tiny_models import TINY_HF_CONFIGS, make_tiny_hf_model, reference_batch, step_batch
-from xalign_jax import bench, models, objectives
+from xalign_jax import bench, config_defaults, models, objectives
 from xalign_jax.models import layers
 from xalign_jax.models.decoder import blocked_target_logprobs, lm_head_logits, vocabulary_blocks
 from xalign_jax.models.hf_io import export_tensors
@@ -111,8 +110,8 @@ def test_afp_loss_and_gradients_match_the_torch_reference(pair):
     host = reference_batch(model.config.vocab_size)
     length = host["clm_ids"].shape[1]
     batch = step_batch(host)
-    ocfg = ml_collections.ConfigDict(dict(pooler="last-1", temperature=0.05, symmetric=False, clm_chunk_size=5,
-                                          mask_shared_sentences=False))    # the reference recipe
+    ocfg = config_defaults.objective_config()
+    ocfg.update(pooler="last-1", symmetric=False, clm_chunk_size=5, mask_shared_sentences=False)  # the reference recipe
     graphdef, params = nnx.split(model)
 
     def loss_fn(state):   # the reference model is in eval mode: no dropout on our side either

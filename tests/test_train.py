@@ -286,10 +286,10 @@ def _matmul_step(state, batch):
     return state + batch["x"] @ batch["y"], {"corner": state[0, 0]}
 
 
-def _compiled_matmul_step(options):
+def _compiled_matmul_step(options, size: int = 64):
     steps = train.CompiledSteps(_matmul_step, None, None, options)
-    x, y = (jnp.asarray(np.random.default_rng(i).normal(size=(64, 64)), jnp.float32) for i in (0, 1))
-    state, _ = steps(jnp.ones((64, 64)), {"x": x, "y": y})
+    x, y = (jnp.asarray(np.random.default_rng(i).normal(size=(size, size)), jnp.float32) for i in (0, 1))
+    state, _ = steps(jnp.ones((size, size)), {"x": x, "y": y})
     np.testing.assert_allclose(np.asarray(state), 1 + np.asarray(x) @ np.asarray(y), rtol=1e-5, atol=1e-5)
     assert steps.num_compiles == 1
     return next(iter(steps._compiled.values())).as_text()
@@ -305,6 +305,17 @@ def test_the_cpu_compiler_options_reach_xla_and_route_matmuls_off_ynnpack(caplog
     ours = _compiled_matmul_step(usable)
     assert "__ynn_fusion" in _compiled_matmul_step(None)
     assert "__ynn_fusion" not in ours and " dot(" in ours
+
+
+def test_onednn_matmuls_are_added_where_this_xla_makes_a_product_the_custom_call():
+    """``with_onednn_matmuls`` adds oneDNN's matmul options exactly where a product compiled with them becomes the
+    custom call (jax 0.12: yes; 0.10.2 accepts the options and keeps the dot), and the product stays right."""
+    base = config_defaults.train_config().cpu_compiler_options.to_dict()
+    merged = {**base, **xla_options.CPU_ONEDNN_MATMULS}
+    program = _compiled_matmul_step(merged, size=256) if xla_options.usable(merged, "cpu") else ""
+    takes = xla_options.ONEDNN_MATMUL_TARGET in program
+    assert xla_options.with_onednn_matmuls(base, "cpu") == (merged if takes else base)
+    assert xla_options.with_onednn_matmuls(base, "gpu") == base
 
 
 def test_rejected_compiler_options_fall_back_to_the_defaults_with_a_warning(caplog):

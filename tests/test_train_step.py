@@ -85,6 +85,29 @@ def test_the_step_is_the_weighted_loss_and_an_optax_adamw_update(clm_weight, cl_
     assert held > 0.9 * entries
 
 
+def test_the_ce_gradient_layout_is_the_configs_and_every_layout_gives_one_step():
+    """``objective.clm_logits_grad`` reaches the step's CE (an unknown name fails when the step is traced), and
+    each layout of ``objectives.CHUNK_GRADS`` gives the same loss and gradient norm."""
+    cfg = models.ModelConfig.from_hf(TINY_HF_CONFIGS["llama3"], dropout=0.0)
+    graphdef, params = nnx.split(models.init_model(cfg, seed=0, std=0.2), nnx.Param)
+    batch = step_batch(reference_batch(cfg.vocab_size))
+    tx, schedule = train_step.make_optimizer(config_defaults.train_config())
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0), "rng": jax.random.PRNGKey(1)}
+    metrics = {}
+    for layout in ("autodiff", "by_hand", "vocab_major", "no such layout"):
+        ocfg = config_defaults.objective_config()
+        ocfg.update(clm_chunk_size=5, clm_logits_grad=layout)
+        step = jax.jit(train_step.make_train_step(graphdef, tx, schedule, ocfg, 1))
+        if layout == "no such layout":
+            with pytest.raises(ValueError, match="logits_grad 'no such layout'"):
+                step(state, batch)
+        else:
+            metrics[layout] = jax.device_get(step(state, batch)[1])
+    for layout in ("by_hand", "vocab_major"):
+        for key in ("loss", "clm_loss", "grad_norm"):
+            assert float(metrics[layout][key]) == pytest.approx(float(metrics["autodiff"][key]), rel=1e-5), key
+
+
 def test_the_shard_major_layout_splits_into_the_steps_contiguous_micro_batches():
     """Whatever the number of data shards, micro-batch m is the step's m-th contiguous block of records."""
     records = np.arange(48)

@@ -411,7 +411,9 @@ def model_info(trainer: train.Trainer) -> dict:
     return {"family": cfg.family, "parameters": int(sum(x.size for x in jax.tree.leaves(trainer.state["params"]))),
             "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers,
             "dtype": trainer.config.model.dtype, "remat_policy": trainer.config.model.remat_policy,
-            "clm_chunk_size": trainer.config.objective.clm_chunk_size, "pooler": trainer.config.objective.pooler}
+            "clm_chunk_size": trainer.config.objective.clm_chunk_size, "pooler": trainer.config.objective.pooler,
+            "clm_logits_grad": objectives.chunk_grads_layout(trainer.config.objective.clm_logits_grad),
+            "compiler_options": trainer.step_fn.compiler_options}
 
 
 def batch_info(trainer: train.Trainer, host_batches: Sequence[dict], counts: dict) -> dict:

@@ -69,6 +69,7 @@ def objective_config() -> ml_collections.ConfigDict:
         "cl_weight": 1.0,
         "clm_weight": 1.5,
         "clm_chunk_size": 128,     # sequence positions per CE chunk (bounds the live [rows, chunk, vocab] logits)
+        "clm_logits_grad": "auto",   # how the CE head's gradient is formed (objectives.CHUNK_GRADS); auto: by backend
     })
 
 
@@ -97,6 +98,8 @@ def train_config() -> ml_collections.ConfigDict:
         # matmuls by XLA's own library, which runs the vocabulary-major CE head's products (objectives.py) 1.3x
         # faster (BENCHMARKS.md). An XLA that does not know an option compiles without them, with a warning.
         "cpu_compiler_options": dict(xla_options.CPU_MATMULS_BY_XLA),
+        "cpu_onednn_matmuls": True,   # + oneDNN's matmul custom call where this XLA's rewriter takes dots (jax 0.12:
+                                      # 3-6% faster steps; xla_options.CPU_ONEDNN_MATMULS)
     })
 
 

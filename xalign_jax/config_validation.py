@@ -7,6 +7,8 @@ from typing import Any
 
 import jax
 
+from xalign_jax.objectives import CHUNK_GRADS
+
 POOLER = re.compile(r"^(last|avg|max)-(\d+)$")
 
 
@@ -96,6 +98,9 @@ def validate(config: Any, *, mode: str, num_devices: int | None = None) -> None:
     pool_layer(config.objective.pooler)
     if config.objective.temperature <= 0:
         _fail("objective.temperature", f"must be positive, got {config.objective.temperature}")
+    if config.objective.clm_logits_grad not in ("auto", *CHUNK_GRADS):
+        _fail("objective.clm_logits_grad", f"{config.objective.clm_logits_grad!r}: choose auto or one of "
+                                           f"{sorted(CHUNK_GRADS)}")
     if not config.objective.clm_weight and config.objective.cl_weight != 1.0:
         _fail("objective.cl_weight", f"{config.objective.cl_weight} would be ignored: without CLM "
                                      "(objective.clm_weight = 0) the loss is L_cl unweighted, as the reference's")

@@ -180,12 +180,17 @@ CHUNK_GRADS = {"autodiff": _chunk_grads_by_autodiff, "by_hand": _chunk_grads_by_
                "vocab_major": _chunk_grads_vocab_major}
 
 
-def _chunk_grads(logits_grad: str) -> Callable[..., tuple[jax.Array, Any, jax.Array]]:
+def chunk_grads_layout(logits_grad: str) -> str:
+    """The ``CHUNK_GRADS`` name ``logits_grad`` stands for on this backend ("auto": the fastest measured)."""
     if logits_grad == "auto":
         logits_grad = "vocab_major" if jax.default_backend() == "cpu" else "by_hand"
     if logits_grad not in CHUNK_GRADS:
         raise ValueError(f"logits_grad {logits_grad!r}: choose auto or one of {sorted(CHUNK_GRADS)}")
-    return CHUNK_GRADS[logits_grad]
+    return logits_grad
+
+
+def _chunk_grads(logits_grad: str) -> Callable[..., tuple[jax.Array, Any, jax.Array]]:
+    return CHUNK_GRADS[chunk_grads_layout(logits_grad)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))

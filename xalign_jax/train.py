@@ -111,10 +111,11 @@ class CompiledSteps:
     """AOT-compiles the step once per distinct batch shape and logs every compile (a recompile is never silent),
     with ``compiler_options`` (XLA options this XLA accepts: ``xla_options.usable``)."""
 
-    def __init__(self, step_fn, state_shardings, batch_shardings, compiler_options: Mapping[str, str] | None = None):
+    def __init__(self, step_fn, state_shardings, batch_shardings,
+                 compiler_options: Mapping[str, object] | None = None):
         self._jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
                                out_shardings=(state_shardings, None), donate_argnums=0)
-        self._options = compiler_options
+        self.compiler_options = compiler_options
         self._compiled: dict[tuple, Any] = {}
         self.compile_seconds = 0.0
 
@@ -131,7 +132,7 @@ class CompiledSteps:
         key = self._shape_key(batch)
         if key not in self._compiled:
             start = time.perf_counter()
-            compiled = self._jitted.lower(state, batch).compile(self._options)
+            compiled = self._jitted.lower(state, batch).compile(self.compiler_options)
             seconds = time.perf_counter() - start
             self.compile_seconds += seconds
             memory = compiled.memory_analysis()
@@ -186,7 +187,10 @@ class Trainer:
         step_fn = train_step.make_train_step(self.graphdef, tx, self.schedule, config.objective,
                                              config.train.micro_batches, config.data.supervised_group_rows,
                                              batch_shards)
-        options = xla_options.usable(config.train.cpu_compiler_options.to_dict(), self.mesh.devices.flat[0].platform)
+        platform = self.mesh.devices.flat[0].platform
+        options = xla_options.usable(config.train.cpu_compiler_options.to_dict(), platform)
+        if config.train.cpu_onednn_matmuls:
+            options = xla_options.with_onednn_matmuls(options, platform)
         self.step_fn = CompiledSteps(step_fn, self.state_shardings, self.batch_sharding, options)
         self.flops = metrics_lib.ModelFlops.from_config(self.model.config)
         self.peak_flops = metrics_lib.peak_flops_per_device(config.train.peak_tflops) * jax.local_device_count()

@@ -139,7 +139,8 @@ def afp_losses(model: nnx.Module, batch: Batch, rng: jax.Array, ocfg: Any, super
     clm_sum, clm_count = objectives.clm_loss(hidden, targets, weights, model.head(),
                                              functools.partial(lm_head_logits, model.config),
                                              chunk_size=ocfg.clm_chunk_size, head_index=head_index,
-                                             rows_per_group=supervised_group_rows, scale=clm_scale)
+                                             rows_per_group=supervised_group_rows, scale=clm_scale,
+                                             logits_grad=ocfg.clm_logits_grad)
     aux = {**cl_metrics, "clm_tokens": clm_count}
     if head_index is not None:
         aux["clm_unscored"] = objectives.supervised_overflow(weights, head_index, supervised_group_rows)
