@@ -8,6 +8,7 @@ debug log, so odd vocabularies (250,880 over 3 devices) never crash.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Mapping
 
@@ -72,8 +73,10 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
+@functools.lru_cache(maxsize=None)
 def local_batch_shards(mesh: Mesh) -> tuple[int, ...]:
-    """The batch shards (indices over ``data`` x ``fsdp``) that this process's devices hold, in increasing order.
+    """The batch shards (indices over ``data`` x ``fsdp``) that this process's devices hold, in increasing order;
+    once per mesh (``pipeline.to_global`` asks every step).
 
     With the ``tensor`` axis inside hosts each process holds its own shards; where a shard's devices span hosts,
     those processes list the same shard, and the input pipeline gives them the same rows."""
