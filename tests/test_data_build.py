@@ -290,15 +290,21 @@ def test_pair_sources_dedupe_and_length_filter(tmp_path, shared_data):
     rows = write_bactrian(tmp_path / "bx", langs=("en", "zh"), n=12)
     (tmp_path / "pairs.tsv").write_text("[en] p 1\t[zh] p 1\n[en] p 1\t[zh] p 1\n[en] same\t[en] same\n"
                                         f"[en] {'x' * 50}\t[zh] long\n", encoding="utf-8")
+    (tmp_path / "no_pivot.tsv").write_text("[zh] q\t[fr] q\n", encoding="utf-8")
+    (tmp_path / "other.tsv").write_text("[en] r\t[fr] r\n", encoding="utf-8")
     config = fixture_config(tmp_path / "bx", shared_data, ("en", "zh"), num_records=200, max_pair_chars=40,
-                            parallel=(f"tsv:en-zh:{tmp_path / 'pairs.tsv'}",), pair_sources=("input", "parallel"))
+                            parallel=(f"tsv:en-zh:{tmp_path / 'pairs.tsv'}", f"tsv:zh-fr:{tmp_path / 'no_pivot.tsv'}",
+                                      f"tsv:en-fr:{tmp_path / 'other.tsv'}"), pair_sources=("input", "parallel"))
     records, summary = build.build_records(config)
     with_input = sum(1 for r in rows["en"] if r["input"])
     assert {(r.sent0, r.sent1) for r in records} == (
         {(f"[en] input {i}", f"[zh] input {i}") for i in range(12) if i % 3} | {("[en] p 1", "[zh] p 1")})
     assert summary.dropped.counts == {"pair en-zh: empty side": 12 - with_input, "pair en-zh: duplicate": 1,
                                       "pair en-zh: identical sides (untranslated)": 1,
-                                      "pair en-zh: longer than 40 characters": 1}
+                                      "pair en-zh: longer than 40 characters": 1,
+                                      "pair: aligned group with no en-X side among the languages": 2}
+    assert summary.dropped.examples["pair: aligned group with no en-X side among the languages"] == (
+        "sides ['fr', 'zh']: [zh] q")
 
 
 def test_hf_datasets_inputs_give_the_same_records_as_json(tmp_path, shared_data):

@@ -168,6 +168,13 @@ def _pair_groups(config: BuildConfig, items: align.ItemsByLanguage, ids: list[st
 
 def _pair_pools(config: BuildConfig, groups: list[sources.AlignedGroup], drops: sources.DropLog,
                 heldout: HeldoutFilter | None) -> dict[tuple[str, str], list[align.Pair]]:
+    """The (pivot, language) pair pools; a group that can give none of them (no pivot side, or no side in another
+    of the languages: a zh-sw or en-fr file for en, zh, sw) is counted as dropped, not skipped silently."""
+    others = set(config.languages[1:])
+    for group in groups:
+        if config.pivot not in group or not others & set(group):
+            drops.add(f"pair: aligned group with no {config.pivot}-X side among the languages",
+                      f"sides {sorted(group)}: {next(iter(group.values()))[:60]}")
     pools = {(config.pivot, lang): align.collect_pairs(groups, config.pivot, lang, drops,
                                                        max_chars=config.max_pair_chars, heldout=heldout)
              for lang in config.languages[1:]}
