@@ -189,10 +189,6 @@ def chunk_grads_layout(logits_grad: str) -> str:
     return logits_grad
 
 
-def _chunk_grads(logits_grad: str) -> Callable[..., tuple[jax.Array, Any, jax.Array]]:
-    return CHUNK_GRADS[chunk_grads_layout(logits_grad)]
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _chunked_nll_sum(logits_fn: LogitsFn, logits_grad: str, head: Any, hidden: jax.Array, targets: jax.Array,
                      weights: jax.Array) -> jax.Array:
@@ -211,7 +207,7 @@ def _chunked_nll_sum(logits_fn: LogitsFn, logits_grad: str, head: Any, hidden: j
 
 def _chunked_nll_sum_fwd(logits_fn: LogitsFn, logits_grad: str, head: Any, hidden: jax.Array, targets: jax.Array,
                          weights: jax.Array):
-    chunk_grads = _chunk_grads(logits_grad)
+    chunk_grads = CHUNK_GRADS[chunk_grads_layout(logits_grad)]
 
     def body(carry, chunk):
         total, head_grad = carry
