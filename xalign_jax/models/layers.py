@@ -60,13 +60,15 @@ def dense(x: jax.Array, weight: jax.Array, in_dims: int = 1) -> jax.Array:
 def _cpu_runs_bf16_as_fp32(dtype: jnp.dtype) -> bool:
     """Whether ``dense`` writes out the fp32 product XLA:CPU runs for bf16 operands anyway.
 
-    XLA:CPU has no fast bf16 matmul: it rewrites every bf16 dot into an fp32 dot of upcast operands, rounded to
-    bf16 (the optimised HLO shows it). Written out in the program, the product and its autodiff give the same
-    numbers (bf16 operands, fp32 accumulation, bf16 results; the bench's losses were bit-identical), but the weight
-    gradients then come out of the matmul in the weight's own [in, out] layout, where XLA's rewrite produced
-    [out, in], transposed again on its way into the layer scan's stacked gradient. gemma3-270m bench step in bf16:
-    5.18-5.28 s -> 4.98-5.03 s (three back-to-back pairs, BENCHMARKS.md). Accelerators keep their native bf16
-    matmuls."""
+    Under the options the CPU programs compile with (``xla_options.CPU_MATMULS_BY_XLA``, matmuls by XLA's own
+    library), XLA:CPU rewrites every bf16 dot into an fp32 dot of upcast operands, rounded to bf16 (the optimised
+    HLO shows it; YNNPACK, under XLA's defaults, multiplies bf16 fast in one operand layout only, and a bf16 step
+    given its dots gained a few percent at most: BENCHMARKS.md). Written out in the program, the product and its
+    autodiff give the same numbers (bf16 operands, fp32 accumulation, bf16 results; the bench's losses were
+    bit-identical), but the weight gradients then come out of the matmul in the weight's own [in, out] layout, where
+    XLA's rewrite produced [out, in], transposed again on its way into the layer scan's stacked gradient.
+    gemma3-270m bench step in bf16: 5.18-5.28 s -> 4.98-5.03 s (three back-to-back pairs, BENCHMARKS.md).
+    Accelerators keep their native bf16 matmuls."""
     return dtype == jnp.bfloat16 and jax.default_backend() == "cpu"
 
 
