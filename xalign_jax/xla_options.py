@@ -60,7 +60,7 @@ def with_onednn_matmuls(options: Mapping[str, object] | None, platform: str) -> 
 
 
 @functools.lru_cache(maxsize=None)
-def onednn_takes_dots(options: tuple[tuple[str, object], ...] = ()) -> bool:
+def onednn_takes_dots(options: tuple[tuple[str, object], ...]) -> bool:
     """Whether an fp32 [256, 256] x [256, 256] product compiled with ``options`` + ``CPU_ONEDNN_MATMULS`` becomes
     oneDNN's matmul custom call. jax 0.10.2 accepts the options, but its rewriter takes no dot."""
     merged = {**dict(options), **CPU_ONEDNN_MATMULS}
