@@ -94,6 +94,15 @@ def test_an_evaluator_size_below_one_is_refused_in_every_mode(key):
             config_validation.validate(config, mode=mode, num_devices=1)
 
 
+def test_a_negative_compile_time_threshold_is_refused_in_every_mode():
+    config = load_config("demo.py", None)
+    config.compilation_cache.min_compile_seconds = -1.0
+    for mode in ("train", "eval"):
+        with pytest.raises(config_validation.ConfigError,
+                           match="config compilation_cache.min_compile_seconds: must be 0 or positive, got -1.0"):
+            config_validation.validate(config, mode=mode, num_devices=1)
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("micro_batches", 0, "must be positive, got 0"), ("log_every", 0, "must be positive, got 0"),
     ("checkpoint_every", 0, "must be positive, got 0"), ("batch_size", 0, "must be positive, got 0"),

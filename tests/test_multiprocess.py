@@ -5,8 +5,9 @@ Three real runs of ``python -m xalign_jax.main`` on the demo config (same global
   2. 2 processes x 4 devices on localhost (coordinator on a free port, gloo CPU collectives), 2 steps;
   3. 1 process, 8 devices, resuming the 2-process run's work directory to step 3.
 Per-step losses of (2) must equal (1), there must be one checkpoint of step 2, and the resumed step 3 must equal the
-reference's step 3 (train state and data position restored). A constant learning rate keeps the schedule
-independent of ``train.steps``. A second test sends SIGTERM to one of two processes: both must stop at one step.
+reference's step 3 (train state and data position restored). All three share a compilation cache: the resumed run
+must load the step the reference compiled. A constant learning rate keeps the schedule independent of
+``train.steps``. A second test sends SIGTERM to one of two processes: both must stop at one step.
 """
 from __future__ import annotations
 
@@ -77,15 +78,20 @@ def _losses(workdir: pathlib.Path) -> dict[int, dict[str, float]]:
     return {row["step"]: {k: row[k] for k in LOSS_KEYS} for row in rows if "train/loss" in row}
 
 
+def _cache_args(directory: pathlib.Path | str) -> list[str]:
+    return [f"--config.compilation_cache.dir={directory}", "--config.compilation_cache.min_compile_seconds=0"]
+
+
 def test_two_processes_match_one_and_share_a_checkpoint(tmp_path):
     reference, multi = tmp_path / "one_process", tmp_path / "two_processes"
-    _run_all([(reference, ["--config.train.steps=3"], 8, "reference")])
+    cache = _cache_args(tmp_path / "xla")
+    _run_all([(reference, ["--config.train.steps=3", *cache], 8, "reference")])
     train_file = reference / "data" / "train.jsonl"
     assert train_file.exists()
 
     coordinator = f"127.0.0.1:{_free_port()}"
     shared = ["--config.train.steps=2", f"--config.data.train_file={train_file}", f"--coordinator_address={coordinator}",
-              "--num_processes=2"]
+              "--num_processes=2", *cache]
     _run_all([(multi, [*shared, f"--process_id={i}"], 4, f"process{i}") for i in range(2)])
     expected = _losses(reference)
     got = _losses(multi)
@@ -95,8 +101,11 @@ def test_two_processes_match_one_and_share_a_checkpoint(tmp_path):
     assert sorted(p.name for p in (multi / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
     assert "2 process(es)" in (multi / "train.log").read_text()
 
-    _run_all([(multi, ["--config.train.steps=3", f"--config.data.train_file={train_file}"], 8, "resumed")])
-    assert "resumed from step 2" in (multi / "train.log").read_text()
+    _run_all([(multi, ["--config.train.steps=3", f"--config.data.train_file={train_file}", *cache], 8, "resumed")])
+    resumed_log = (multi / "train.log").read_text().split("resumed from step 2", 1)
+    assert len(resumed_log) == 2
+    assert re.search(r"compile #1 of the train step in [\d.]+s \(loaded from the compilation cache\)", resumed_log[1])
+    assert json.loads((multi / "summary.json").read_text())["compiles_loaded_from_cache"] == 1
     assert _losses(multi)[3] == pytest.approx(expected[3], rel=1e-5)
 
 
@@ -105,10 +114,10 @@ def test_sigterm_to_one_process_stops_both_at_one_step_with_a_checkpoint(tmp_pat
     stop after the same step, save it together and exit cleanly, instead of one entering the checkpoint save
     while the other runs the next step's collectives."""
     reference = tmp_path / "one_process"
-    _run_all([(reference, ["--config.train.steps=1"], 8, "reference")])
+    _run_all([(reference, ["--config.train.steps=1", *_cache_args("")], 8, "reference")])
     workdir = tmp_path / "two_processes"
     args = ["--config.train.steps=100000", f"--config.data.train_file={reference / 'data' / 'train.jsonl'}",
-            f"--coordinator_address=127.0.0.1:{_free_port()}", "--num_processes=2"]
+            f"--coordinator_address=127.0.0.1:{_free_port()}", "--num_processes=2", *_cache_args("")]
     started = [_start(workdir, [*args, f"--process_id={i}"], 4, f"process{i}") for i in range(2)]
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_S

@@ -78,6 +78,9 @@ def validate(config: Any, *, mode: str, num_devices: int | None = None) -> None:
     for key in ("batch_rows", "head_positions", "cpu_vocab_block"):
         if int(config.eval[key]) < 1:
             _fail(f"eval.{key}", f"must be positive, got {config.eval[key]}")
+    if float(config.compilation_cache.min_compile_seconds) < 0:
+        _fail("compilation_cache.min_compile_seconds",
+              f"must be 0 or positive, got {config.compilation_cache.min_compile_seconds}")
     if mode != "train":
         return
     batch_shards = data * fsdp

