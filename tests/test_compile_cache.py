@@ -22,7 +22,9 @@ _PROGRAM = """
 import json, sys
 import jax, jax.numpy as jnp, ml_collections
 from xalign_jax import compile_cache
-directory = compile_cache.enable(ml_collections.ConfigDict({"dir": sys.argv[1], "min_compile_seconds": 0.0}))
+cache_cfg = ml_collections.ConfigDict({"dir": sys.argv[1], "min_compile_seconds": 0.0})
+directory = compile_cache.enable(cache_cfg)
+assert compile_cache.enable(cache_cfg) == directory      # a second call changes nothing, counts nothing twice
 x = jnp.arange(64.0).reshape(8, 8)
 compiled = jax.jit(lambda a: jnp.tanh(a @ a.T).sum(axis=0)).lower(x).compile()
 print(json.dumps({"directory": directory, "out": compiled(x).tolist(), **compile_cache.stats()}))

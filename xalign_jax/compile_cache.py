@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 _HIT_EVENT = "/jax/compilation_cache/cache_hits"
 _WRITE_EVENT = "/jax/compilation_cache/cache_misses"   # jax records it when it writes an entry
 _COUNTS = {_HIT_EVENT: 0, _WRITE_EVENT: 0}
+_LISTENING = {"registered": False}
 
 
 def host_fingerprint(cpuinfo: pathlib.Path = pathlib.Path("/proc/cpuinfo")) -> str:
@@ -59,7 +60,9 @@ def enable(cache_cfg: Any) -> str | None:
                           "directory, or '' to compile without the cache") from error
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(cache_cfg.min_compile_seconds))
-    jax.monitoring.register_event_listener(_count_event)
+    if not _LISTENING["registered"]:          # one listener per process, however often this is called
+        jax.monitoring.register_event_listener(_count_event)
+        _LISTENING["registered"] = True
     log.info("compiled programs are cached in %s (programs that compile in under %.1fs are not)",
              directory, float(cache_cfg.min_compile_seconds))
     return directory
