@@ -106,6 +106,7 @@ def test_two_processes_match_one_and_share_a_checkpoint(tmp_path):
     assert len(resumed_log) == 2
     assert re.search(r"compile #1 of the train step in [\d.]+s \(loaded from the compilation cache\)", resumed_log[1])
     assert json.loads((multi / "summary.json").read_text())["compiles_loaded_from_cache"] == 1
+    assert sorted(p.name.rsplit("-", 1)[1] for p in (tmp_path / "xla").iterdir()) == ["1proc", "2proc"]
     assert _losses(multi)[3] == pytest.approx(expected[3], rel=1e-5)
 
 
