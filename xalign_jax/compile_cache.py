@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 _HIT_EVENT = "/jax/compilation_cache/cache_hits"
 _WRITE_EVENT = "/jax/compilation_cache/cache_misses"   # jax records it when it writes an entry
 _COUNTS = {_HIT_EVENT: 0, _WRITE_EVENT: 0}
-_LISTENING = {"registered": False}
 
 
 def host_fingerprint(cpuinfo: pathlib.Path = pathlib.Path("/proc/cpuinfo")) -> str:
@@ -60,9 +59,6 @@ def enable(cache_cfg: Any) -> str | None:
                           "directory, or '' to compile without the cache") from error
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(cache_cfg.min_compile_seconds))
-    if not _LISTENING["registered"]:          # one listener per process, however often this is called
-        jax.monitoring.register_event_listener(_count_event)
-        _LISTENING["registered"] = True
     log.info("compiled programs are cached in %s (programs that compile in under %.1fs are not)",
              directory, float(cache_cfg.min_compile_seconds))
     return directory
@@ -71,6 +67,10 @@ def enable(cache_cfg: Any) -> str | None:
 def _count_event(event: str, **kwargs) -> None:
     if event in _COUNTS:
         _COUNTS[event] += 1
+
+
+# Registered once, at import: the events come only from a cache that ``enable`` turned on.
+jax.monitoring.register_event_listener(_count_event)
 
 
 def stats() -> dict[str, int]:
