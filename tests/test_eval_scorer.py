@@ -86,24 +86,34 @@ def _assert_same_predictions(got: np.ndarray, expected: np.ndarray, per_item) ->
 @pytest.mark.parametrize("task", sorted(tasks.TASKS))
 def test_scores_and_predictions_equal_pytorch(tiny, shared_data, task):
     """Our rows are laid out by the scorer (never padded by the tokenizer), so ONE score must equal the reference
-    computed with a right- AND with a left-padding tokenizer."""
+    computed with a right- AND with a left-padding tokenizer. Each item's candidates run as one prefix tree
+    (``groups``); relative reference scores leave out what they share and must differ within an item as the
+    reference's do."""
+    from benchmarks.eval_speed import item_groups, within_item
     reference_model, model, tok, _ = tiny
     ours = scorer.Scorer(model, batch_rows=4, buckets=(64, 128, 256, 512))
+    relative_scorer = scorer.Scorer(model, batch_rows=4, buckets=(64, 128, 256, 512), reference_scores="relative")
     continuation_scorer = scorer.Scorer(model, batch_rows=4, buckets=(64, 128, 256, 512), positions="continuation")
     for shots in SHOTS:
         per_item = _task_prompts(task, shots, tok, shared_data)
         flat = [p for prompts in per_item for p in prompts]
-        got = ours.score(scorer.encode_prompts(tok, flat))
+        groups = item_groups(per_item)
+        got = ours.score(scorer.encode_prompts(tok, flat), groups=groups)
+        relative = relative_scorer.score(scorer.encode_prompts(tok, flat), groups=groups)
         for padding_side in ("right", "left"):
             tok.padding_side = padding_side
             expected = np.concatenate([_reference_item_scores(reference_model, tok, [p.text for p in prompts])
                                        for prompts in per_item])
             np.testing.assert_allclose(got.reference, expected, rtol=1e-5, atol=1e-3)
             _assert_same_predictions(got.reference, expected, per_item)
+            _assert_same_predictions(relative.reference, expected, per_item)
+            np.testing.assert_allclose(within_item(relative.reference, groups), within_item(expected, groups),
+                                       rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(relative.completion, got.completion, rtol=1e-6)   # other rows compute them
         expected = _completion_scores(reference_model, tok, flat)
         np.testing.assert_allclose(got.completion, expected, rtol=1e-5, atol=1e-3)
         _assert_same_predictions(got.completion, expected, per_item)
-        continuation_only = continuation_scorer.score(scorer.encode_prompts(tok, flat))
+        continuation_only = continuation_scorer.score(scorer.encode_prompts(tok, flat), groups=groups)
         np.testing.assert_allclose(continuation_only.completion, expected, rtol=1e-5, atol=1e-3)
         assert np.isnan(continuation_only.reference).all()
 
@@ -194,7 +204,7 @@ class _RecordingScorer:
     def __init__(self):
         self.rows = []
 
-    def score(self, rows, params=None):
+    def score(self, rows, params=None, groups=None):
         self.rows = rows
         zeros = np.zeros(len(rows))
         return scorer.RowScores(zeros, zeros, np.ones(len(rows)), np.ones(len(rows)))
@@ -250,6 +260,60 @@ def test_plan_scores_each_distinct_prefix_once_and_skips_identical_rows():
     assert 2 not in plan.owner_row                                 # the identical row does not run
 
 
+def test_grouped_plan_leaves_out_the_tokens_every_row_of_a_group_shares():
+    demos = [9, 8, 7]
+    rows = [_row(demos + [1, 2, 3], 5), _row(demos + [1, 4, 5], 5),      # item 0: differ at token 4
+            _row(demos + [6, 2], 4), _row(demos + [6, 2, 3], 4),          # item 1: one row a prefix of the other
+            _row(demos + [1, 2, 4], 4)]                                  # item 2 alone: its continuation only
+    plan = scorer.plan_scoring(rows, continuation_only=False, groups=[0, 0, 1, 1, 2])
+    np.testing.assert_array_equal(plan.first_scored, [4, 4, 4, 4, 4])
+    for nodes, first in zip(plan.row_nodes, plan.first_scored):
+        assert (plan.owner_row[nodes[:first - 1]] == -1).all() and (plan.owner_row[nodes[first - 1:]] >= 0).all()
+    assert plan.owner_row[plan.row_nodes[4][3]] == 0    # "9 8 7 1 2" is item 0's: computed once for both items
+    np.testing.assert_array_equal(scorer.first_scored_tokens(rows, False, [0, 0, 0, 0, 0]), [3, 3, 3, 3, 3])
+    np.testing.assert_array_equal(scorer.first_scored_tokens(rows, False), [1] * 5)
+
+
+def test_a_groups_rows_run_their_shared_tokens_once_as_one_tree():
+    rows = [_row([9, 8, 1, 2, 3, 4], 3), _row([9, 8, 1, 5], 3), _row([9, 8, 1, 2, 6], 3), _row([9, 7, 7], 2)]
+    ends = {0: 6, 1: 4, 2: 5, 3: 3}
+    first, second = scorer.prefix_trees(rows, ends, cut=1, groups=[0, 0, 0, 1])
+    assert (list(first.trunk), first.trunk_end, first.ends, first.size) == ([8, 1], 3, {0: 6, 1: 4, 2: 5}, 2 + 6)
+    assert (list(second.trunk), second.ends, second.size) == ([7, 7], {3: 3}, 2)
+    np.testing.assert_array_equal(first.slots(np.array([1, 2, 3, 5]), offset=10, branch_start=14), [10, 11, 14, 16])
+    alone = scorer.prefix_trees(rows, ends, cut=1, groups=None)
+    assert [(list(t.trunk), t.ends) for t in alone] == [([8, 1, 2, 3, 4], {0: 6}), ([8, 1, 5], {1: 4}),
+                                                         ([8, 1, 2, 6], {2: 5}), ([7, 7], {3: 3})]
+    packed = scorer.PackedTrees.empty(1, 12, pad_id=0)
+    assert packed.place(first, rows, slot=0, offset=2, segment=2) == {0: 4, 1: 7, 2: 8}
+    np.testing.assert_array_equal(packed.ids[0], [0, 0, 8, 1, 2, 3, 4, 5, 2, 6, 0, 0])
+    np.testing.assert_array_equal(packed.positions[0], [0, 0, 1, 2, 3, 4, 5, 3, 3, 4, 0, 0])
+    np.testing.assert_array_equal(packed.branches[0], [0, 0, 0, 0, 1, 1, 1, 2, 3, 3, 0, 0])
+    np.testing.assert_array_equal(packed.segments[0], [0, 0] + [2] * 8 + [0, 0])
+
+
+def test_relative_and_absolute_reference_scores_predict_the_same(tiny, shared_data):
+    _, model, tok, _ = tiny
+    cfg = runner.default_eval_config()
+    cfg.update({"tasks": ("xstorycloze",), "languages": "zh", "max_items": 4, "shots": (0, 1),
+                "data_dir": str(shared_data), "buckets": (128, 256), "predictions": True})
+    results = {}
+    for setting in scorer.REFERENCE_SCORES:
+        cfg.reference_scores = setting
+        results[setting] = runner.evaluate_tasks(model, tok, cfg, split="test", progress=False)["details"]
+    for relative, absolute in zip(results["relative"], results["absolute"]):
+        assert relative["reference_scores"] == "relative" and relative["accuracy"] == absolute["accuracy"]
+        for mine, theirs in zip(relative["predictions"], absolute["predictions"]):
+            shift = np.subtract(theirs["scores"]["reference"], mine["scores"]["reference"])
+            assert shift[0] < -1 and np.allclose(shift, shift[0], atol=1e-5)   # the story's log-likelihood
+            np.testing.assert_allclose(mine["scores"]["completion"], theirs["scores"]["completion"], rtol=1e-6)
+    cfg.reference_scores = "whole"
+    with pytest.raises(ValueError, match="reference_scores 'whole': expected one of"):
+        runner.evaluate_tasks(model, tok, cfg)
+    with pytest.raises(ValueError, match="groups: 1 group ids for 2 rows"):
+        scorer.Scorer(model).score([_row([5, 1, 2], 2), _row([5, 1, 3], 2)], groups=[0])
+
+
 def test_continuation_plan_leaves_context_positions_unowned():
     rows = [_row([5, 1, 2, 3], 3), _row([5, 1, 9, 4], 2)]
     plan = scorer.plan_scoring(rows, continuation_only=True)
@@ -277,14 +341,18 @@ def test_rows_with_different_demonstrations_score_like_separate_calls(tiny, shar
     np.testing.assert_allclose(together.reference, apart, rtol=1e-5)
 
 
-def test_eval_speed_work_ratio_is_reference_positions_over_distinct_prefixes():
+def test_eval_speed_work_ratio_is_reference_positions_over_the_positions_candidates_do_not_share():
     from benchmarks import eval_speed
     tok = xlmr_tokenizer()
     item = [fewshot.Prompt("The cat sat on the", " mat."), fewshot.Prompt("The cat sat on the", " big red chair.")]
     first, second = (tok(p.text)["input_ids"] for p in item)
     common = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
-    distinct = (len(first) - 1) + (len(second) - common)       # every position of one row, the rest of the other
+    start = len(tok(item[0].context)["input_ids"])
+    assert start >= common
+    distinct = (len(first) - common) + (len(second) - common)  # what the two rows do not share
     assert eval_speed.work_ratio(tok, [item]) == pytest.approx(2 * max(len(first), len(second)) / distinct)
+    np.testing.assert_array_equal(eval_speed.within_item(np.array([3., 5., 4., 1., 2.]), np.array([0, 0, 2, 2, 2])),
+                                  [0, 2, 0, -3, -2])
 
 
 def test_the_last_forward_call_runs_only_the_rows_it_needs(tiny):

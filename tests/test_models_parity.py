@@ -221,6 +221,36 @@ def test_rows_continuing_a_cached_prefix_equal_whole_rows(pair, slots):
     _assert_prefix_continuation_is_exact(pair[2], slots)
 
 
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_prefix_tree_in_one_segment_equals_its_whole_rows(pair, cached):
+    """A trunk and its three continuations as branches of one segment, after another segment (and after a cached
+    prefix): every slot's state is its whole row's, also where Gemma's window of 4 reaches from the last branch back
+    into the trunk, past the other branches' slots."""
+    model, vocab = pair[2], pair[2].config.vocab_size
+    rng = np.random.default_rng(3)
+    prefix, trunk, other = (rng.integers(4, vocab, n) for n in (6, 5, 4))
+    branches = [rng.integers(4, vocab, n) for n in (3, 1, 2)]
+    head = prefix if cached else prefix[:0]
+    whole_ids, whole_mask = _right_padded([np.concatenate([head, trunk, b]) for b in branches]
+                                          + [np.concatenate([head, other])])
+    whole = np.asarray(model(jnp.asarray(whole_ids), jnp.asarray(whole_mask)).last_hidden_state)
+    cache = None
+    if cached:
+        first = model(jnp.asarray(prefix[None]), return_keys_values=True, compute_logits=False)
+        cache = models.PrefixCache.from_row(first.keys_values, len(prefix))
+    start, sizes = len(head), [len(b) for b in branches]
+    tokens = np.concatenate([other, trunk, *branches])[None]
+    segments = np.repeat([1, 2], [len(other), len(trunk) + sum(sizes)])[None]
+    branch_ids = np.repeat([0, 0, 1, 2, 3], [len(other), len(trunk), *sizes])[None]
+    positions = np.concatenate([np.arange(len(other)), np.arange(len(trunk)),
+                                *(len(trunk) + np.arange(n) for n in sizes)])[None] + start
+    out = model(jnp.asarray(tokens), positions=jnp.asarray(positions), segment_ids=jnp.asarray(segments),
+                branch_ids=jnp.asarray(branch_ids), prefix=cache).last_hidden_state
+    expected = np.concatenate([whole[3, start:start + len(other)], whole[0, start:start + len(trunk)],
+                               *(whole[i, start + len(trunk):start + len(trunk) + n] for i, n in enumerate(sizes))])
+    np.testing.assert_allclose(np.asarray(out)[0], expected, atol=1e-5, rtol=0)
+
+
 def test_fused_attention_path_equals_xla_attention(pair):
     """``attention_impl='dot_product'`` (``jax.nn.dot_product_attention``, the call the cuDNN setting makes on a
     GPU) on the CPU: the same logits as the XLA attention, and the same prefix continuation."""

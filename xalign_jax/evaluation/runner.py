@@ -38,6 +38,9 @@ def default_eval_config() -> ml_collections.ConfigDict:
         "seeds": (0,),
         "scoring": "reference",        # one of SCORING_MODES; every mode is computed and reported in "details"
         "score_positions": "all",      # "continuation": completion modes only, logits at continuation tokens only
+        "reference_scores": "relative",  # relative: the reference rule's sums leave out the terms all of an item's
+                                         # candidates share (same predictions, 1.2-3.6x fewer vocabulary positions);
+                                         # absolute: whole-string log-likelihoods, as the reference logs them
         "prompt_language": "en",       # "en": English template + demos for every language (reference); "same"
         "per_item_demos": False,       # True: a separate demo sample per item (seeded by seed and item key)
         "templates": {"xnli": "xglm", "pawsx": "f3", "xcopa": "reference", "xstorycloze": "reference",
@@ -123,7 +126,7 @@ def _run_one(scorer: Scorer, tokenizer, cfg, task: str, language: str, items, po
         for prompt in fewshot.build_prompts(template, item, fewshot.render_demos(template, demos, connector)):
             prompts.append(prompt)
             owners.append(index)
-    scores = scorer.score(encode_prompts(tokenizer, prompts), params=params)
+    scores = scorer.score(encode_prompts(tokenizer, prompts), params=params, groups=owners)
     by_mode = {"reference": scores.reference, "completion": scores.completion,
                "completion_per_token": scores.completion / np.maximum(scores.num_tokens, 1),
                "completion_per_char": scores.completion / np.maximum(scores.num_chars, 1)}
@@ -131,7 +134,8 @@ def _run_one(scorer: Scorer, tokenizer, cfg, task: str, language: str, items, po
     gold = np.array([item.label for item in items])
     detail = {"task": task, "language": language, "shots": shots, "seed": seed, "items": len(items),
               "rows": len(prompts), "template": f"{template.task}/{template.name}/{template.language}",
-              "prompt_language": prompt_language, "connector": connector, "accuracy": {}}
+              "prompt_language": prompt_language, "connector": connector, "accuracy": {},
+              "reference_scores": cfg.reference_scores}
     predictions = {}
     if cfg.score_positions == "continuation":     # no reference-rule scores are computed (all NaN)
         by_mode.pop("reference")
@@ -171,7 +175,8 @@ def evaluate_tasks(model: Any, tokenizer: Any, eval_cfg: ml_collections.ConfigDi
     limit = eval_cfg.max_items if split == "test" else eval_cfg.dev_max_items
     scorer = Scorer(model, batch_rows=eval_cfg.batch_rows, buckets=eval_cfg.buckets, mesh=mesh,
                     head_positions=eval_cfg.head_positions, pad_id=tokenizer.pad_token_id or 0,
-                    positions=eval_cfg.score_positions, cpu_compiler_options=eval_cfg.cpu_compiler_options.to_dict(),
+                    positions=eval_cfg.score_positions, reference_scores=eval_cfg.reference_scores,
+                    cpu_compiler_options=eval_cfg.cpu_compiler_options.to_dict(),
                     cpu_vocab_block=eval_cfg.cpu_vocab_block)
     compiles_before, started, details = compile_count(), time.perf_counter(), []
     for task, languages in _grid_tasks(eval_cfg, split, data_dir):

@@ -151,14 +151,16 @@ class Decoder(nnx.Module):
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
                  positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
-                 output_hidden_states: bool = False, num_layers: int | None = None, compute_logits: bool = True,
-                 dropout_rng: jax.Array | None = None, prefix: PrefixCache | None = None,
-                 return_keys_values: bool = False) -> DecoderOutput:
+                 branch_ids: jax.Array | None = None, output_hidden_states: bool = False,
+                 num_layers: int | None = None, compute_logits: bool = True, dropout_rng: jax.Array | None = None,
+                 prefix: PrefixCache | None = None, return_keys_values: bool = False) -> DecoderOutput:
         """Run the model.
 
         ``attention_mask`` [B,T] (1 real, 0 pad; left or right padding); ``positions`` default to the mask-derived
         ``cumsum(mask) - 1``; ``segment_ids`` make attention block-diagonal for packed rows (pass positions that
-        restart per segment). ``hidden_states`` follow HF: index 0 the embedding output, index i the residual after
+        restart per segment); ``branch_ids`` lay a prefix tree out in a segment: a trunk (0), then continuations
+        (1, 2, ...) that each see the trunk and themselves, their positions continuing the trunk's (the scorer's
+        candidates of one item, ``layers.attention_mask``). ``hidden_states`` follow HF: index 0 the embedding output, index i the residual after
         block i, the last index the final-norm output. ``num_layers=k`` stops after block k: ``last_hidden_state``
         is then HF's ``hidden_states[k]`` and no logits are computed.
 
@@ -182,7 +184,7 @@ class Decoder(nnx.Module):
         top = self.top.values(dtype, skip=("embed", "lm_head"))   # the head casts per chunk
         rng_embed, rng_blocks = jax.random.split(dropout_rng) if dropout_rng is not None else (None, None)
         embedded = _embed(cfg, top, self.top.embed[...], input_ids, positions, rng_embed)
-        context = _attention_context(cfg, attention_mask, positions, segment_ids, prefix)
+        context = _attention_context(cfg, attention_mask, positions, segment_ids, branch_ids, prefix)
         blocks = jax.tree.map(lambda x: x[:depth], self.blocks.values(dtype))
         past = None if prefix is None else (prefix.keys[:depth].astype(dtype), prefix.values[:depth].astype(dtype))
         hidden, (per_block, keys_values) = _run_blocks(cfg, blocks, embedded, context, rng_blocks,
@@ -306,13 +308,13 @@ def _embed(cfg: ModelConfig, top: dict, table: jax.Array, input_ids: jax.Array, 
 
 
 def _attention_context(cfg: ModelConfig, mask: jax.Array, positions: jax.Array, segment_ids: jax.Array | None,
-                       prefix: PrefixCache | None) -> dict[str, jax.Array]:
+                       branch_ids: jax.Array | None, prefix: PrefixCache | None) -> dict[str, jax.Array]:
     """Everything attention needs that does not depend on the layer's weights, computed once per call. With a
     prefix, keys are the prefix's slots (at positions 0..P-1) followed by the row's own tokens."""
     slots = None if prefix is None else jnp.arange(prefix.keys.shape[1])
 
     def mask_for(window: int) -> jax.Array:
-        own = layers.attention_mask(mask, segment_ids, window)
+        own = layers.attention_mask(mask, positions, segment_ids, branch_ids, window)
         if prefix is None:
             return own
         cached = (slots < prefix.length)[None, None, None, :]

@@ -159,17 +159,24 @@ def sinusoidal(positions: jax.Array, dim: int) -> jax.Array:
     return jnp.pad(table, [(0, 0), (0, 0), (0, dim % 2)])
 
 
-def attention_mask(attention_mask_2d: jax.Array, segment_ids: jax.Array | None, window: int) -> jax.Array:
-    """Boolean [B, 1, T, T]: causal, keys that are real tokens, same segment, and (window > 0) q - k < window."""
+def attention_mask(attention_mask_2d: jax.Array, positions: jax.Array, segment_ids: jax.Array | None,
+                   branch_ids: jax.Array | None, window: int) -> jax.Array:
+    """Boolean [B, 1, T, T]: causal, keys that are real tokens, same segment, the query's own branch or the trunk
+    (branch 0), and (window > 0) a position distance below the window.
+
+    Branches lay a prefix tree out in one segment: its trunk, then each continuation of it, every one attending to
+    the trunk and to itself only. Their positions restart where the trunk ends, so the window compares positions:
+    slots apart are not tokens apart there (elsewhere the two are the same)."""
     length = attention_mask_2d.shape[-1]
-    q_idx = jnp.arange(length)[:, None]
-    k_idx = jnp.arange(length)[None, :]
-    allowed = (k_idx <= q_idx)[None, None]
+    allowed = (jnp.arange(length)[None, :] <= jnp.arange(length)[:, None])[None, None]
     allowed = allowed & (attention_mask_2d[:, None, None, :] > 0)
     if segment_ids is not None:
         allowed = allowed & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+    if branch_ids is not None:
+        key_branch = branch_ids[:, None, None, :]
+        allowed = allowed & ((key_branch == 0) | (key_branch == branch_ids[:, None, :, None]))
     if window:
-        allowed = allowed & ((q_idx - k_idx) < window)[None, None]
+        allowed = allowed & ((positions[:, None, :, None] - positions[:, None, None, :]) < window)
     return allowed
 
 
