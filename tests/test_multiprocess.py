@@ -23,6 +23,9 @@ import time
 
 import pytest
 
+from tests.test_configs import load_config
+from xalign_jax import training_data
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 900
 OVERRIDES = ["--config=configs/demo.py", "--config.train.schedule=constant", "--config.train.warmup_steps=0",
@@ -114,10 +117,9 @@ def test_sigterm_to_one_process_stops_both_at_one_step_with_a_checkpoint(tmp_pat
     """Preemption reaches the workers of a job at different times (or only some of them): both processes must
     stop after the same step, save it together and exit cleanly, instead of one entering the checkpoint save
     while the other runs the next step's collectives."""
-    reference = tmp_path / "one_process"
-    _run_all([(reference, ["--config.train.steps=1", *_cache_args("")], 8, "reference")])
+    train_file = training_data.training_file(load_config("demo.py", None), tmp_path / "data")   # built here, once
     workdir = tmp_path / "two_processes"
-    args = ["--config.train.steps=100000", f"--config.data.train_file={reference / 'data' / 'train.jsonl'}",
+    args = ["--config.train.steps=100000", f"--config.data.train_file={train_file}",
             f"--coordinator_address=127.0.0.1:{_free_port()}", "--num_processes=2", *_cache_args("")]
     started = [_start(workdir, [*args, f"--process_id={i}"], 4, f"process{i}") for i in range(2)]
     try:
