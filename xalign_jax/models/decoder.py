@@ -160,9 +160,9 @@ class Decoder(nnx.Module):
         ``cumsum(mask) - 1``; ``segment_ids`` make attention block-diagonal for packed rows (pass positions that
         restart per segment); ``branch_ids`` lay a prefix tree out in a segment: a trunk (0), then continuations
         (1, 2, ...) that each see the trunk and themselves, their positions continuing the trunk's (the scorer's
-        candidates of one item, ``layers.attention_mask``). ``hidden_states`` follow HF: index 0 the embedding output, index i the residual after
-        block i, the last index the final-norm output. ``num_layers=k`` stops after block k: ``last_hidden_state``
-        is then HF's ``hidden_states[k]`` and no logits are computed.
+        candidates of one item, ``layers.attention_mask``). ``hidden_states`` follow HF: index 0 the embedding
+        output, index i the residual after block i, the last index the final-norm output. ``num_layers=k`` stops
+        after block k: ``last_hidden_state`` is then HF's ``hidden_states[k]`` and no logits are computed.
 
         ``prefix`` continues every (right-padded) row after a shared cached prefix: the rows hold only their own
         tokens, their positions start at ``prefix.length``, and every block attends to the prefix's keys first.
