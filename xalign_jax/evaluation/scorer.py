@@ -216,10 +216,8 @@ def first_scored_tokens(rows: Sequence[EncodedRow], continuation_only: bool,
         return starts
     if groups is None:
         return np.ones(len(rows), np.int64)
-    members: dict[int, list[Sequence[int]]] = {}
-    for row, group in zip(rows, groups):
-        members.setdefault(int(group), []).append(row.ids)
-    shared = {group: common_prefix_length(ids) for group, ids in members.items()}
+    keys, members = _group_by(np.asarray(groups), np.arange(len(rows)))
+    shared = {key: common_prefix_length([rows[r].ids for r in member]) for key, member in zip(keys, members)}
     return np.array([max(min(start, shared[int(group)]), 1) for start, group in zip(starts, groups)], np.int64)
 
 
@@ -256,11 +254,10 @@ def prefix_trees(rows: Sequence[EncodedRow], ends: Mapping[int, int], cut: int,
                  groups: Sequence[int] | None) -> list[PrefixTree]:
     """The running rows (``ends``: row -> one past its last owned position) as one tree per group, or per row
     without groups. A trunk never reaches past the group's last owned position."""
-    members: dict[int, list[int]] = {}
-    for r in ends:
-        members.setdefault(r if groups is None else int(groups[r]), []).append(r)
+    running = np.array(list(ends), np.int64)
+    keys = running if groups is None else np.asarray(groups)[running]
     trees = []
-    for group_rows in members.values():
+    for group_rows in (member.tolist() for member in _group_by(keys, running)[1]):
         shared = common_prefix_length([rows[r].ids for r in group_rows])
         trunk_end = min(shared, max(ends[r] for r in group_rows))
         trees.append(PrefixTree(rows[group_rows[0]].ids[cut:trunk_end], cut, trunk_end,
