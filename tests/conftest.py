@@ -1,8 +1,17 @@
-"""Test-wide environment: offline hub, 8 fake CPU devices, quiet torch threads.
+"""Test-wide environment: offline hub, 8 fake CPU devices, quiet torch threads, one compilation cache.
 
 Set before jax/torch/transformers are imported anywhere in the test session.
+
+Many tests build the same train step or scoring program again (a straight and a resumed run, two meshes' worth of
+the same model): they share a persistent compilation cache for the session, in a fresh temporary directory, so an
+identical program (same HLO, devices and options) is loaded instead of compiled. A load is the same executable, so
+no result changes; it halves the trainer tests' time. It is set in this process only: subprocesses that a test
+starts (other process counts, their own cache settings) do not inherit it.
 """
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -15,7 +24,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib  # noqa: E402
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+SESSION_XLA_CACHE = tempfile.mkdtemp(prefix="xalign-tests-xla-")
+atexit.register(shutil.rmtree, SESSION_XLA_CACHE, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", SESSION_XLA_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

