@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from xalign_jax.models import fetch, gguf_io
+from xalign_jax.models import fetch, gguf_file, gguf_io
 
 MODELS = ("gemma3-270m", "smollm2-135m")
 SENTENCES = {
@@ -174,6 +174,53 @@ def _write_gguf(path: pathlib.Path, architecture: str, tensors: dict[str, np.nda
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def assert_same_as_gguf_reader(path: pathlib.Path) -> None:
+    """Our header reader gives gguf.GGUFReader's metadata (values and Python types) and tensors (name, type, GGUF
+    shape, the mapped data's dtype, shape and bytes)."""
+    import gguf
+    ours, reference = gguf_file.GGUFFile(path), gguf.GGUFReader(path)
+    expected = {key: field.contents() for key, field in reference.fields.items() if not key.startswith("GGUF.")}
+    assert list(ours.metadata) == list(expected)
+    for key, value in expected.items():
+        mine = ours.metadata[key]
+        if isinstance(mine, list) and mine and isinstance(mine[0], list):   # gguf's reader flattens nested arrays
+            mine = [item for inner in mine for item in inner]
+        assert mine == value and type(mine) is type(value), key
+    assert [t.name for t in ours.tensors] == [t.name for t in reference.tensors]
+    for mine, theirs in zip(ours.tensors, reference.tensors):
+        assert (mine.tensor_type, mine.shape) == (theirs.tensor_type, tuple(int(d) for d in theirs.shape)), mine.name
+        assert (mine.data.dtype, mine.data.shape) == (theirs.data.dtype, theirs.data.shape), mine.name
+        np.testing.assert_array_equal(mine.data, theirs.data, err_msg=mine.name)
+
+
+def test_header_reader_reads_every_value_and_tensor_type_as_gguf_does(tmp_path):
+    import gguf
+    from gguf.quants import quantize
+    path = tmp_path / "types.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_custom_alignment(64)
+    values = [(writer.add_uint8, 7), (writer.add_int8, -7), (writer.add_uint16, 700), (writer.add_int16, -700),
+              (writer.add_uint32, 7_000_000), (writer.add_int32, -7), (writer.add_uint64, 2**40),
+              (writer.add_int64, -(2**40)), (writer.add_float32, float(np.float32(1e-6))), (writer.add_float64, 1e-300),
+              (writer.add_bool, True), (writer.add_string, "xalign · 对齐 · ✓"), (writer.add_array, ["a", "", "é"]),
+              (writer.add_array, [0.5, -2.0]), (writer.add_array, [[1, 2], [3]])]
+    for number, (add, value) in enumerate(values):
+        add(f"key{number}", value)
+    rows = np.linspace(-1, 1, 4 * 256, dtype=np.float32).reshape(4, 256)
+    for name, tensor in (("f32", rows), ("f16", rows.astype(np.float16)), ("i32", np.arange(6, dtype=np.int32))):
+        writer.add_tensor(name, tensor)
+    for kind in (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.BF16):
+        writer.add_tensor(kind.name, quantize(rows, kind), raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert_same_as_gguf_reader(path)
+    ours = gguf_file.GGUFFile(path)
+    assert [ours.metadata[f"key{number}"] for number in range(len(values))] == [value for _, value in values]
+    assert [t.data.shape for t in ours.tensors] == [(4, 256), (4, 256), (6,), (4, 272), (4, 512)]
 
 
 def test_unsupported_architecture_names_file_and_supported_ones(tmp_path):

@@ -1,8 +1,8 @@
 """GGUF files (llama.cpp) as a source of HF-named, HF-laid-out tensors and an HF config.
 
 ``GGUFSource`` follows the ``TensorSource`` protocol of ``hf_io`` (``names``, ``shape``, ``read``), so the same
-loader that reads a safetensors checkpoint reads a GGUF file. Each tensor is dequantised on demand with the ``gguf``
-package (the file itself stays memory-mapped), and llama.cpp's storage conventions are undone so that the result is
+loader that reads a safetensors checkpoint reads a GGUF file. The header is read by ``gguf_file``; each tensor is
+dequantised on demand with the ``gguf`` package (the file itself stays memory-mapped), and llama.cpp's storage conventions are undone so that the result is
 what the original HF checkpoint held, exactly as ``transformers`` does when it loads a GGUF file
 (``transformers/modeling_gguf_pytorch_utils.py``):
 
@@ -18,6 +18,8 @@ import pathlib
 import re
 
 import numpy as np
+
+from xalign_jax.models.gguf_file import GGUFFile
 
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "gemma3": "Gemma3ForCausalLM"}
 MODEL_TYPES = {"llama": "llama", "gemma3": "gemma3_text"}
@@ -88,14 +90,12 @@ class GGUFSource:
     """A GGUF checkpoint seen through HF tensor names and layouts (float32, dequantised lazily per tensor)."""
 
     def __init__(self, path: str | pathlib.Path):
-        import gguf  # optional dependency: only GGUF users need it
-
         self.path = pathlib.Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such GGUF file")
         try:
-            self._reader = gguf.GGUFReader(self.path)
-        except Exception as err:  # the reader raises bare ValueError/IndexError/struct errors on bad files
+            self._file = GGUFFile(self.path)
+        except ValueError as err:       # bad bytes, a truncated file, an empty one (mmap refuses it)
             raise ValueError(f"{self.path}: not a readable GGUF file ({type(err).__name__}: {err})") from None
         self.architecture = self._string("general.architecture")
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -135,14 +135,13 @@ class GGUFSource:
 
     def metadata(self, key: str):
         """One GGUF metadata value (str, number, bool or list), or None when the file lacks the key."""
-        field = self._reader.fields.get(key)
-        return None if field is None else field.contents()
+        return self._file.metadata.get(key)
 
     @property
     def quantisation(self) -> str:
         """The tensor types in the file with their counts, e.g. ``Q4_K x27, F32 x109``."""
         counts: dict[str, int] = {}
-        for tensor in self._reader.tensors:
+        for tensor in self._file.tensors:
             counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
         return ", ".join(f"{kind} x{count}" for kind, count in sorted(counts.items()))
 
@@ -156,7 +155,7 @@ class GGUFSource:
     def _tensor(self, name: str):
         if name not in self._entries:
             raise KeyError(f"{self.path}: no tensor {name!r} (has {len(self._entries)} tensors)")
-        return self._reader.tensors[self._entries[name].index]
+        return self._file.tensors[self._entries[name].index]
 
     @staticmethod
     def _dequantize(tensor) -> np.ndarray:
@@ -179,7 +178,7 @@ class GGUFSource:
         """HF name -> GGUF tensor; any tensor we cannot name is an error (we would silently lose weights)."""
         table = _TENSOR_NAMES[self.architecture]
         entries, unknown = {}, []
-        for index, tensor in enumerate(self._reader.tensors):
+        for index, tensor in enumerate(self._file.tensors):
             match = _BLOCK.match(tensor.name)
             pattern = _BLOCK.sub("blk.{i}.", tensor.name) if match else tensor.name
             if pattern not in table:
@@ -196,7 +195,7 @@ class GGUFSource:
         """HF config fields read from the metadata; an unknown ``<arch>.*`` key is an error, not a silent skip."""
         arch, table = self.architecture, _CONFIG_KEYS[self.architecture]
         fields = {}
-        for key in self._reader.fields:
+        for key in self._file.metadata:
             if not key.startswith(arch + "."):
                 continue
             suffix = key[len(arch) + 1:]
@@ -210,7 +209,7 @@ class GGUFSource:
         for key, hf_key in _TOKEN_ID_KEYS.items():
             if self.metadata(key) is not None:
                 fields[hf_key] = self.metadata(key)
-        fields.setdefault("vocab_size", len(self._reader.fields["tokenizer.ggml.tokens"].data))
+        fields.setdefault("vocab_size", len(self._file.metadata["tokenizer.ggml.tokens"]))
         fields["tie_word_embeddings"] = "lm_head.weight" not in self._entries
         if arch == "gemma3":
             fields["query_pre_attn_scalar"] = gemma3_query_scalar(fields)
