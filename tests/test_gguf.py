@@ -203,9 +203,9 @@ def test_header_reader_reads_every_value_and_tensor_type_as_gguf_does(tmp_path):
     writer.add_custom_alignment(64)
     values = [(writer.add_uint8, 7), (writer.add_int8, -7), (writer.add_uint16, 700), (writer.add_int16, -700),
               (writer.add_uint32, 7_000_000), (writer.add_int32, -7), (writer.add_uint64, 2**40),
-              (writer.add_int64, -(2**40)), (writer.add_float32, float(np.float32(1e-6))), (writer.add_float64, 1e-300),
-              (writer.add_bool, True), (writer.add_string, "xalign · 对齐 · ✓"), (writer.add_array, ["a", "", "é"]),
-              (writer.add_array, [0.5, -2.0]), (writer.add_array, [[1, 2], [3]])]
+              (writer.add_int64, -(2**40)), (writer.add_float32, float(np.float32(1e-6))),
+              (writer.add_float64, 1e-300), (writer.add_bool, True), (writer.add_string, "xalign · 对齐 · ✓"),
+              (writer.add_array, ["a", "", "é"]), (writer.add_array, [0.5, -2.0]), (writer.add_array, [[1, 2], [3]])]
     for number, (add, value) in enumerate(values):
         add(f"key{number}", value)
     rows = np.linspace(-1, 1, 4 * 256, dtype=np.float32).reshape(4, 256)

@@ -2,9 +2,9 @@
 
 ``GGUFSource`` follows the ``TensorSource`` protocol of ``hf_io`` (``names``, ``shape``, ``read``), so the same
 loader that reads a safetensors checkpoint reads a GGUF file. The header is read by ``gguf_file``; each tensor is
-dequantised on demand with the ``gguf`` package (the file itself stays memory-mapped), and llama.cpp's storage conventions are undone so that the result is
-what the original HF checkpoint held, exactly as ``transformers`` does when it loads a GGUF file
-(``transformers/modeling_gguf_pytorch_utils.py``):
+dequantised on demand with the ``gguf`` package (the file itself stays memory-mapped), and llama.cpp's storage
+conventions are undone so that the result is what the original HF checkpoint held, exactly as ``transformers`` does
+when it loads a GGUF file (``transformers/modeling_gguf_pytorch_utils.py``):
 
 * llama: Q and K rows are permuted by the converter (rotary halves interleaved per head); we un-permute them.
 * gemma3: every RMSNorm weight is stored as ``1 + w`` (the converter folds Gemma's runtime ``(1 + w)`` into the
