@@ -1,7 +1,7 @@
 """A GGUF file's header read in well under a second: its metadata and its tensors as memory-mapped views.
 
 ``gguf``'s own ``GGUFReader`` builds a numpy view for every element of every metadata array. For Gemma-3's
-262,144-token vocabulary (its tokens, scores and token types) that takes ~14 s before any tensor is read, on every
+262,144-token vocabulary (its tokens, scores and token types) that takes ~11 s before any tensor is read, on every
 load of the file. This reader walks the same layout (GGUF v2 and v3: magic, version, counts, key/value pairs, tensor
 descriptions, aligned data) with one numpy view per numeric array and a plain loop over string lengths. Tensors come
 out as ``gguf.GGUFReader`` lays them out: typed arrays for float and integer types, bytes shaped
@@ -20,8 +20,8 @@ import numpy as np
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
-_SCALARS = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8",
-            12: "<f8"}
+# metadata value type -> its little-endian format, which both struct and numpy read
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 _TYPED_TENSORS = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I8": np.int8, "I16": np.int16,
                   "I32": np.int32, "I64": np.int64}
@@ -50,12 +50,12 @@ class _Cursor:
         self.offset += size
         return start
 
-    def scalar(self, dtype: str) -> Any:
-        size = np.dtype(dtype).itemsize
-        return np.frombuffer(self.buffer, dtype, 1, self.take(size))[0].item()
+    def scalar(self, fmt: str) -> Any:
+        """One value of struct format ``fmt`` as a Python int, float or bool."""
+        return struct.unpack_from(fmt, self.buffer, self.take(struct.calcsize(fmt)))[0]
 
     def string(self) -> str:
-        (length,) = struct.unpack_from("<Q", self.buffer, self.take(8))
+        length = self.scalar("<Q")
         start = self.take(length)
         return self.buffer[start:start + length].decode("utf-8")
 
@@ -67,7 +67,7 @@ class _Cursor:
             return self.string()
         if kind != _ARRAY:
             raise ValueError(f"unknown metadata value type {kind} at byte {self.offset - 4}")
-        item_kind, count = self.scalar("<u4"), self.scalar("<u8")
+        item_kind, count = self.scalar("<I"), self.scalar("<Q")
         if item_kind in _SCALARS:
             dtype = np.dtype(_SCALARS[item_kind])
             return np.frombuffer(self.buffer, dtype, count, self.take(dtype.itemsize * count)).tolist()
@@ -79,22 +79,21 @@ class GGUFFile:
     file; the file stays mapped while any tensor view is alive."""
 
     def __init__(self, path: str | pathlib.Path):
-        self.path = pathlib.Path(path)
-        with open(self.path, "rb") as handle:
+        with open(path, "rb") as handle:
             buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         cursor = _Cursor(buffer)
         if buffer[cursor.take(4):cursor.offset] != MAGIC:
             raise ValueError("GGUF magic invalid (not a GGUF file)")
-        version = cursor.scalar("<u4")
+        version = cursor.scalar("<I")
         if version not in VERSIONS:
             raise ValueError(f"GGUF version {version} is not supported (supported: {VERSIONS})")
-        tensor_count, kv_count = cursor.scalar("<u8"), cursor.scalar("<u8")
+        tensor_count, kv_count = cursor.scalar("<Q"), cursor.scalar("<Q")
         self.metadata: dict[str, Any] = {}
         for _ in range(kv_count):
             key = cursor.string()
             if key in self.metadata:
                 raise ValueError(f"metadata key {key!r} appears twice")
-            self.metadata[key] = cursor.value(cursor.scalar("<u4"))
+            self.metadata[key] = cursor.value(cursor.scalar("<I"))
         descriptions = [self._description(cursor) for _ in range(tensor_count)]
         alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
         if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
@@ -108,8 +107,8 @@ class GGUFFile:
     @staticmethod
     def _description(cursor: _Cursor) -> tuple[str, tuple[int, ...], int, int]:
         name = cursor.string()
-        dims = tuple(cursor.scalar("<u8") for _ in range(cursor.scalar("<u4")))
-        return name, dims, cursor.scalar("<u4"), cursor.scalar("<u8")
+        dims = tuple(cursor.scalar("<Q") for _ in range(cursor.scalar("<I")))
+        return name, dims, cursor.scalar("<I"), cursor.scalar("<Q")
 
 
 def _tensor(buffer: mmap.mmap, data_start: int, name: str, dims: tuple[int, ...], type_id: int,

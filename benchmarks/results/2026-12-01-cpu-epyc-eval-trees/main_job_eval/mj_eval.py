@@ -10,13 +10,14 @@ sys.path.insert(0, root)
 import transformers  # noqa: E402
 
 import configs.gemma3 as gemma3  # noqa: E402
-from xalign_jax import models  # noqa: E402
+from xalign_jax import model_source, models  # noqa: E402
 from xalign_jax.evaluation import runner  # noqa: E402
 
-MODEL = "/root/.cache/xalign_jax/models/gemma3-270m"
+config = gemma3.get_config()
+MODEL = str(model_source.resolve_path(config.model.source, model_source.default_cache_dir()))
 tok = transformers.AutoTokenizer.from_pretrained(MODEL)
 model = models.from_pretrained(MODEL, dtype="float32")
-cfg = gemma3.get_config().eval
+cfg = config.eval
 out = []
 for _ in range(2):
     result = runner.evaluate_tasks(model, tok, cfg, split="test", progress=False)
