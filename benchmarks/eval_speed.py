@@ -2,8 +2,10 @@
 re-encoded, log2 of the softmax) on the same weights and the same real items.
 
 The reference evaluates in fp32 on one GPU and with bf16 weights under DeepSpeed (AFP_SPEC §3.4); both loops are
-timed (``--reference-dtypes``), and the speed-up is read against the faster. Our scorer runs fp32; the scores'
-agreement is reported against the fp32 loop (the bf16 loop's scores differ by its rounding).
+timed (``--reference-dtypes``). Our scorer runs in the same two dtypes (``--dtypes``; bf16 weights and products with
+fp32 accumulation, ``layers.dense``). Each row gives the speed-up of each of our dtypes over the loop in the same
+dtype, and ``speedup``: our faster over the reference's faster. Agreement is reported against the fp32 loop (the
+bf16 loop's scores differ from it by its rounding, ours in bf16 by ours).
 
     OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 python benchmarks/eval_speed.py --items 100 --out eval_speed.json
 
@@ -41,7 +43,7 @@ from xalign_jax.evaluation import fewshot, scorer, tasks, templates  # noqa: E40
 from xalign_jax.evaluation.runner import default_eval_config  # noqa: E402
 
 WORKLOADS = (("xcopa", "zh"), ("pawsx", "en"))
-REFERENCE_DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16")
 
 
 def _model(tok, directory: pathlib.Path, hidden: int, layers: int) -> transformers.PreTrainedModel:
@@ -129,10 +131,13 @@ def main() -> None:
     parser.add_argument("--torch-device", default="cpu", help="where the reference loop runs (cpu, cuda)")
     parser.add_argument("--reference-dtypes", default="float32,bfloat16",
                         help="the reference loop's model dtypes, comma-separated (float32, bfloat16)")
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help="our scorer's model dtypes (weights and compute), comma-separated")
     args = parser.parse_args()
-    unknown = sorted(set(args.reference_dtypes.split(",")) - set(REFERENCE_DTYPES))
-    if unknown:
-        parser.error(f"--reference-dtypes {unknown}: choose from {list(REFERENCE_DTYPES)}")
+    for flag in ("reference_dtypes", "dtypes"):
+        unknown = sorted(set(getattr(args, flag).split(",")) - set(DTYPES))
+        if unknown:
+            parser.error(f"--{flag.replace('_', '-')} {unknown}: choose from {list(DTYPES)}")
     machine = bench.machine_info()                            # before any work: its load average is the sitting's
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,32 +149,42 @@ def main() -> None:
             reference_model = _model(tok, pathlib.Path(tmp), args.hidden, args.layers)
         reference_models = {dtype: copy.deepcopy(reference_model).to(args.torch_device, getattr(torch, dtype))
                             for dtype in args.reference_dtypes.split(",")}     # Module.to works in place: copies
-        head_positions = {"head_positions": args.head_positions} if args.head_positions else {}
-        ours = scorer.Scorer(models.from_pretrained(directory, dtype="float32"), batch_rows=args.batch_rows,
-                             buckets=tuple(int(b) for b in args.buckets.split(",")),
-                             reference_scores=default_eval_config().reference_scores, **head_positions)
+        options = {"batch_rows": args.batch_rows, "buckets": tuple(int(b) for b in args.buckets.split(",")),
+                   "reference_scores": default_eval_config().reference_scores}
+        if args.head_positions:
+            options["head_positions"] = args.head_positions
+        scorers = {dtype: scorer.Scorer(models.from_pretrained(directory, dtype=dtype, param_dtype=dtype), **options)
+                   for dtype in args.dtypes.split(",")}
     rows = []
     for task, language in WORKLOADS:
         for shots in (0, 5):
             per_item = _prompts(task, language, shots, args.items, tok.eos_token)
-            compiles = scorer.compile_count()
-            first, _ = _ours(ours, tok, per_item)                   # includes compilation
-            warm, got = _ours(ours, tok, per_item)
+            groups = item_groups(per_item)
             row = {"task": task, "language": language, "shots": shots, "items": len(per_item),
-                   "ours_items_per_s": len(per_item) / warm, "ours_first_call_s": first,
-                   "compiles": scorer.compile_count() - compiles, "work_ratio": work_ratio(tok, per_item)}
+                   "work_ratio": work_ratio(tok, per_item)}
+            ours, references = {}, {}
+            for dtype, ours_scorer in scorers.items():
+                compiles = scorer.compile_count()
+                first, _ = _ours(ours_scorer, tok, per_item)                   # includes compilation
+                ours[dtype] = _ours(ours_scorer, tok, per_item)
+                row.update({f"ours_{dtype}_items_per_s": len(per_item) / ours[dtype][0],
+                            f"ours_{dtype}_first_call_s": first,
+                            f"ours_{dtype}_compiles": scorer.compile_count() - compiles})
             for dtype, model in reference_models.items():
-                ref_s, expected = _reference(model, tok, per_item)
-                groups = item_groups(per_item)
-                gaps = within_item(got, groups) - within_item(expected, groups)
-                row.update({f"reference_{dtype}_items_per_s": len(per_item) / ref_s,
-                            f"speedup_vs_{dtype}": ref_s / warm,
-                            f"max_abs_within_item_diff_vs_{dtype}": float(np.max(np.abs(gaps)))})
-            row["speedup"] = min(row[f"speedup_vs_{dtype}"] for dtype in reference_models)
+                references[dtype] = _reference(model, tok, per_item)
+                row[f"reference_{dtype}_items_per_s"] = len(per_item) / references[dtype][0]
+            for dtype, (seconds, got) in ours.items():
+                if dtype in references:
+                    row[f"speedup_{dtype}_vs_{dtype}"] = references[dtype][0] / seconds
+                if "float32" in references:
+                    gaps = within_item(got, groups) - within_item(references["float32"][1], groups)
+                    row[f"max_abs_within_item_diff_{dtype}_vs_float32"] = float(np.max(np.abs(gaps)))
+            row["speedup"] = min(s for s, _ in references.values()) / min(s for s, _ in ours.values())
             rows.append(row)
             print(" | ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()),
                   flush=True)
-            pathlib.Path(args.out).write_text(json.dumps({"args": vars(args), "machine": machine, "results": rows}, indent=2))
+            report = {"args": vars(args), "machine": machine, "results": rows}
+            pathlib.Path(args.out).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

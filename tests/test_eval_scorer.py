@@ -139,20 +139,46 @@ def test_vocab_chunking_and_mesh_sharding_give_the_same_scores(tiny, shared_data
 
 
 def test_cpu_vocabulary_blocks_give_the_token_major_log_probabilities(tiny):
-    """The CPU's vocabulary calls (blocks of the 250,002-row vocabulary, running log-sum-exp) compute what the
-    accelerators' whole [C, V] ones do, and both what a plain log-softmax of the model's logits gives."""
+    """The CPU's vocabulary calls (blocks of the 250,002-row vocabulary, running log-sum-exp, in either layout)
+    compute what the accelerators' whole [C, V] ones do, and both what a plain log-softmax of the model's logits
+    gives."""
     _, model, _, _ = tiny
     graphdef, params = nnx.split(model, nnx.Param)
     vocab = model.config.vocab_size
     hidden = jax.random.normal(jax.random.PRNGKey(0), (3, 10, model.config.hidden_size))
     row, source = np.array([0, 2, 2, 1, 0]), np.array([9, 0, 4, 4, 1])
     target = np.array([0, vocab - 1, 14706, 14705, 3])      # first and last rows, both sides of a block boundary
-    whole, blocked = (scorer._vocabulary_call(())(graphdef, params, hidden, row, source, target, vocab_block)
-                      for vocab_block in (None, 16384))
+    whole, blocked, token_major = (
+        scorer._vocabulary_call(())(graphdef, params, hidden, row, source, target, vocab_block, token_major)
+        for vocab_block, token_major in ((None, False), (16384, False), (16384, True)))
     np.testing.assert_allclose(np.asarray(blocked), np.asarray(whole), rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(token_major), np.asarray(whole), rtol=1e-6, atol=1e-5)
     logits = np.asarray(model.logits(hidden[row, source]), np.float64)
     expected = logits[np.arange(5), target] - np.log(np.exp(logits).sum(-1))
     np.testing.assert_allclose(np.asarray(whole), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_bf16_model_scores_as_its_own_plain_forward_pass(tiny, shared_data):
+    """A bf16 model on CPU runs its products in bf16 with fp32 results (``layers.dense``) and its vocabulary calls
+    token-major under XLA's defaults. Its scores are the log-softmax of the same bf16 model's whole-row logits,
+    summed on the host: the trees, the cached demonstrations and the blocks change no rounding a score sees beyond
+    the fp32 sums' order. And they stay near the fp32 model's: the difference is bf16 rounding."""
+    _, fp32_model, tok, path = tiny
+    model = models.from_pretrained(path, dtype="bfloat16", param_dtype="bfloat16")
+    per_item = _task_prompts("pawsx", 1, tok, shared_data)
+    rows = scorer.encode_prompts(tok, [p for prompts in per_item for p in prompts])
+    ours = scorer.Scorer(model, batch_rows=4, buckets=(64, 128, 256))
+    assert ours._token_major and ours._vocabulary_call is scorer._vocabulary_call(())   # XLA's defaults
+    got = ours.score(rows, groups=np.repeat(np.arange(len(per_item)), [len(p) for p in per_item]))
+    plain = []
+    for row in rows:
+        logits = np.asarray(model(np.array([row.ids])).logits[0, :-1], np.float64)
+        picked = logits[np.arange(len(row.ids) - 1), row.ids[1:]]
+        plain.append((picked - np.log(np.exp(logits).sum(-1))).sum())
+    np.testing.assert_allclose(got.reference, plain, rtol=1e-6)
+    in_fp32 = scorer.Scorer(fp32_model, batch_rows=4, buckets=(64, 128, 256)).score(rows)
+    np.testing.assert_allclose(got.reference, in_fp32.reference, rtol=1e-3)
+    assert not np.allclose(got.reference, in_fp32.reference, rtol=1e-5)   # it did run in bf16
 
 
 def test_a_calls_remaining_positions_go_in_the_next_power_of_two():

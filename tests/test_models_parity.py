@@ -187,10 +187,13 @@ def test_vocab_major_logits_are_the_transposed_logits(name, overrides, logits_dt
                                              ("gemma3", {"final_logit_softcapping": 3.0})])
 @pytest.mark.parametrize("logits_dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("vocab, vocab_block, blocks", [(251, 251, (1, 251)), (251, 64, (4, 63)), (256, 48, (8, 32))])
-def test_blocked_target_logprobs_are_the_log_softmax(name, overrides, logits_dtype, vocab, vocab_block, blocks):
+@pytest.mark.parametrize("token_major", [False, True], ids=["vocab_major", "token_major"])
+def test_blocked_target_logprobs_are_the_log_softmax(name, overrides, logits_dtype, vocab, vocab_block, blocks,
+                                                     token_major):
     """The scorer's CPU vocabulary call, block by block with a running log-sum-exp, gives log_softmax(logits)[target]
-    (fp64 on the host): an untied, a tied and a soft-capped head, both logits dtypes; one block, blocks that cannot
-    tile the vocabulary (251 is prime: the last of 4 blocks of 63 overlaps the third), and blocks that tile it."""
+    (fp64 on the host): an untied, a tied and a soft-capped head, both logits dtypes, both block layouts (a scan of
+    [block, N] products, unrolled [N, block] ones); one block, blocks that cannot tile the vocabulary (251 is
+    prime: the last of 4 blocks of 63 overlaps the third), and blocks that tile it."""
     assert vocabulary_blocks(vocab, vocab_block) == blocks
     cfg = models.ModelConfig.from_hf(dict(TINY_HF_CONFIGS[name], vocab_size=vocab, **overrides),
                                      logits_dtype=logits_dtype)
@@ -198,7 +201,8 @@ def test_blocked_target_logprobs_are_the_log_softmax(name, overrides, logits_dty
     rng = np.random.default_rng(0)
     hidden = jnp.asarray(rng.normal(size=(9, cfg.hidden_size)), jnp.float32)
     targets = jnp.asarray(np.r_[0, vocab - 1, 62, 63, 188, 189, rng.integers(0, vocab, 3)], jnp.int32)
-    got = jax.jit(blocked_target_logprobs, static_argnums=(0, 4))(cfg, head, hidden, targets, vocab_block)
+    got = jax.jit(blocked_target_logprobs, static_argnums=(0, 4, 5))(cfg, head, hidden, targets, vocab_block,
+                                                                      token_major)
     logits = np.asarray(lm_head_logits(cfg, head, hidden).astype(jnp.float32), np.float64)
     want = logits[np.arange(9), targets] - np.log(np.exp(logits).sum(-1))
     assert got.dtype == jnp.float32

@@ -53,7 +53,8 @@ def default_eval_config() -> ml_collections.ConfigDict:
         "batch_rows": 8,
         "buckets": DEFAULT_BUCKETS,
         "head_positions": 256,         # positions per vocabulary call ([256, V] fp32 logits on accelerators)
-        "cpu_compiler_options": dict(xla_options.CPU_MATMULS_BY_XLA),   # the vocabulary calls' XLA options on CPU
+        "cpu_compiler_options": dict(xla_options.CPU_MATMULS_BY_XLA),   # an fp32 model's vocabulary calls' XLA
+                                       # options on CPU (a bf16 model's programs compile with XLA's defaults)
         "cpu_vocab_block": 16384,      # on CPU, vocabulary rows per block of a vocabulary call (running log-sum-exp)
         "predictions": False,          # keep per-item candidate scores (written as predictions.jsonl)
         "alignment": {

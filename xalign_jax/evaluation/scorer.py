@@ -137,14 +137,19 @@ def _final_hidden(graphdef, params, ids: jax.Array, positions: jax.Array, segmen
 
 
 def _position_logprob(graphdef, params, hidden: jax.Array, row: jax.Array, source: jax.Array,
-                      target: jax.Array, vocab_block: int | None) -> jax.Array:
+                      target: jax.Array, vocab_block: int | None, token_major: bool) -> jax.Array:
     """[C] fp32 log p(target | the state at hidden[row, source]): only these C positions reach the vocabulary
-    projection, as [C, V] fp32 logits, never [B, L, V]; with ``vocab_block``, in [vocab_block, C] blocks
-    (``Decoder.target_logprobs``)."""
+    projection, as [C, V] fp32 logits, never [B, L, V]; with ``vocab_block``, in blocks of that many vocabulary
+    rows, [vocab_block, C] or ``token_major`` [C, vocab_block] (``Decoder.target_logprobs``).
+
+    On CPU an fp32 model's blocks are vocabulary-major, [block, C] = embedding rows @ hidden.T, with the matmuls
+    by XLA's own library (``xla_options.CPU_MATMULS_BY_XLA``). 128 positions of a 250k vocabulary at hidden 256:
+    112-122 ms as one [V, C] block, 81-87 ms in 16 blocks; earlier, 64 positions took 80.9 ms token-major under
+    XLA's defaults and 69.9 ms vocabulary-major with the options (BENCHMARKS.md)."""
     _COMPILES["count"] += 1
     model = nnx.merge(graphdef, params)
     if vocab_block:
-        return model.target_logprobs(hidden[row, source], target, vocab_block)
+        return model.target_logprobs(hidden[row, source], target, vocab_block, token_major)
     logits = model.logits(hidden[row, source]).astype(jnp.float32)
     picked = jnp.take_along_axis(logits, target[:, None], axis=-1)[:, 0]
     return picked - jax.nn.logsumexp(logits, axis=-1)
@@ -152,14 +157,8 @@ def _position_logprob(graphdef, params, hidden: jax.Array, row: jax.Array, sourc
 
 @functools.lru_cache(maxsize=None)
 def _vocabulary_call(options: tuple[tuple[str, str], ...]) -> Callable[..., jax.Array]:
-    """``_position_logprob`` jitted with these XLA options, one per option set (the jit cache is per function).
-
-    On CPU the scorer goes through the vocabulary in blocks (``Scorer``'s ``cpu_vocab_block``), vocabulary-major,
-    [block, C] = embedding rows @ hidden.T, with the matmuls by XLA's own library (``xla_options.
-    CPU_MATMULS_BY_XLA``). 128 positions of a 250k vocabulary at hidden 256: 112-122 ms as one [V, C] block, 81-87
-    ms in 16 blocks; earlier, 64 positions took 80.9 ms token-major under XLA's defaults and 69.9 ms
-    vocabulary-major with the options (BENCHMARKS.md)."""
-    return jax.jit(_position_logprob, static_argnames=("graphdef", "vocab_block"),
+    """``_position_logprob`` jitted with these XLA options, one per option set (the jit cache is per function)."""
+    return jax.jit(_position_logprob, static_argnames=("graphdef", "vocab_block", "token_major"),
                    compiler_options=dict(options) or None)
 
 
@@ -303,7 +302,9 @@ class Scorer:
     ``head_positions`` positions per vocabulary call, whose fp32 logits on an accelerator are ``head_positions x
     vocab x 4`` bytes (256: 268 MB at a 262k vocabulary); a call's remaining positions go in one call of the next
     power of two (at least 16). On CPU a call goes through the vocabulary in blocks of at most ``cpu_vocab_block``
-    rows (``Decoder.target_logprobs``), compiled with ``cpu_compiler_options`` (``_vocabulary_call``).
+    rows (``Decoder.target_logprobs``): for an fp32 model vocabulary-major, compiled with ``cpu_compiler_options``;
+    for a bf16 model token-major under XLA's defaults, where YNNPACK multiplies bf16 operands into fp32 results at
+    about twice XLA's fp32 rate, as it does the forward's products (``layers.dense``; BENCHMARKS.md).
     ``reference_scores`` is ``absolute`` (whole-string sums) or ``relative`` (within the groups given to ``score``,
     the module docstring)."""
 
@@ -325,7 +326,8 @@ class Scorer:
         self.shapes_seen: set[tuple[str, int, int]] = set()
         platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
         self._vocab_block = cpu_vocab_block if platform == "cpu" else None
-        options = xla_options.usable(cpu_compiler_options, platform) or {}
+        self._token_major = platform == "cpu" and jnp.dtype(model.config.dtype) == jnp.bfloat16
+        options = {} if self._token_major else xla_options.usable(cpu_compiler_options, platform) or {}
         self._vocabulary_call = _vocabulary_call(tuple(sorted(options.items())))
         self._batch_devices = 1
         if mesh is not None:
@@ -433,7 +435,8 @@ class Scorer:
             self._log_shape("vocabulary", size, self.vocab_size)
         with self._mesh():
             return [self._vocabulary_call(self.graphdef, params, hidden, *(x[lo:hi] for x in padded),
-                                          self._vocab_block) for lo, hi in zip(starts[:-1], starts[1:])]
+                                          self._vocab_block, self._token_major)
+                    for lo, hi in zip(starts[:-1], starts[1:])]
 
     def _log_shape(self, kind: str, rows: int, length: int) -> None:
         if (kind, rows, length) not in self.shapes_seen:

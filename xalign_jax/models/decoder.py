@@ -207,10 +207,11 @@ class Decoder(nnx.Module):
         """Final-normed hidden [..., D] -> vocabulary logits in ``logits_dtype`` (the scorer calls this)."""
         return lm_head_logits(self.config, self.head(), hidden)
 
-    def target_logprobs(self, hidden: jax.Array, targets: jax.Array, vocab_block: int) -> jax.Array:
+    def target_logprobs(self, hidden: jax.Array, targets: jax.Array, vocab_block: int,
+                        token_major: bool = False) -> jax.Array:
         """Final-normed hidden [N, D] -> fp32 log p(targets [N]), at most ``vocab_block`` vocabulary rows at a
-        time (``blocked_target_logprobs``)."""
-        return blocked_target_logprobs(self.config, self.head(), hidden, targets, vocab_block)
+        time, in either layout (``blocked_target_logprobs``)."""
+        return blocked_target_logprobs(self.config, self.head(), hidden, targets, vocab_block, token_major)
 
 
 def head_layout(cfg: ModelConfig) -> tuple[str, str]:
@@ -249,38 +250,48 @@ def lm_head_logits(cfg: ModelConfig, head: Mapping[str, jax.Array], hidden: jax.
 
 
 def blocked_target_logprobs(cfg: ModelConfig, head: Mapping[str, jax.Array], hidden: jax.Array,
-                            targets: jax.Array, vocab_block: int) -> jax.Array:
+                            targets: jax.Array, vocab_block: int, token_major: bool = False) -> jax.Array:
     """fp32 log p(targets [N] | hidden [N, D]) through the vocabulary in blocks of at most ``vocab_block`` rows
-    (``vocabulary_blocks``), with a running log-sum-exp: one [block, N] block of logits exists at a time, never
-    [V, N].
+    (``vocabulary_blocks``), with a running log-sum-exp: one block of logits exists at a time, never [V, N].
 
     On a CPU the full [V, N] logits cost more than their product: written out and read back (134 MB for 128
     positions of a 262k vocabulary), they made the scorer's vocabulary call memory-bound; in 16 blocks the same
     call (128 positions, hidden 256, 250,880 rows) took 81-87 ms against 112-122 ms (BENCHMARKS.md). Each block's
-    logits are ``lm_head_logits``'s (vocabulary-major), so dtype rounding and soft-capping are the same. When the
+    logits are ``lm_head_logits``'s, so dtype rounding and soft-capping are the same. By default the blocks are
+    vocabulary-major [block, N] products in a scan, the layout XLA's own matmuls run fastest in fp32;
+    ``token_major`` gives [N, block] products unrolled over static slices, the layout in which YNNPACK (XLA's
+    defaults) multiplies bf16 at about twice that rate (a scan's dynamic slices would copy every block). When the
     blocks cannot tile the vocabulary, the last one starts early and masks the rows the one before it had."""
     name, weight_dims = head_layout(cfg)
     weight, axis = head[name], weight_dims.index("v")
     vocab = weight.shape[axis]
     count, block = vocabulary_blocks(vocab, vocab_block)
-    row_in_block = jax.lax.broadcasted_iota(jnp.int32, (block, 1), 0)
+    vocab_axis = 1 if token_major else 0      # of each block's logits
+    row_in_block = jnp.expand_dims(jnp.arange(block), 1 - vocab_axis)
 
     def step(carry, first_row):
         running_max, running_sum, target_logit = carry
         start = jnp.minimum(first_row, vocab - block)
         rows = jax.lax.dynamic_slice_in_dim(weight, start, block, axis)
-        logits = lm_head_logits(cfg, {name: rows}, hidden, vocab_major=True).astype(jnp.float32)
+        logits = lm_head_logits(cfg, {name: rows}, hidden, vocab_major=not token_major).astype(jnp.float32)
         if count * block > vocab:
             logits = jnp.where(start + row_in_block >= first_row, logits, -jnp.inf)
-        new_max = jnp.maximum(running_max, logits.max(axis=0))
-        running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.exp(logits - new_max).sum(axis=0)
+        new_max = jnp.maximum(running_max, logits.max(axis=vocab_axis))
+        spread = jnp.exp(logits - jnp.expand_dims(new_max, vocab_axis)).sum(axis=vocab_axis)
+        running_sum = running_sum * jnp.exp(running_max - new_max) + spread
         local = targets - start
-        picked = jnp.take_along_axis(logits, jnp.clip(local, 0, block - 1)[None], axis=0)[0]
+        index = jnp.expand_dims(jnp.clip(local, 0, block - 1), vocab_axis)
+        picked = jnp.take_along_axis(logits, index, axis=vocab_axis).squeeze(vocab_axis)
         in_block = (targets >= first_row) & (local < block)
         return (new_max, running_sum, jnp.where(in_block, picked, target_logit)), None
 
-    first = (jnp.full(targets.shape, -jnp.inf), jnp.zeros(targets.shape), jnp.zeros(targets.shape))
-    (running_max, running_sum, target_logit), _ = jax.lax.scan(step, first, jnp.arange(count) * block)
+    carry = (jnp.full(targets.shape, -jnp.inf), jnp.zeros(targets.shape), jnp.zeros(targets.shape))
+    if token_major:
+        for first_row in range(0, count * block, block):
+            carry, _ = step(carry, first_row)
+    else:
+        carry, _ = jax.lax.scan(step, carry, jnp.arange(count) * block)
+    running_max, running_sum, target_logit = carry
     return target_logit - (running_max + jnp.log(running_sum))
 
 

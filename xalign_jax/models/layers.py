@@ -51,23 +51,54 @@ def dense(x: jax.Array, weight: jax.Array, in_dims: int = 1) -> jax.Array:
     size = math.prod(inner)
     rows, matrix = x.reshape(-1, size), weight.reshape(size, -1)
     if _cpu_runs_bf16_as_fp32(rows.dtype):
-        out = (rows.astype(jnp.float32) @ matrix.astype(jnp.float32)).astype(rows.dtype)
+        out = _bf16_product_fp32_out(rows, matrix).astype(rows.dtype)
     else:
         out = rows @ matrix
     return out.reshape(x.shape[:x.ndim - in_dims] + weight.shape[in_dims:])
 
 
-def _cpu_runs_bf16_as_fp32(dtype: jnp.dtype) -> bool:
-    """Whether ``dense`` writes out the fp32 product XLA:CPU runs for bf16 operands anyway.
+@jax.custom_vjp
+def _bf16_product_fp32_out(rows: jax.Array, matrix: jax.Array) -> jax.Array:
+    """bf16 ``rows @ matrix`` accumulated in and returned as fp32; its backward is the autodiff of the fp32
+    product of the upcast operands, ``_upcast_product``.
 
-    Under the options the CPU programs compile with (``xla_options.CPU_MATMULS_BY_XLA``, matmuls by XLA's own
+    Why the forward is not that fp32 product too: under XLA's defaults (the scorer's forward programs) YNNPACK
+    multiplies a bf16 product with fp32 output at 1.7-2.2x XLA:CPU's fp32 rate (on a 2-core AMD EPYC with
+    ``avx512_bf16``: [4096, 640] x [640, 2048] at 280-289 GFLOP/s against 129-165), but runs one that is written
+    as an upcast fp32 product in fp32, and one with a bf16 output at 135. The backward keeps the upcast products:
+    there the weight gradient contracts the tokens, an orientation YNNPACK runs at 145 in bf16, and the train step's
+    options (matmuls by XLA's own library) turn every bf16 dot into the fp32 one anyway (BENCHMARKS.md)."""
+    return jnp.matmul(rows, matrix, preferred_element_type=jnp.float32)
+
+
+def _upcast_product(rows: jax.Array, matrix: jax.Array) -> jax.Array:
+    return rows.astype(jnp.float32) @ matrix.astype(jnp.float32)
+
+
+def _bf16_product_fwd(rows: jax.Array, matrix: jax.Array):
+    return _bf16_product_fp32_out(rows, matrix), (rows, matrix)
+
+
+def _bf16_product_bwd(residuals: tuple[jax.Array, jax.Array], cotangent: jax.Array):
+    return jax.vjp(_upcast_product, *residuals)[1](cotangent)
+
+
+_bf16_product_fp32_out.defvjp(_bf16_product_fwd, _bf16_product_bwd)
+
+
+def _cpu_runs_bf16_as_fp32(dtype: jnp.dtype) -> bool:
+    """Whether ``dense`` takes bf16 operands on CPU through ``_bf16_product_fp32_out``: a bf16 product with fp32
+    results, whose backward is written out as the fp32 products XLA:CPU runs for bf16 operands anyway.
+
+    Under the options the train step compiles with (``xla_options.CPU_MATMULS_BY_XLA``, matmuls by XLA's own
     library), XLA:CPU rewrites every bf16 dot into an fp32 dot of upcast operands, rounded to bf16 (the optimised
     HLO shows it; YNNPACK, under XLA's defaults, multiplies bf16 fast in one operand layout only, and a bf16 step
-    given its dots gained a few percent at most: BENCHMARKS.md). Written out in the program, the product and its
-    autodiff give the same numbers (bf16 operands, fp32 accumulation, bf16 results; the bench's losses were
+    given its dots gained a few percent at most: BENCHMARKS.md). Written out in the program, the backward's
+    products give the same numbers (bf16 operands, fp32 accumulation, bf16 results; the bench's losses were
     bit-identical), but the weight gradients then come out of the matmul in the weight's own [in, out] layout, where
     XLA's rewrite produced [out, in], transposed again on its way into the layer scan's stacked gradient.
-    gemma3-270m bench step in bf16: 5.18-5.28 s -> 4.98-5.03 s (three back-to-back pairs, BENCHMARKS.md).
+    gemma3-270m bench step in bf16: 5.18-5.28 s -> 4.98-5.03 s (three back-to-back pairs, BENCHMARKS.md). The
+    forward's product stays a bf16 one, which the scorer's programs (XLA's defaults) give to YNNPACK.
     Accelerators keep their native bf16 matmuls."""
     return dtype == jnp.bfloat16 and jax.default_backend() == "cpu"
 
