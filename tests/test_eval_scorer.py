@@ -163,13 +163,14 @@ def test_a_bf16_model_scores_as_its_own_plain_forward_pass(tiny, shared_data):
     token-major under XLA's defaults. Its scores are the log-softmax of the same bf16 model's whole-row logits,
     summed on the host: the trees, the cached demonstrations and the blocks change no rounding a score sees beyond
     the fp32 sums' order. And they stay near the fp32 model's: the difference is bf16 rounding."""
+    from benchmarks.eval_speed import item_groups
     _, fp32_model, tok, path = tiny
     model = models.from_pretrained(path, dtype="bfloat16", param_dtype="bfloat16")
     per_item = _task_prompts("pawsx", 1, tok, shared_data)
     rows = scorer.encode_prompts(tok, [p for prompts in per_item for p in prompts])
     ours = scorer.Scorer(model, batch_rows=4, buckets=(64, 128, 256))
     assert ours._token_major and ours._vocabulary_call is scorer._vocabulary_call(())   # XLA's defaults
-    got = ours.score(rows, groups=np.repeat(np.arange(len(per_item)), [len(p) for p in per_item]))
+    got = ours.score(rows, groups=item_groups(per_item))
     plain = []
     for row in rows:
         logits = np.asarray(model(np.array([row.ids])).logits[0, :-1], np.float64)
