@@ -1,7 +1,10 @@
 """``layers.einsum_fp32_out``: plain autodiff in fp32; in bf16 the backward matmuls stay in bf16 (the fp32
 cotangent of an fp32-output product would otherwise turn them into fp32 matmuls). ``layers.dense``: the einsum
-over the trailing dimensions, as one flattened product."""
+over the trailing dimensions, as one flattened product. ``layers.product_fp32_out``: on CPU every product of its
+forward and backward reaches XLA's compiled program as a bf16 one."""
 from __future__ import annotations
+
+import re
 
 import jax
 import jax.extend
@@ -78,8 +81,9 @@ def test_dense_is_the_einsum_over_the_trailing_dimensions_with_its_gradients():
 
 
 def test_dense_in_bf16_gives_the_rounded_exact_product_and_gradients():
-    """On CPU ``dense`` writes bf16 products out as fp32 products of the operands; that must stay a layout choice:
-    the results and gradients are those of bf16 operands with exact accumulation, rounded once to bf16. Checked
+    """On CPU ``dense`` takes bf16 operands through ``product_fp32_out``, whose backward multiplies copies of the
+    transposed operands; that must stay a layout choice: the results and gradients are those of bf16 operands with
+    exact accumulation, rounded once to bf16. Checked
     against float64, not against ``jnp.matmul``: with jax 0.12 on CPU, jnp.matmul's bf16 weight gradient over
     [batch, time] tokens was off by up to 0.89 here, where one bf16 rounding is at most 0.16 (``dense``: 0.12)."""
     kx, kw, kc = jax.random.split(jax.random.PRNGKey(2), 3)
@@ -93,3 +97,40 @@ def test_dense_in_bf16_gives_the_rounded_exact_product_and_gradients():
     for ours, reference in zip((got, *pullback(cotangent)), exact):
         assert ours.dtype == jnp.bfloat16
         np.testing.assert_allclose(np.asarray(ours, np.float64), reference, rtol=2 ** -8, atol=1e-5)
+
+
+def _dot_operand_types(program: str) -> list[tuple[str, str]]:
+    """(lhs, rhs) element types of every dot in a compiled program's HLO text (XLA names values module-wide)."""
+    types = dict(re.findall(r"%([\w.-]+) = (\w+)\[", program))
+    return [(types[lhs], types[rhs]) for lhs, rhs in re.findall(r" dot\(%([\w.-]+), %([\w.-]+)\)", program)]
+
+
+def test_bf16_products_and_their_backward_reach_xla_as_bf16_products():
+    """Compiled under XLA's defaults (the bf16 train step's options), the forward product and both backward
+    products of ``product_fp32_out`` stay bf16 x bf16 dots. The weight gradient written by autodiff, which
+    contracts the tokens of a transposed operand, is the case ``row_major`` exists for: XLA:CPU rewrote it as an
+    fp32 product of upcast operands, half the speed (BENCHMARKS.md)."""
+    kx, kw, kc = jax.random.split(jax.random.PRNGKey(3), 3)
+    rows = jax.random.normal(kx, (512, 128)).astype(jnp.bfloat16)
+    matrix = jax.random.normal(kw, (128, 256)).astype(jnp.bfloat16)
+    cotangent = jax.random.normal(kc, (512, 256), jnp.float32)
+
+    def forward_and_backward(a, b, g):
+        out, pullback = jax.vjp(layers.product_fp32_out, a, b)
+        return (out, *pullback(g))
+
+    program = jax.jit(forward_and_backward).lower(rows, matrix, cotangent).compile().as_text()
+    dots = _dot_operand_types(program)
+    assert len(dots) == 3 and set(dots) == {("bf16", "bf16")}, dots
+    out, rows_grad, matrix_grad = jax.jit(forward_and_backward)(rows, matrix, cotangent)
+    a, b = (np.asarray(x, np.float64) for x in (rows, matrix))
+    g = np.asarray(cotangent.astype(jnp.bfloat16), np.float64)   # the cotangent is rounded to bf16 first
+    assert out.dtype == jnp.float32 and rows_grad.dtype == matrix_grad.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float64), a @ b, rtol=1e-5, atol=1e-4)
+    for ours, exact in ((rows_grad, g @ b.T), (matrix_grad, a.T @ g)):
+        np.testing.assert_allclose(np.asarray(ours, np.float64), exact, rtol=2 ** -8, atol=1e-3)
+
+
+def test_row_major_is_the_identity():
+    x = jnp.arange(12.0).reshape(3, 4)
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda a: layers.row_major(a.T))(x)), np.asarray(x).T)

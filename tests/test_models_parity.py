@@ -168,19 +168,30 @@ def test_bf16_logits_round_the_head_output_and_keep_the_loss(logits_grad):
 @pytest.mark.parametrize("name, overrides", [("llama", {}), ("llama3", {}),
                                              ("gemma3", {"final_logit_softcapping": 3.0})])
 @pytest.mark.parametrize("logits_dtype", ["float32", "bfloat16"])
-def test_vocab_major_logits_are_the_transposed_logits(name, overrides, logits_dtype):
-    """``vocab_major=True`` (the CPU step's CE layout) gives [V, N], the transpose of the usual logits: an untied
-    head, a tied one, and a soft-capped one, in both logits dtypes."""
-    cfg = models.ModelConfig.from_hf(dict(TINY_HF_CONFIGS[name], **overrides), logits_dtype=logits_dtype)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_vocab_major_logits_are_the_transposed_logits(name, overrides, logits_dtype, dtype):
+    """``vocab_major=True`` (the CPU step's CE layout) gives [V, N], the transpose of the usual logits, and the
+    transposed gradients: an untied head, a tied one, and a soft-capped one, in both logits dtypes and both compute
+    dtypes (bf16 compute with fp32 logits takes ``layers.product_fp32_out`` on CPU)."""
+    cfg = models.ModelConfig.from_hf(dict(TINY_HF_CONFIGS[name], **overrides), logits_dtype=logits_dtype,
+                                     dtype=dtype)
     assert cfg.tie_word_embeddings == (name != "llama") and bool(cfg.final_logit_softcap) == bool(overrides)
     head = models.init_model(cfg, seed=0, std=0.5).head()
-    hidden = jnp.asarray(np.random.default_rng(0).normal(size=(7, cfg.hidden_size)), jnp.float32)
-    want = lm_head_logits(cfg, head, hidden)
-    got = lm_head_logits(cfg, head, hidden, vocab_major=True)
+    rng = np.random.default_rng(0)
+    hidden = jnp.asarray(rng.normal(size=(7, cfg.hidden_size)), jnp.float32)
+    cotangent = jnp.asarray(rng.normal(size=(7, cfg.vocab_size)), jnp.float32)
+    want, want_pullback = jax.vjp(functools.partial(lm_head_logits, cfg), head, hidden)
+    got, got_pullback = jax.vjp(functools.partial(lm_head_logits, cfg, vocab_major=True), head, hidden)
     assert got.shape == (cfg.vocab_size, 7) and got.dtype == want.dtype == jnp.dtype(logits_dtype)
     tolerance = 1e-5 if logits_dtype == "float32" else 1e-2
     np.testing.assert_allclose(np.asarray(got.T, np.float32), np.asarray(want, np.float32), rtol=tolerance,
                                atol=tolerance)
+    gradients = zip(jax.tree.leaves(got_pullback(cotangent.T.astype(got.dtype))),
+                    jax.tree.leaves(want_pullback(cotangent.astype(want.dtype))), strict=True)
+    for ours, reference in gradients:
+        ours, reference = np.asarray(ours, np.float32), np.asarray(reference, np.float32)
+        error = np.linalg.norm(ours - reference) / np.linalg.norm(reference)
+        assert error < (1e-6 if logits_dtype == "float32" else 1e-2), error
 
 
 @pytest.mark.parametrize("name, overrides", [("llama", {}), ("llama3", {}),

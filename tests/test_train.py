@@ -327,3 +327,14 @@ def test_rejected_compiler_options_fall_back_to_the_defaults_with_a_warning(capl
 def test_compiler_options_apply_on_cpu_only():
     assert xla_options.usable(dict(xla_options.CPU_MATMULS_BY_XLA), "gpu") is None
     assert xla_options.usable({}, "cpu") is None
+
+
+def test_bf16_programs_compile_under_xlas_defaults_and_fp32_ones_with_the_options():
+    """``for_compute_dtype``: a bf16 program gets XLA's defaults (YNNPACK takes its bf16 products), an fp32 one the
+    configured options (plus oneDNN's matmuls where they take dots, if asked); off the CPU, the defaults."""
+    base = config_defaults.train_config().cpu_compiler_options.to_dict()
+    assert xla_options.for_compute_dtype(base, "cpu", "bfloat16", onednn_matmuls=True) is None
+    assert xla_options.for_compute_dtype(base, "cpu", "float32") == base
+    assert (xla_options.for_compute_dtype(base, "cpu", "float32", onednn_matmuls=True)
+            == xla_options.with_onednn_matmuls(base, "cpu"))
+    assert xla_options.for_compute_dtype(base, "gpu", "float32", onednn_matmuls=True) is None

@@ -188,3 +188,30 @@ def test_the_step_masks_pairs_of_one_group_unless_told_not_to():
     apart = cl_loss([0, 1, 2, 3], True)
     assert cl_loss([0, 1, 0, 3], True) < apart
     assert cl_loss([0, 1, 0, 3], False) == apart
+
+
+def test_the_bf16_step_on_cpu_follows_the_fp32_gradient():
+    """bf16 compute on CPU (every product through ``layers.product_fp32_out``, whose backward multiplies copies of
+    the transposed operands; the step compiled under XLA's defaults as the trainer compiles it) gives the fp32
+    model's loss and gradient to bf16 rounding, leaf by leaf, with fp32 master weights."""
+    fp32 = models.ModelConfig.from_hf(TINY_HF_CONFIGS["llama3"], dropout=0.0, dtype="float32")
+    graphdef, params = nnx.split(models.init_model(fp32, seed=0, std=0.2), nnx.Param)
+    bf16_graphdef, _ = nnx.split(models.init_model(fp32.replace(dtype="bfloat16"), seed=0, std=0.2), nnx.Param)
+    batch = step_batch(reference_batch(fp32.vocab_size))
+    ocfg = config_defaults.objective_config()
+    ocfg.update(clm_chunk_size=5)
+
+    def loss_and_grads(graph):
+        def loss(p):
+            cl, clm_sum, _ = train_step.afp_losses(nnx.merge(graph, p), batch, jax.random.PRNGKey(0), ocfg)
+            return cl + ocfg.clm_weight * clm_sum / batch["clm_weights"].sum()
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    (want, want_grads), (got, got_grads) = loss_and_grads(graphdef), loss_and_grads(bf16_graphdef)
+    assert float(got) == pytest.approx(float(want), rel=1e-2) and float(got) != float(want)
+    for (path, ours), reference in zip(jax.tree_util.tree_leaves_with_path(got_grads),
+                                       jax.tree.leaves(want_grads), strict=True):
+        assert ours.dtype == jnp.float32
+        ours, reference = np.asarray(ours), np.asarray(reference)
+        error = np.linalg.norm(ours - reference) / max(np.linalg.norm(reference), 1e-12)
+        assert error < 5e-2, (jax.tree_util.keystr(path), error)

@@ -192,9 +192,8 @@ class Trainer:
                                              config.train.micro_batches, config.data.supervised_group_rows,
                                              batch_shards)
         platform = self.mesh.devices.flat[0].platform
-        options = xla_options.usable(config.train.cpu_compiler_options.to_dict(), platform)
-        if config.train.cpu_onednn_matmuls:
-            options = xla_options.with_onednn_matmuls(options, platform)
+        options = xla_options.for_compute_dtype(config.train.cpu_compiler_options.to_dict(), platform,
+                                                config.model.dtype, config.train.cpu_onednn_matmuls)
         self.step_fn = CompiledSteps(step_fn, self.state_shardings, self.batch_sharding, options)
         self.flops = metrics_lib.ModelFlops.from_config(self.model.config)
         self.peak_flops = metrics_lib.peak_flops_per_device(config.train.peak_tflops) * jax.local_device_count()

@@ -37,6 +37,18 @@ def usable(options: Mapping[str, object] | None, platform: str) -> dict[str, obj
     return dict(options)
 
 
+def for_compute_dtype(options: Mapping[str, object] | None, platform: str, dtype: str | jnp.dtype,
+                      onednn_matmuls: bool = False) -> dict[str, object] | None:
+    """The options a program computing in ``dtype`` compiles with on ``platform``: in fp32 ``usable(options)``,
+    plus oneDNN's matmuls where they take dots if ``onednn_matmuls`` (``with_onednn_matmuls``); in bf16 XLA's
+    defaults (None), under which YNNPACK multiplies bf16 operands into fp32 results at about twice XLA:CPU's fp32
+    rate (``layers.product_fp32_out``), where ``CPU_MATMULS_BY_XLA`` would rewrite every bf16 product in fp32."""
+    if jnp.dtype(dtype) == jnp.bfloat16:
+        return None
+    options = usable(options, platform)
+    return with_onednn_matmuls(options, platform) if onednn_matmuls else options
+
+
 @functools.lru_cache(maxsize=None)
 def _accepted(options: tuple[tuple[str, object], ...]) -> bool:
     """Whether this XLA accepts ``options``. That does not depend on the program, so a one-op program tells, once

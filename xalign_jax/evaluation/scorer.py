@@ -327,7 +327,7 @@ class Scorer:
         platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
         self._vocab_block = cpu_vocab_block if platform == "cpu" else None
         self._token_major = platform == "cpu" and jnp.dtype(model.config.dtype) == jnp.bfloat16
-        options = {} if self._token_major else xla_options.usable(cpu_compiler_options, platform) or {}
+        options = xla_options.for_compute_dtype(cpu_compiler_options, platform, model.config.dtype) or {}
         self._vocabulary_call = _vocabulary_call(tuple(sorted(options.items())))
         self._batch_devices = 1
         if mesh is not None:

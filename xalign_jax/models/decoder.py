@@ -232,21 +232,29 @@ def lm_head_logits(cfg: ModelConfig, head: Mapping[str, jax.Array], hidden: jax.
     logits that the CE's softmax passes read and write (the CE upcasts to fp32 inside those passes)."""
     dtype = jnp.dtype(cfg.dtype)
     name, weight_dims = head_layout(cfg)
-    weight = head[name]
-    if vocab_major:
-        spec, operands = f"{weight_dims},nd->vn", (weight, hidden)
-    else:
-        spec, operands = f"...d,{weight_dims}->...v", (hidden, weight)
-    operands = tuple(x.astype(dtype) for x in operands)
-    if cfg.logits_dtype == "float32":
-        out = layers.einsum_fp32_out(spec, *operands)
-    elif cfg.logits_dtype == "bfloat16":
-        out = jnp.einsum(spec, *operands, preferred_element_type=jnp.bfloat16)
-    else:
+    weight, hidden = head[name].astype(dtype), hidden.astype(dtype)
+    if cfg.logits_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"model.logits_dtype {cfg.logits_dtype!r}: choose float32 or bfloat16")
+    if vocab_major and cfg.logits_dtype == "float32" and layers.cpu_bf16_products(dtype):
+        out = _vocab_major_cpu_bf16_logits(weight, weight_dims, hidden)
+    else:
+        spec = f"{weight_dims},nd->vn" if vocab_major else f"...d,{weight_dims}->...v"
+        operands = (weight, hidden) if vocab_major else (hidden, weight)
+        if cfg.logits_dtype == "float32":
+            out = layers.einsum_fp32_out(spec, *operands)
+        else:
+            out = jnp.einsum(spec, *operands, preferred_element_type=jnp.bfloat16)
     if cfg.final_logit_softcap:
         out = jnp.tanh(out / cfg.final_logit_softcap) * cfg.final_logit_softcap
     return out
+
+
+def _vocab_major_cpu_bf16_logits(weight: jax.Array, weight_dims: str, hidden: jax.Array) -> jax.Array:
+    """fp32 [V, N] logits of bf16 operands as ``layers.product_fp32_out`` of row-major [V, D] and [D, N] operands:
+    the orientation in which YNNPACK runs the product and both of its backward products in bf16 at up to twice
+    XLA:CPU's fp32 rate (the CE head of the bloom bench step: 1.30 -> 1.01 s, BENCHMARKS.md)."""
+    rows = weight if weight_dims == "vd" else layers.row_major(weight.T)
+    return layers.product_fp32_out(rows, layers.row_major(hidden.T))
 
 
 def blocked_target_logprobs(cfg: ModelConfig, head: Mapping[str, jax.Array], hidden: jax.Array,

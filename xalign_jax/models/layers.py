@@ -50,57 +50,57 @@ def dense(x: jax.Array, weight: jax.Array, in_dims: int = 1) -> jax.Array:
     assert weight.shape[:in_dims] == inner, (weight.shape, x.shape)
     size = math.prod(inner)
     rows, matrix = x.reshape(-1, size), weight.reshape(size, -1)
-    if _cpu_runs_bf16_as_fp32(rows.dtype):
-        out = _bf16_product_fp32_out(rows, matrix).astype(rows.dtype)
+    if cpu_bf16_products(rows.dtype):
+        out = product_fp32_out(rows, matrix).astype(rows.dtype)
     else:
         out = rows @ matrix
     return out.reshape(x.shape[:x.ndim - in_dims] + weight.shape[in_dims:])
 
 
-@jax.custom_vjp
-def _bf16_product_fp32_out(rows: jax.Array, matrix: jax.Array) -> jax.Array:
-    """bf16 ``rows @ matrix`` accumulated in and returned as fp32; its backward is the autodiff of the fp32
-    product of the upcast operands, ``_upcast_product``.
-
-    Why the forward is not that fp32 product too: under XLA's defaults (the scorer's forward programs) YNNPACK
-    multiplies a bf16 product with fp32 output at 1.7-2.2x XLA:CPU's fp32 rate (on a 2-core AMD EPYC with
-    ``avx512_bf16``: [4096, 640] x [640, 2048] at 280-289 GFLOP/s against 129-165), but runs one that is written
-    as an upcast fp32 product in fp32, and one with a bf16 output at 135. The backward keeps the upcast products:
-    there the weight gradient contracts the tokens, an orientation YNNPACK runs at 145 in bf16, and the train step's
-    options (matmuls by XLA's own library) turn every bf16 dot into the fp32 one anyway (BENCHMARKS.md)."""
-    return jnp.matmul(rows, matrix, preferred_element_type=jnp.float32)
-
-
-def _upcast_product(rows: jax.Array, matrix: jax.Array) -> jax.Array:
-    return rows.astype(jnp.float32) @ matrix.astype(jnp.float32)
-
-
-def _bf16_product_fwd(rows: jax.Array, matrix: jax.Array):
-    return _bf16_product_fp32_out(rows, matrix), (rows, matrix)
-
-
-def _bf16_product_bwd(residuals: tuple[jax.Array, jax.Array], cotangent: jax.Array):
-    return jax.vjp(_upcast_product, *residuals)[1](cotangent)
-
-
-_bf16_product_fp32_out.defvjp(_bf16_product_fwd, _bf16_product_bwd)
-
-
-def _cpu_runs_bf16_as_fp32(dtype: jnp.dtype) -> bool:
-    """Whether ``dense`` takes bf16 operands on CPU through ``_bf16_product_fp32_out``: a bf16 product with fp32
-    results, whose backward is written out as the fp32 products XLA:CPU runs for bf16 operands anyway.
-
-    Under the options the train step compiles with (``xla_options.CPU_MATMULS_BY_XLA``, matmuls by XLA's own
-    library), XLA:CPU rewrites every bf16 dot into an fp32 dot of upcast operands, rounded to bf16 (the optimised
-    HLO shows it; YNNPACK, under XLA's defaults, multiplies bf16 fast in one operand layout only, and a bf16 step
-    given its dots gained a few percent at most: BENCHMARKS.md). Written out in the program, the backward's
-    products give the same numbers (bf16 operands, fp32 accumulation, bf16 results; the bench's losses were
-    bit-identical), but the weight gradients then come out of the matmul in the weight's own [in, out] layout, where
-    XLA's rewrite produced [out, in], transposed again on its way into the layer scan's stacked gradient.
-    gemma3-270m bench step in bf16: 5.18-5.28 s -> 4.98-5.03 s (three back-to-back pairs, BENCHMARKS.md). The
-    forward's product stays a bf16 one, which the scorer's programs (XLA's defaults) give to YNNPACK.
-    Accelerators keep their native bf16 matmuls."""
+def cpu_bf16_products(dtype: jnp.dtype) -> bool:
+    """Whether products of ``dtype`` operands go through ``product_fp32_out``: bf16 on a CPU, where the programs
+    that compute in bf16 compile under XLA's defaults (``xla_options.for_compute_dtype``). Accelerators keep their
+    native bf16 matmuls."""
     return dtype == jnp.bfloat16 and jax.default_backend() == "cpu"
+
+
+def row_major(x: jax.Array) -> jax.Array:
+    """``x`` as an array of its own, in row-major layout: a transpose (``row_major(a.T)``) is then copied once
+    rather than folded into the next product's dimension numbers, which would hand that product to YNNPACK in an
+    orientation it runs bf16 in slowly or not at all (XLA then rewrites it as an fp32 product of upcast operands).
+    The barrier keeps layout assignment from making the transpose a column-major view; the unit axis keeps it from
+    carrying that layout through the barrier (a plain ``optimization_barrier(a.T)`` still reached the product as
+    the fp32 rewrite, BENCHMARKS.md)."""
+    return jax.lax.optimization_barrier(x[None])[0]
+
+
+@jax.custom_vjp
+def product_fp32_out(a: jax.Array, b: jax.Array) -> jax.Array:
+    """bf16 ``a [M, K] @ b [K, N]`` accumulated in and returned as fp32, with a backward of the same kind.
+
+    On a CPU, under XLA's defaults, YNNPACK multiplies bf16 operands into fp32 results at about twice XLA:CPU's fp32
+    rate when both operands are row-major and the left one contracts its last axis: on a 2-core AMD EPYC with
+    ``avx512_bf16``, [4096, 640] x [640, 2048] at 240-289 GFLOP/s against 129-172 in fp32. It runs a product with a
+    bf16 result at 135, and one that contracts the tokens of a transposed operand (the weight gradient as autodiff
+    writes it) as the fp32 rewrite. So the backward's two products take copies of the transposed operands
+    (``row_major``), and round the incoming cotangent to bf16 first (the usual mixed-precision contract, as
+    ``einsum_fp32_out``); each gradient comes out rounded to its operand's dtype (BENCHMARKS.md)."""
+    return jnp.matmul(a, b, preferred_element_type=jnp.float32)
+
+
+def _product_fp32_out_fwd(a: jax.Array, b: jax.Array):
+    return product_fp32_out(a, b), (a, b)
+
+
+def _product_fp32_out_bwd(residuals: tuple[jax.Array, jax.Array], cotangent: jax.Array):
+    a, b = residuals
+    cotangent = cotangent.astype(a.dtype)
+    a_grad = jnp.matmul(cotangent, row_major(b.T), preferred_element_type=jnp.float32)
+    b_grad = jnp.matmul(row_major(a.T), cotangent, preferred_element_type=jnp.float32)
+    return a_grad.astype(a.dtype), b_grad.astype(b.dtype)
+
+
+product_fp32_out.defvjp(_product_fp32_out_fwd, _product_fp32_out_bwd)
 
 
 def normalize(x: jax.Array, scale: jax.Array, bias: jax.Array | None, kind: str, eps: float) -> jax.Array:
