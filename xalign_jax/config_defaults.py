@@ -100,12 +100,13 @@ def train_config() -> ml_collections.ConfigDict:
         "keep_best_checkpoints": 1,
         "eval_every": 0,           # dev-split evaluation cadence for best-checkpoint selection (0 = off)
         "peak_tflops": 0.0,        # per-device peak for MFU; 0 = from the device table
-        # XLA options for the train step's compile on CPU only ({} = XLA's defaults): YNNPACK for reductions only,
-        # matmuls by XLA's own library, which runs the vocabulary-major CE head's products (objectives.py) 1.3x
-        # faster (BENCHMARKS.md). An XLA that does not know an option compiles without them, with a warning.
+        # XLA options for an fp32 train step's compile on CPU only ({} = XLA's defaults): YNNPACK for reductions
+        # only, matmuls by XLA's own library, which runs the vocabulary-major CE head's products (objectives.py)
+        # 1.3x faster (BENCHMARKS.md). An XLA that does not know an option compiles without them, with a warning.
+        # A bf16 step compiles under XLA's defaults, where YNNPACK takes its bf16 products (layers.product_fp32_out).
         "cpu_compiler_options": dict(xla_options.CPU_MATMULS_BY_XLA),
         "cpu_onednn_matmuls": True,   # + oneDNN's matmul custom call where this XLA's rewriter takes dots (jax 0.12:
-                                      # 3-6% faster steps; xla_options.CPU_ONEDNN_MATMULS)
+                                      # 3-6% faster fp32 steps; xla_options.CPU_ONEDNN_MATMULS)
     })
 
 

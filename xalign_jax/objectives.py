@@ -165,7 +165,8 @@ def _chunk_grads_vocab_major(logits_fn: LogitsFn, head: Any, hidden: jax.Array, 
     With the train step's CPU compiler options (``train.cpu_compiler_options``: matmuls by XLA's own library, not
     YNNPACK, which ran two of these [250880 x 384 x 320] products 1.6-1.7x slower) the three head products run at
     185-210 GFLOP/s on the 2-core CPU: the head alone went from 1.25 to 0.95 s and the bloom bench step from 1.74 to
-    1.47 s against the token-major autodiff CE under XLA's defaults (BENCHMARKS.md)."""
+    1.47 s against the token-major autodiff CE under XLA's defaults (BENCHMARKS.md). A bf16 step on CPU compiles
+    under XLA's defaults, and its three head products run as bf16 ones in YNNPACK (``decoder.lm_head_logits``)."""
     grads_of_flat = functools.partial(_grads_through_logits, functools.partial(logits_fn, vocab_major=True),
                                       axis=0)
     loss, head_grad, hidden_grad = grads_of_flat(head, hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1),
