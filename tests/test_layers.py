@@ -83,9 +83,9 @@ def test_dense_is_the_einsum_over_the_trailing_dimensions_with_its_gradients():
 def test_dense_in_bf16_gives_the_rounded_exact_product_and_gradients():
     """On CPU ``dense`` takes bf16 operands through ``product_fp32_out``, whose backward multiplies copies of the
     transposed operands; that must stay a layout choice: the results and gradients are those of bf16 operands with
-    exact accumulation, rounded once to bf16. Checked
-    against float64, not against ``jnp.matmul``: with jax 0.12 on CPU, jnp.matmul's bf16 weight gradient over
-    [batch, time] tokens was off by up to 0.89 here, where one bf16 rounding is at most 0.16 (``dense``: 0.12)."""
+    exact accumulation, rounded once to bf16. Checked against float64, not against ``jnp.matmul``: with jax 0.12
+    on CPU, jnp.matmul's bf16 weight gradient over [batch, time] tokens was off by up to 0.89 here, where one bf16
+    rounding is at most 0.16 (``dense``: 0.12)."""
     kx, kw, kc = jax.random.split(jax.random.PRNGKey(2), 3)
     x = jax.random.normal(kx, (4, 24, 96)).astype(jnp.bfloat16)
     weight = jax.random.normal(kw, (96, 160)).astype(jnp.bfloat16)
@@ -109,7 +109,7 @@ def test_bf16_products_and_their_backward_reach_xla_as_bf16_products():
     """Compiled under XLA's defaults (the bf16 train step's options), the forward product and both backward
     products of ``product_fp32_out`` stay bf16 x bf16 dots. The weight gradient written by autodiff, which
     contracts the tokens of a transposed operand, is the case ``row_major`` exists for: XLA:CPU rewrote it as an
-    fp32 product of upcast operands, half the speed (BENCHMARKS.md)."""
+    fp32 product of upcast operands, at about half the speed (BENCHMARKS.md)."""
     kx, kw, kc = jax.random.split(jax.random.PRNGKey(3), 3)
     rows = jax.random.normal(kx, (512, 128)).astype(jnp.bfloat16)
     matrix = jax.random.normal(kw, (128, 256)).astype(jnp.bfloat16)

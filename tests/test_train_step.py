@@ -190,10 +190,10 @@ def test_the_step_masks_pairs_of_one_group_unless_told_not_to():
     assert cl_loss([0, 1, 0, 3], False) == apart
 
 
-def test_the_bf16_step_on_cpu_follows_the_fp32_gradient():
+def test_a_bf16_models_loss_gradient_on_cpu_is_the_fp32_ones_to_rounding():
     """bf16 compute on CPU (every product through ``layers.product_fp32_out``, whose backward multiplies copies of
-    the transposed operands; the step compiled under XLA's defaults as the trainer compiles it) gives the fp32
-    model's loss and gradient to bf16 rounding, leaf by leaf, with fp32 master weights."""
+    the transposed operands; compiled under XLA's defaults, as the trainer compiles a bf16 step) gives the fp32
+    model's AFP loss and its gradient for the fp32 master weights to bf16 rounding, leaf by leaf."""
     fp32 = models.ModelConfig.from_hf(TINY_HF_CONFIGS["llama3"], dropout=0.0, dtype="float32")
     graphdef, params = nnx.split(models.init_model(fp32, seed=0, std=0.2), nnx.Param)
     bf16_graphdef, _ = nnx.split(models.init_model(fp32.replace(dtype="bfloat16"), seed=0, std=0.2), nnx.Param)

@@ -252,7 +252,7 @@ def lm_head_logits(cfg: ModelConfig, head: Mapping[str, jax.Array], hidden: jax.
 def _vocab_major_cpu_bf16_logits(weight: jax.Array, weight_dims: str, hidden: jax.Array) -> jax.Array:
     """fp32 [V, N] logits of bf16 operands as ``layers.product_fp32_out`` of row-major [V, D] and [D, N] operands:
     the orientation in which YNNPACK runs the product and both of its backward products in bf16 at up to twice
-    XLA:CPU's fp32 rate (the CE head of the bloom bench step: 1.30 -> 1.01 s, BENCHMARKS.md)."""
+    XLA:CPU's fp32 rate (the bloom bench step's CE head, forward and backward: 1.27 -> 1.02 s, BENCHMARKS.md)."""
     rows = weight if weight_dims == "vd" else layers.row_major(weight.T)
     return layers.product_fp32_out(rows, layers.row_major(hidden.T))
 

@@ -78,13 +78,14 @@ def row_major(x: jax.Array) -> jax.Array:
 def product_fp32_out(a: jax.Array, b: jax.Array) -> jax.Array:
     """bf16 ``a [M, K] @ b [K, N]`` accumulated in and returned as fp32, with a backward of the same kind.
 
-    On a CPU, under XLA's defaults, YNNPACK multiplies bf16 operands into fp32 results at about twice XLA:CPU's fp32
-    rate when both operands are row-major and the left one contracts its last axis: on a 2-core AMD EPYC with
-    ``avx512_bf16``, [4096, 640] x [640, 2048] at 240-289 GFLOP/s against 129-172 in fp32. It runs a product with a
-    bf16 result at 135, and one that contracts the tokens of a transposed operand (the weight gradient as autodiff
-    writes it) as the fp32 rewrite. So the backward's two products take copies of the transposed operands
-    (``row_major``), and round the incoming cotangent to bf16 first (the usual mixed-precision contract, as
-    ``einsum_fp32_out``); each gradient comes out rounded to its operand's dtype (BENCHMARKS.md)."""
+    On a CPU, under XLA's defaults, YNNPACK multiplies bf16 operands into fp32 results at up to twice XLA:CPU's fp32
+    rate when both operands are row-major and read as they lie: on a 2-core AMD EPYC with ``avx512_bf16``, the
+    [4096, 640] x [640, 2048] product and its two backward products at 224-289 GFLOP/s, against 129-195 in fp32.
+    It runs a product with a bf16 result at 135, and one whose operand is a transpose folded into the product (the
+    backward as autodiff writes it) at 95-150 or as an fp32 product of upcast operands. So the backward's two
+    products take copies of the transposed operands (``row_major``), and round the incoming cotangent to bf16 first
+    (the usual mixed-precision contract, as ``einsum_fp32_out``); each gradient comes out rounded to its operand's
+    dtype (BENCHMARKS.md)."""
     return jnp.matmul(a, b, preferred_element_type=jnp.float32)
 
 
