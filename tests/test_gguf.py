@@ -94,8 +94,16 @@ def assert_logits_match(ours: list[np.ndarray], reference: list[np.ndarray], tol
 
 # ---- real models ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module", params=MODELS)
-def real(request, tmp_path_factory) -> RealModel:
+def real(request, tmp_path_factory, gguf_parsed_once_per_file) -> RealModel:
     return RealModel(tmp_path_factory, request.param)
+
+
+def assert_bit_identical(ours: np.ndarray, reference: np.ndarray, name: str) -> None:
+    """Same dtype, shape and bytes (so -0.0 is not 0.0 and NaN payloads count); numpy's element report if not."""
+    assert (ours.dtype, ours.shape) == (reference.dtype, reference.shape), name
+    if not np.array_equal(np.ascontiguousarray(ours).view(np.uint8), np.ascontiguousarray(reference).view(np.uint8)):
+        np.testing.assert_array_equal(ours, reference, err_msg=name)
+        raise AssertionError(f"{name}: equal values, different bits (signed zeros or NaN payloads)")
 
 
 @pytest.mark.slow
@@ -106,7 +114,7 @@ def test_tensors_bit_identical_to_transformers_gguf_loading(real):
     assert set(real.source.names()) == set(state) - {"lm_head.weight"}
     for name in real.source.names():
         assert real.source.shape(name) == tuple(state[name].shape), name
-        np.testing.assert_array_equal(real.source.read(name), state[name].numpy(), err_msg=name)
+        assert_bit_identical(real.source.read(name), state[name].numpy(), name)
 
 
 @pytest.mark.slow

@@ -35,7 +35,7 @@ def jax_logits(path, ids: list[list[int]], pad_id: int, left: bool) -> list[np.n
 
 
 @pytest.fixture(scope="module", params=MODELS)
-def real(request, tmp_path_factory) -> RealModel:
+def real(request, tmp_path_factory, gguf_parsed_once_per_file) -> RealModel:
     return RealModel(tmp_path_factory, request.param)
 
 
