@@ -286,13 +286,23 @@ def _matmul_step(state, batch):
     return state + batch["x"] @ batch["y"], {"corner": state[0, 0]}
 
 
-def _compiled_matmul_step(options, size: int = 64):
+def _compiled_matmul_step(options, size: int = 64) -> jax.stages.Compiled:
     steps = train.CompiledSteps(_matmul_step, None, None, options)
     x, y = (jnp.asarray(np.random.default_rng(i).normal(size=(size, size)), jnp.float32) for i in (0, 1))
     state, _ = steps(jnp.ones((size, size)), {"x": x, "y": y})
     np.testing.assert_allclose(np.asarray(state), 1 + np.asarray(x) @ np.asarray(y), rtol=1e-5, atol=1e-5)
     assert steps.num_compiles == 1
-    return next(iter(steps._compiled.values())).as_text()
+    return next(iter(steps._compiled.values()))
+
+
+def _serializes(compiled: jax.stages.Compiled) -> bool:
+    """Whether the persistent compilation cache could write this executable (jax's serializer accepts it)."""
+    from jax.experimental import serialize_executable
+    try:
+        serialize_executable.serialize(compiled)
+    except Exception:
+        return False
+    return True
 
 
 def test_the_cpu_compiler_options_reach_xla_and_route_matmuls_off_ynnpack(caplog):
@@ -302,20 +312,46 @@ def test_the_cpu_compiler_options_reach_xla_and_route_matmuls_off_ynnpack(caplog
     with caplog.at_level(logging.WARNING, logger=xla_options.log.name):
         usable = xla_options.usable(defaults, "cpu")
     assert usable == defaults and not caplog.records
-    ours = _compiled_matmul_step(usable)
-    assert "__ynn_fusion" in _compiled_matmul_step(None)
+    ours = _compiled_matmul_step(usable).as_text()
+    assert "__ynn_fusion" in _compiled_matmul_step(None).as_text()
     assert "__ynn_fusion" not in ours and " dot(" in ours
 
 
-def test_onednn_matmuls_are_added_where_this_xla_makes_a_product_the_custom_call():
+def test_onednn_matmuls_are_added_where_this_xla_makes_a_product_the_custom_call_and_can_keep_it(monkeypatch):
     """``with_onednn_matmuls`` adds oneDNN's matmul options exactly where a product compiled with them becomes the
-    custom call (jax 0.12: yes; 0.10.2 accepts the options and keeps the dot), and the product stays right."""
+    custom call (jax 0.12: yes; 0.10.2 accepts the options and keeps the dot) and, while a persistent compilation
+    cache is on (as in these tests), where that program can be serialized (jax 0.12.0.1: not); the product stays
+    right."""
     base = config_defaults.train_config().cpu_compiler_options.to_dict()
     merged = {**base, **xla_options.CPU_ONEDNN_MATMULS}
-    program = _compiled_matmul_step(merged, size=256) if xla_options.usable(merged, "cpu") else ""
-    takes = xla_options.ONEDNN_MATMUL_TARGET in program
+    compiled = _compiled_matmul_step(merged, size=256) if xla_options.usable(merged, "cpu") else None
+    takes = compiled is not None and xla_options.ONEDNN_MATMUL_TARGET in compiled.as_text()
+    assert xla_options.compilation_cache_on()
+    assert xla_options.with_onednn_matmuls(base, "cpu") == (merged if takes and _serializes(compiled) else base)
+    monkeypatch.setattr(xla_options, "compilation_cache_on", lambda: False)
     assert xla_options.with_onednn_matmuls(base, "cpu") == (merged if takes else base)
     assert xla_options.with_onednn_matmuls(base, "gpu") == base
+
+
+def test_an_fp32_train_steps_program_can_be_kept_in_the_compilation_cache():
+    """The options an fp32 CPU step compiles with (``for_compute_dtype``, oneDNN's matmuls asked for, as the
+    trainer's defaults do) give a program jax can serialize: with jax 0.12.0.1's oneDNN matmuls it could not, and
+    every run compiled its train step again (the cache write failed with std::bad_alloc)."""
+    base = config_defaults.train_config().cpu_compiler_options.to_dict()
+    options = xla_options.for_compute_dtype(base, "cpu", "float32", onednn_matmuls=True)
+    assert _serializes(_compiled_matmul_step(options, size=256))
+
+
+def test_onednn_matmuls_that_cannot_be_kept_are_left_out_with_a_warning_while_the_cache_is_on(monkeypatch, caplog):
+    """The decision itself, with this jax's probe replaced by jax 0.12.0.1's answer (the custom call, and a failing
+    serializer): left out with a warning while the cache is on, added when it is off."""
+    base = config_defaults.train_config().cpu_compiler_options.to_dict()
+    monkeypatch.setattr(xla_options, "onednn_probe", lambda options: (True, "MemoryError: std::bad_alloc"))
+    with caplog.at_level(logging.WARNING, logger=xla_options.log.name):
+        assert xla_options.with_onednn_matmuls(base, "cpu") == base
+    assert "std::bad_alloc" in caplog.text and "compilation_cache.dir=''" in caplog.text
+    monkeypatch.setattr(xla_options, "compilation_cache_on", lambda: False)
+    assert xla_options.with_onednn_matmuls(base, "cpu") == {**base, **xla_options.CPU_ONEDNN_MATMULS}
 
 
 def test_rejected_compiler_options_fall_back_to_the_defaults_with_a_warning(caplog):

@@ -106,7 +106,8 @@ def train_config() -> ml_collections.ConfigDict:
         # A bf16 step compiles under XLA's defaults, where YNNPACK takes its bf16 products (layers.product_fp32_out).
         "cpu_compiler_options": dict(xla_options.CPU_MATMULS_BY_XLA),
         "cpu_onednn_matmuls": True,   # + oneDNN's matmul custom call where this XLA's rewriter takes dots (jax 0.12:
-                                      # 3-6% faster fp32 steps; xla_options.CPU_ONEDNN_MATMULS)
+                                      # 3-6% faster fp32 steps; xla_options.CPU_ONEDNN_MATMULS) and, with the
+                                      # compilation cache on, where this jax can serialize the program (0.12.0.1: not)
     })
 
 

@@ -22,7 +22,8 @@ CPU_MATMULS_BY_XLA = types.MappingProxyType({"xla_cpu_experimental_ynn_fusion_ty
 # oneDNN's matmul custom call for the dots its rewriter takes (``train.cpu_onednn_matmuls``). Measured on a 2-core
 # AMD EPYC (BENCHMARKS.md): with jax 0.12.0.1 the fp32 train step 3-6% faster (the hidden gradient's product
 # 170 -> 217 GFLOP/s); jax 0.10.2 knows the options but its rewriter takes no dot, and the step ran 3-6% slower,
-# so they are only added where a probe sees the custom call (``onednn_takes_dots``).
+# so they are only added where a probe sees the custom call (``onednn_probe``). jax 0.12.0.1 cannot serialize an
+# executable that holds the call (std::bad_alloc), so with a persistent compilation cache on they are left out.
 CPU_ONEDNN_MATMULS = types.MappingProxyType({"xla_cpu_use_onednn": True,
                                              "xla_cpu_experimental_onednn_custom_call": True})
 ONEDNN_MATMUL_TARGET = "__onednn$matmul"
@@ -65,19 +66,43 @@ def _accepted(options: tuple[tuple[str, object], ...]) -> bool:
 
 def with_onednn_matmuls(options: Mapping[str, object] | None, platform: str) -> Mapping[str, object] | None:
     """``options`` plus ``CPU_ONEDNN_MATMULS`` on a CPU whose XLA's oneDNN rewriter takes a dot (a probe, once per
-    process and option set), else ``options`` unchanged."""
-    if platform == "cpu" and onednn_takes_dots(tuple(sorted((options or {}).items()))):
-        return {**(options or {}), **CPU_ONEDNN_MATMULS}
-    return options
+    process and option set), else ``options`` unchanged. Also unchanged, with a warning, when a persistent
+    compilation cache is on and this jax cannot serialize an executable holding the custom call: jax 0.12.0.1 then
+    failed every cache write of the train step (std::bad_alloc), and every run compiled it again. A kept program
+    is worth more than the 3-6% (a resumed run, the next evaluation); ``compilation_cache.dir=''`` keeps oneDNN."""
+    if platform != "cpu":
+        return options
+    takes_dots, serialize_error = onednn_probe(tuple(sorted((options or {}).items())))
+    if not takes_dots:
+        return options
+    if serialize_error and compilation_cache_on():
+        log.warning("oneDNN's matmuls left out: this jax cannot keep a program that holds them in the compilation "
+                    "cache (%s); set compilation_cache.dir='' to trade the cache for them", serialize_error)
+        return options
+    return {**(options or {}), **CPU_ONEDNN_MATMULS}
+
+
+def compilation_cache_on() -> bool:
+    """Whether jax writes compiled programs to a persistent cache (``compile_cache.enable`` or jax's own flags)."""
+    return bool(jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir)
 
 
 @functools.lru_cache(maxsize=None)
-def onednn_takes_dots(options: tuple[tuple[str, object], ...]) -> bool:
-    """Whether an fp32 [256, 256] x [256, 256] product compiled with ``options`` + ``CPU_ONEDNN_MATMULS`` becomes
-    oneDNN's matmul custom call. jax 0.10.2 accepts the options, but its rewriter takes no dot."""
+def onednn_probe(options: tuple[tuple[str, object], ...]) -> tuple[bool, str | None]:
+    """(takes dots, serialization error): whether an fp32 [256, 256] x [256, 256] product compiled with ``options``
+    + ``CPU_ONEDNN_MATMULS`` becomes oneDNN's matmul custom call (jax 0.10.2 accepts the options, but its rewriter
+    takes no dot), and if it does, why its executable cannot be serialized (None if it can)."""
+    from jax.experimental import serialize_executable
+
     merged = {**dict(options), **CPU_ONEDNN_MATMULS}
     if not _accepted(tuple(sorted(merged.items()))):
-        return False
+        return False, None
     operand = jnp.zeros((256, 256), jnp.float32)   # the rewriter leaves products of 128 and below to XLA
     compiled = jax.jit(jnp.matmul).lower(operand, operand).compile(merged)
-    return ONEDNN_MATMUL_TARGET in compiled.as_text()
+    if ONEDNN_MATMUL_TARGET not in compiled.as_text():
+        return False, None
+    try:
+        serialize_executable.serialize(compiled)
+    except Exception as error:      # jax 0.12.0.1: MemoryError (std::bad_alloc) from the executable's serializer
+        return True, f"{type(error).__name__}: {error}"
+    return True, None
