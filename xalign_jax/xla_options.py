@@ -92,8 +92,6 @@ def onednn_probe(options: tuple[tuple[str, object], ...]) -> tuple[bool, str | N
     """(takes dots, serialization error): whether an fp32 [256, 256] x [256, 256] product compiled with ``options``
     + ``CPU_ONEDNN_MATMULS`` becomes oneDNN's matmul custom call (jax 0.10.2 accepts the options, but its rewriter
     takes no dot), and if it does, why its executable cannot be serialized (None if it can)."""
-    from jax.experimental import serialize_executable
-
     merged = {**dict(options), **CPU_ONEDNN_MATMULS}
     if not _accepted(tuple(sorted(merged.items()))):
         return False, None
@@ -101,8 +99,15 @@ def onednn_probe(options: tuple[tuple[str, object], ...]) -> tuple[bool, str | N
     compiled = jax.jit(jnp.matmul).lower(operand, operand).compile(merged)
     if ONEDNN_MATMUL_TARGET not in compiled.as_text():
         return False, None
+    return True, serialization_error(compiled)
+
+
+def serialization_error(compiled: jax.stages.Compiled) -> str | None:
+    """Why jax cannot serialize ``compiled``, as the persistent compilation cache must to keep it (None if it can)."""
+    from jax.experimental import serialize_executable
+
     try:
         serialize_executable.serialize(compiled)
     except Exception as error:      # jax 0.12.0.1: MemoryError (std::bad_alloc) from the executable's serializer
-        return True, f"{type(error).__name__}: {error}"
-    return True, None
+        return f"{type(error).__name__}: {error}"
+    return None
