@@ -40,6 +40,7 @@ EXTRAS = {
     ],
     "test": [
         "pytest>=8",
+        "pytest-xdist>=3.5",           # two workers (pytest.ini): compiles and process start-ups overlap
         "accelerate>=1.0",
         "scikit-learn>=1.3",           # PCA reference for the alignment plots
         # A real multilingual (XLM-R) tokenizer.json for tokenizer tests and the bloom-shaped benchmark.

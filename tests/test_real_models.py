@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.test_gguf import LOGIT_TOLERANCE, MODELS, RealModel, assert_logits_match
+from tests.test_gguf import LOGIT_TOLERANCE, assert_logits_match
 
 
 def padded_batch(ids: list[list[int]], pad_id: int, left: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -32,11 +32,6 @@ def jax_logits(path, ids: list[list[int]], pad_id: int, left: bool) -> list[np.n
     tokens, mask = padded_batch(ids, pad_id, left)
     logits = np.asarray(model(tokens, attention_mask=mask).logits)
     return [logits[row][mask[row].astype(bool)] for row in range(len(ids))]
-
-
-@pytest.fixture(scope="module", params=MODELS)
-def real(request, tmp_path_factory, gguf_parsed_once_per_file) -> RealModel:
-    return RealModel(tmp_path_factory, request.param)
 
 
 @pytest.mark.slow

