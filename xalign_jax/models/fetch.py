@@ -25,6 +25,7 @@ import os
 import pathlib
 import shutil
 import struct
+import time
 from collections.abc import Callable
 from typing import IO
 
@@ -271,6 +272,8 @@ def _convert_into(name: str, model: WheelModel, out_dir: pathlib.Path, dtype: st
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists, is not empty and has no {PROVENANCE} (an incomplete or foreign "
                               "directory); remove it or choose another directory")
+    log.info("%s: converting %s from its installed wheel(s), once (Gemma-3-270M: about a minute)", out_dir, name)
+    started = time.perf_counter()
     building = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
@@ -286,6 +289,7 @@ def _convert_into(name: str, model: WheelModel, out_dir: pathlib.Path, dtype: st
     if out_dir.exists():
         out_dir.rmdir()
     os.replace(building, out_dir)
+    log.info("%s: converted in %.0f s", out_dir, time.perf_counter() - started)
 
 
 def _checksum_origin(model: WheelModel) -> str:
