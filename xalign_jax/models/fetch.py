@@ -233,7 +233,7 @@ def one_conversion_at_a_time(out_dir: pathlib.Path):
     try:
         yield
     finally:
-        lock_path.unlink()
+        lock_path.unlink(missing_ok=True)
         handle.close()
 
 
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dir", type=pathlib.Path, help="output HF-format directory")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="stored parameter dtype")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")    # says so when it waits for another process
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the conversion's start and time, or the wait
     if is_complete(args.dir):
         _check_same_request(args.dir, args.name, args.dtype)
         print(f"{args.dir} is already complete ({args.name}, {args.dtype}); nothing to do")
