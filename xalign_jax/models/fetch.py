@@ -240,26 +240,27 @@ def one_conversion_at_a_time(out_dir: pathlib.Path):
 def _hold_lock(lock_path: pathlib.Path) -> IO:
     """An open handle on ``lock_path`` that holds its exclusive ``flock``, waiting for it if another holds it."""
     while True:
-        handle = open(lock_path, "a")
-        try:
+        with contextlib.ExitStack() as close_unless_held:
+            handle = close_unless_held.enter_context(open(lock_path, "a"))
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("%s: another process is converting this model; waiting for it", lock_path)
-                fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError as error:
-            handle.close()
-            raise OSError(f"{lock_path}: cannot lock it ({error}); this filesystem may not support file locks: "
-                          "fetch into a local directory (XALIGN_CACHE) and share the finished one") from error
-        except BaseException:
-            handle.close()
-            raise
-        if _same_file(handle, lock_path):
-            return handle
-        handle.close()                       # its holder finished and removed it: lock the new file
+                _flock_waiting(handle, lock_path)
+            except OSError as error:
+                raise OSError(f"{lock_path}: cannot lock it ({error}); this filesystem may not support file locks: "
+                              "fetch into a local directory (XALIGN_CACHE) and share the finished one") from error
+            if _same_file(handle, lock_path):      # else its holder finished and removed it: lock the new file
+                close_unless_held.pop_all()
+                return handle
 
 
-def _same_file(handle, path: pathlib.Path) -> bool:
+def _flock_waiting(handle: IO, lock_path: pathlib.Path) -> None:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.info("%s: another process is converting this model; waiting for it", lock_path)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+
+
+def _same_file(handle: IO, path: pathlib.Path) -> bool:
     try:
         return os.path.samestat(os.fstat(handle.fileno()), path.stat())
     except FileNotFoundError:
