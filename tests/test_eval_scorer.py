@@ -252,11 +252,29 @@ def test_an_item_among_the_shared_demonstrations_gets_its_own_without_itself(sha
     connector = fewshot.connector_text(template, tok.eos_token)
     rows_per_item = len(recording.rows) // len(items)
     for index, item in enumerate(items):
-        demos = fewshot.select_demos(pool, 5, 0, exclude_key=item.key) if index < 2 else shared
+        demos = fewshot.select_demos(pool, 5, 0, evaluated=item) if index < 2 else shared
         assert item.key not in {d.key for d in demos}
         prompt = fewshot.build_prompts(template, item, fewshot.render_demos(template, demos, connector))[0]
         assert recording.rows[index * rows_per_item].ids == tuple(tok(prompt.text)["input_ids"]), index
 
+
+
+def test_unnamed_translations_get_english_demonstrations_without_a_wsc_schema(shared_data):
+    """XWinograd fr, 5-shot, English template and demonstrations (cross-lingual): seed 1's shared draw holds a
+    WSC273 row, which could be a French item's original, so every French item gets the first five others."""
+    tok = xlmr_tokenizer()
+    pool = tasks.load_part("xwinograd", "en", "demo", shared_data)
+    items = tasks.load_part("xwinograd", "fr", "test", shared_data)[:3]
+    assert {d.collection for d in fewshot.select_demos(pool, 5, 1)} & tasks.WSC_COLLECTIONS
+    cfg = runner.default_eval_config()
+    cfg.prompt_language = "en"
+    recording = _RecordingScorer()
+    runner._run_one(recording, tok, cfg, "xwinograd", "fr", items, pool, 5, 1, None)
+    expected = [d for d in fewshot.select_demos(pool, 10, 1) if d.collection not in tasks.WSC_COLLECTIONS][:5]
+    template = templates.get_template("xwinograd", "en", cfg.templates["xwinograd"])
+    demo_text = fewshot.render_demos(template, expected, fewshot.connector_text(template, tok.eos_token))
+    prompts = [p for item in items for p in fewshot.build_prompts(template, item, demo_text)]
+    assert [row.ids for row in recording.rows] == [tuple(tok(p.text)["input_ids"]) for p in prompts]
 
 def test_a_score_that_is_not_finite_names_the_item():
     items = [tasks.Item(str(i), {}, 0, ("a", "b"), f"x.tsv:{i + 2}") for i in range(3)]

@@ -60,8 +60,33 @@ def test_xwinograd_translations_share_their_english_items_key(shared_data):
     original = [i for i in english if i.key == lawyer.key]
     assert original and original[0].fields["sentence_part1"].startswith("The lawyer asked the witness a question")
     for seed in range(20):
-        assert lawyer.key not in {d.key for d in fewshot.select_demos(english, 5, seed, exclude_key=lawyer.key)}
+        assert lawyer.key not in {d.key for d in fewshot.select_demos(english, 5, seed, evaluated=lawyer)}
     assert len({i.key for i in tasks.load_part("xwinograd", "fr", "test", shared_data)}) == 83   # keyed by line
+
+
+def test_xwinograd_translations_without_an_original_see_no_english_wsc_schema(shared_data):
+    """fr/pt/ru rows name no English original, but translate WSC schemas: the city councilmen, the first English
+    and the first Russian row, must not be a Russian item's demonstration; no English row of the WSC collections
+    is one for any of them, while same-language demonstrations are only kept off the item itself."""
+    english = tasks.load_part("xwinograd", "en", "test", shared_data)
+    assert {item.collection for item in english} == {"original", "superglue", "wsc_naive"}
+    councilmen = [item for item in english if "councilmen refused" in item.fields["sentence_part1"]]
+    assert councilmen and {item.collection for item in councilmen} <= tasks.WSC_COLLECTIONS
+    for lang in ("fr", "pt", "ru"):
+        items = tasks.load_part("xwinograd", lang, "test", shared_data)
+        assert all(item.translates == tasks.WSC_COLLECTIONS for item in items), lang
+        first = items[0]
+        assert all(first.must_not_see(item) for item in councilmen)
+        for seed in range(5):
+            demos = fewshot.select_demos(english, 5, seed, evaluated=first)
+            assert len(demos) == 5 and not {d.collection for d in demos} & tasks.WSC_COLLECTIONS
+            assert [d.key for d in fewshot.select_demos(items, 5, seed, evaluated=first)] == \
+                [d.key for d in fewshot.select_demos(items, 6, seed) if d.key != first.key][:5]
+    chinese = tasks.load_part("xwinograd", "zh", "test", shared_data)
+    assert chinese[0].translates == frozenset() and not any(map(chinese[0].must_not_see, councilmen[1:]))
+    reworded = [item for item in chinese if item.translates]      # "it's too small/large": the trophy schemas
+    trophies = [d for d in english if "trophy doesn't fit" in d.fields["sentence_part1"]]
+    assert len(reworded) == 2 and trophies and all(item.must_not_see(d) for item in reworded for d in trophies)
 
 
 def test_xnli_labels_for_unlabelled_languages_come_from_english_rows(shared_data):
@@ -166,11 +191,12 @@ def test_demonstrations_follow_the_reference_shuffle(shared_data):
     random.shuffle(reference_pool)            # the reference: global RNG, in place, first k
     assert fewshot.select_demos(pool, 5, 3) == reference_pool[:5]
     assert fewshot.select_demos(pool, 0, 3) == []
-    excluded = fewshot.select_demos(pool, 5, 3, exclude_key=reference_pool[1].key)
+    excluded = fewshot.select_demos(pool, 5, 3, evaluated=reference_pool[1])
     assert excluded == reference_pool[:1] + reference_pool[2:6]
-    per_item = [fewshot.select_demos(pool, 5, 3, exclude_key=k, per_item=True) for k in ("a", "b")]
+    evaluated = [tasks.Item(key, {}, 0) for key in ("a", "b")]
+    per_item = [fewshot.select_demos(pool, 5, 3, evaluated=item, per_item=True) for item in evaluated]
     assert per_item[0] != per_item[1]
-    assert per_item[0] == fewshot.select_demos(pool, 5, 3, exclude_key="a", per_item=True)
+    assert per_item[0] == fewshot.select_demos(pool, 5, 3, evaluated=evaluated[0], per_item=True)
 
 
 def test_connector_uses_the_tokenizers_eos_spelling():

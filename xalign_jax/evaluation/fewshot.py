@@ -3,8 +3,8 @@
 Reference rule: ``random.Random(seed)`` shuffles a COPY of the pool (the reference reseeds the global RNG and shuffles
 in place, §7.13: same order, no side effects here), the first k become the demonstrations, and the same ones serve
 every test item of a (task, language, seed). The evaluated item itself (matched by ``Item.key``, which translations
-share) is skipped when it falls among them, so a dev item never sees its own answer. ``per_item=True`` draws a
-separate sample per item instead (seeded by seed and item key).
+share) or a row that may be its original (``Item.must_not_see``) is skipped when it falls among them, so an item
+never sees its own answer. ``per_item=True`` draws a separate sample per item instead (seeded by seed and item key).
 
 Each candidate gives one ``Prompt``: ``context`` = demonstrations + query text before the candidate,
 ``continuation`` = candidate + query text after it (PAWS-X's ``, {sentence2}``, XWinograd's second half).
@@ -52,15 +52,15 @@ def connector_text(template: Template, eos_token: str | None) -> str:
     return template.connector
 
 
-def select_demos(pool: Sequence[Item], k: int, seed: int, *, exclude_key: str | None = None,
+def select_demos(pool: Sequence[Item], k: int, seed: int, *, evaluated: Item | None = None,
                  per_item: bool = False) -> list[Item]:
-    """The first ``k`` pool items after a ``random.Random`` shuffle, skipping the evaluated item."""
+    """The first ``k`` pool items after a ``random.Random`` shuffle, skipping any the evaluated item must not see."""
     if k <= 0:
         return []
-    rng = random.Random(f"{seed}:{exclude_key}" if per_item else seed)
+    rng = random.Random(f"{seed}:{evaluated.key if evaluated else None}" if per_item else seed)
     order = list(pool)
     rng.shuffle(order)
-    demos = [item for item in order if item.key != exclude_key][:k]
+    demos = [item for item in order if evaluated is None or not evaluated.must_not_see(item)][:k]
     if len(demos) < k:
         raise ValueError(f"{k} demonstrations requested but the pool has only {len(demos)} usable items")
     return demos

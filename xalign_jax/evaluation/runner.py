@@ -122,8 +122,8 @@ def _run_one(scorer: Scorer, tokenizer, cfg, task: str, language: str, items, po
     shared = None if cfg.per_item_demos else fewshot.select_demos(pool, shots, seed)
     prompts, owners = [], []
     for index, item in enumerate(items):
-        demos = shared if shared is not None and item.key not in {d.key for d in shared} else \
-            fewshot.select_demos(pool, shots, seed, exclude_key=item.key, per_item=cfg.per_item_demos)
+        demos = shared if shared is not None and not any(map(item.must_not_see, shared)) else \
+            fewshot.select_demos(pool, shots, seed, evaluated=item, per_item=cfg.per_item_demos)
         for prompt in fewshot.build_prompts(template, item, fewshot.render_demos(template, demos, connector)):
             prompts.append(prompt)
             owners.append(index)

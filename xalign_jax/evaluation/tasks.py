@@ -19,7 +19,9 @@ Where the evaluated set and the pool share items (every ``dev`` part, XWinograd 
 the translations of one item, e.g. the PAWS-X id) lets ``fewshot`` exclude the evaluated item from its own
 demonstrations, even when the pool is another language's translation. XWinograd's key is its English schema
 (punctuation and case aside): its jp and zh rows name theirs, and 971 of the 975 distinct ones are an English row's
-text (not: two reworded, two without an English row); fr/pt/ru rows name none and are keyed by line.
+text (not: two reworded, two without an English row); fr/pt/ru rows name none and are keyed by line. No English
+row of the collections that hold the WSC schemas (``xwinograd.WSC_COLLECTIONS``) is a demonstration of a
+translation whose original is not an English row's text.
 Languages are discovered from the files present (never a fixed list).
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ import re
 from typing import Callable, Mapping
 
 from xalign_jax.evaluation.readers import SourceError, read_jsonl, read_tsv, require_choice, require_text
-from xalign_jax.evaluation.xwinograd import read_xwinograd
+from xalign_jax.evaluation.xwinograd import WSC_COLLECTIONS, read_xwinograd
 
 PARTS = ("test", "dev", "demo")
 XNLI_LABELS = ("entailment", "neutral", "contradiction")   # = HF label ids 0, 1, 2
@@ -38,12 +40,23 @@ XNLI_LABELS = ("entailment", "neutral", "contradiction")   # = HF label ids 0, 1
 
 @dataclasses.dataclass(frozen=True)
 class Item:
-    """One evaluation example; ``options`` are its own candidates (empty when the template has verbalizers)."""
+    """One evaluation example; ``options`` are its own candidates (empty when the template has verbalizers).
+
+    ``collection`` and ``translates`` serve translations whose original is not found by key (XWinograd fr/pt/ru
+    name none): such an item ``translates`` every English collection its original may be in, and no row of those
+    may be one of its demonstrations.
+    """
     key: str
     fields: Mapping[str, str]
     label: int
     options: tuple[str, ...] = ()
     source: str = ""     # file:line, for per-item outputs and error messages
+    collection: str = ""                        # the English schema collection a row comes from (XWinograd)
+    translates: frozenset[str] = frozenset()    # collections that may hold this translation's unfound original
+
+    def must_not_see(self, demo: Item) -> bool:
+        """Whether ``demo`` is this item, or may be its original: never one of its demonstrations."""
+        return demo.key == self.key or demo.collection in self.translates
 
 
 def default_data_dir() -> pathlib.Path:
@@ -52,8 +65,8 @@ def default_data_dir() -> pathlib.Path:
 
 
 def _item(key: str, fields: Mapping[str, str], label: int, path: pathlib.Path, lineno: int,
-          options: tuple[str, ...] = ()) -> Item:
-    return Item(key, dict(fields), label, options, f"{path}:{lineno}")
+          options: tuple[str, ...] = (), **origin) -> Item:
+    return Item(key, dict(fields), label, options, f"{path}:{lineno}", **origin)
 
 
 # --- PAWS-X ----------------------------------------------------------------------------------------------------------
@@ -184,10 +197,24 @@ def _xwinograd_key(row: dict, lang: str, lineno: int) -> str:
     return "en:" + re.sub(r"\W+", " ", row["english"]).strip().casefold()
 
 
+def _xwinograd_origin(key: str, row: dict, lang: str, english_keys: set[str]) -> dict:
+    """An English row's collection; for a translation whose original is not an English row's text (none named,
+    or reworded), the collections that original may be in."""
+    if lang == "en":
+        return {"collection": row["collection"]}
+    return {} if key in english_keys else {"translates": WSC_COLLECTIONS}
+
+
 def _xwinograd(root: pathlib.Path, lang: str, part: str) -> list[Item]:
-    return [_item(_xwinograd_key(row, lang, lineno), {k: row[k] for k in ("sentence_part1", "sentence_part2")},
-                  row["label"], path, lineno, row["options"])
-            for path, lineno, row in _xwinograd_rows(root) if row["language"] == lang]
+    rows = _xwinograd_rows(root)
+    english_keys = {_xwinograd_key(row, "en", lineno) for _, lineno, row in rows if row["language"] == "en"}
+    items = []
+    for path, lineno, row in rows:
+        if row["language"] == lang:
+            key = _xwinograd_key(row, lang, lineno)
+            items.append(_item(key, {k: row[k] for k in ("sentence_part1", "sentence_part2")}, row["label"], path,
+                               lineno, row["options"], **_xwinograd_origin(key, row, lang, english_keys)))
+    return items
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,8 @@
 So ``prepare_task`` serialises items with TFDS's own ``FeaturesDict`` (pure NumPy/protobuf), writes one
 array_record shard per split with ``ArrayRecordWriter`` and a ``dataset_info.json`` + ``features.json`` that
 ``tfds.builder_from_directory`` understands; ``load_part`` reads a split back through ``as_data_source``.
-Dataset name: ``xalign_<task>_<language>``, version 1.0.0, splits = the task parts (test, dev, demo).
+Dataset name: ``xalign_<task>_<language>``, version 1.1.0 (1.0.0 had no ``collection``/``translates``), splits =
+the task parts (test, dev, demo).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 from xalign_jax.evaluation import tasks
 from xalign_jax.evaluation.tasks import Item
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 _TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 
@@ -26,7 +27,8 @@ def _features():
     text = tfds.features.Text()
     return tfds.features.FeaturesDict({
         "key": text, "source": text, "label": np.int64, "options": tfds.features.Sequence(text),
-        "field_names": tfds.features.Sequence(text), "field_values": tfds.features.Sequence(text)})
+        "field_names": tfds.features.Sequence(text), "field_values": tfds.features.Sequence(text),
+        "collection": text, "translates": tfds.features.Sequence(text)})
 
 
 def dataset_name(task: str, language: str) -> str:
@@ -39,7 +41,8 @@ def default_tfds_dir() -> pathlib.Path:
 
 def _encode(item: Item) -> dict:
     return {"key": item.key, "source": item.source, "label": item.label, "options": list(item.options),
-            "field_names": list(item.fields), "field_values": list(item.fields.values())}
+            "field_names": list(item.fields), "field_values": list(item.fields.values()),
+            "collection": item.collection, "translates": sorted(item.translates)}
 
 
 def _decode(example: dict) -> Item:
@@ -47,7 +50,7 @@ def _decode(example: dict) -> Item:
         return value.decode("utf-8") if isinstance(value, bytes) else str(value)
     fields = dict(zip(map(text, example["field_names"]), map(text, example["field_values"])))
     return Item(text(example["key"]), fields, int(example["label"]), tuple(map(text, example["options"])),
-                text(example["source"]))
+                text(example["source"]), text(example["collection"]), frozenset(map(text, example["translates"])))
 
 
 def prepare_task(task: str, language: str, data_dir: pathlib.Path | str | None = None,
