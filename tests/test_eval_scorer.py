@@ -258,7 +258,6 @@ def test_an_item_among_the_shared_demonstrations_gets_its_own_without_itself(sha
         assert recording.rows[index * rows_per_item].ids == tuple(tok(prompt.text)["input_ids"]), index
 
 
-
 def test_unnamed_translations_get_english_demonstrations_without_a_wsc_schema(shared_data):
     """XWinograd fr, 5-shot, English template and demonstrations (cross-lingual): seed 1's shared draw holds a
     WSC273 row, which could be a French item's original, so every French item gets the first five others."""
@@ -275,6 +274,7 @@ def test_unnamed_translations_get_english_demonstrations_without_a_wsc_schema(sh
     demo_text = fewshot.render_demos(template, expected, fewshot.connector_text(template, tok.eos_token))
     prompts = [p for item in items for p in fewshot.build_prompts(template, item, demo_text)]
     assert [row.ids for row in recording.rows] == [tuple(tok(p.text)["input_ids"]) for p in prompts]
+
 
 def test_a_score_that_is_not_finite_names_the_item():
     items = [tasks.Item(str(i), {}, 0, ("a", "b"), f"x.tsv:{i + 2}") for i in range(3)]
