@@ -107,6 +107,21 @@ def test_embeddings_equal_pooled_pytorch_hidden_states(tiny, shared_data, pooler
         np.testing.assert_allclose(vector, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_an_fp32_models_embeddings_compile_with_the_cpu_options_a_bf16_models_with_xlas_defaults(
+        tiny, shared_data, monkeypatch):  # noqa: F811
+    """The alignment's forward passes compile as the scorer's do (``xla_options.for_compute_dtype``)."""
+    from xalign_jax import models, xla_options
+    _, model, tok, path = tiny
+    used, jit_with = [], xla_options.jit_with
+    monkeypatch.setattr(xla_options, "jit_with", lambda function, options, *args: used.append(options) or
+                        jit_with(function, options, *args))
+    sentences = alignment.load_pairs("flores", "zh", shared_data, limit=2)[0]
+    alignment.embed_sentences(model, tok, sentences, "avg-1", batch_rows=2, buckets=(64, 128))
+    bf16 = models.from_pretrained(path, dtype="bfloat16", param_dtype="bfloat16")
+    alignment.embed_sentences(bf16, tok, sentences, "avg-1", batch_rows=2, buckets=(64, 128))
+    assert used == [dict(xla_options.CPU_MATMULS_BY_XLA), None]
+
+
 def test_evaluate_alignment_end_to_end(tiny, shared_data, tmp_path):  # noqa: F811
     from xalign_jax.evaluation import runner
     _, model, tok, _ = tiny

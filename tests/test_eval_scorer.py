@@ -12,7 +12,7 @@ import transformers
 from flax import nnx
 
 from tests.test_tokenize import xlmr_tokenizer
-from xalign_jax import models
+from xalign_jax import models, xla_options
 from xalign_jax.evaluation import fewshot, report, runner, scorer, tasks, templates
 
 SHOTS = (0, 1)
@@ -149,7 +149,7 @@ def test_cpu_vocabulary_blocks_give_the_token_major_log_probabilities(tiny):
     row, source = np.array([0, 2, 2, 1, 0]), np.array([9, 0, 4, 4, 1])
     target = np.array([0, vocab - 1, 14706, 14705, 3])      # first and last rows, both sides of a block boundary
     whole, blocked, token_major = (
-        scorer._vocabulary_call(())(graphdef, params, hidden, row, source, target, vocab_block, token_major)
+        scorer.programs().vocabulary(graphdef, params, hidden, row, source, target, vocab_block, token_major)
         for vocab_block, token_major in ((None, False), (16384, False), (16384, True)))
     np.testing.assert_allclose(np.asarray(blocked), np.asarray(whole), rtol=1e-6, atol=1e-5)
     np.testing.assert_allclose(np.asarray(token_major), np.asarray(whole), rtol=1e-6, atol=1e-5)
@@ -169,7 +169,7 @@ def test_a_bf16_model_scores_as_its_own_plain_forward_pass(tiny, shared_data):
     per_item = _task_prompts("pawsx", 1, tok, shared_data)
     rows = scorer.encode_prompts(tok, [p for prompts in per_item for p in prompts])
     ours = scorer.Scorer(model, batch_rows=4, buckets=(64, 128, 256))
-    assert ours._token_major and ours._vocabulary_call is scorer._vocabulary_call(())   # XLA's defaults
+    assert ours._token_major and ours.programs == scorer.programs()   # XLA's defaults
     got = ours.score(rows, groups=item_groups(per_item))
     plain = []
     for row in rows:
@@ -180,6 +180,23 @@ def test_a_bf16_model_scores_as_its_own_plain_forward_pass(tiny, shared_data):
     in_fp32 = scorer.Scorer(fp32_model, batch_rows=4, buckets=(64, 128, 256)).score(rows)
     np.testing.assert_allclose(got.reference, in_fp32.reference, rtol=1e-3)
     assert not np.allclose(got.reference, in_fp32.reference, rtol=1e-5)   # it did run in bf16
+
+
+def test_an_fp32_models_forward_passes_compile_with_the_cpu_options_and_keep_their_products_plain_dots(tiny):
+    """An fp32 model's scorer compiles its forward passes, not only its vocabulary calls, with the CPU options:
+    its products stay XLA's dots where XLA's defaults fuse them into YNNPACK calls (with jax 0.12.0.1 on an AVX2
+    CPU those put the real SmolLM2's fp32 logits 1.9e-3 off float64 ones; BENCHMARKS.md)."""
+    _, model, _, _ = tiny
+    ours = scorer.Scorer(model, batch_rows=2, buckets=(16,))
+    assert ours.programs == scorer.programs(xla_options.CPU_MATMULS_BY_XLA)
+    ids = np.ones((2, 16), np.int32)
+    positions, segments = np.tile(np.arange(16, dtype=np.int32), (2, 1)), np.ones((2, 16), np.int32)
+
+    def program(programs: scorer.Programs) -> str:
+        lowered = programs.rows.lower(ours.graphdef, ours.params, ids, positions, segments, 0 * segments, None)
+        return lowered.compile().as_text()
+    assert "__ynn_fusion" in program(scorer.programs())
+    assert "__ynn_fusion" not in program(ours.programs) and " dot(" in program(ours.programs)
 
 
 def test_a_calls_remaining_positions_go_in_the_next_power_of_two():

@@ -26,11 +26,20 @@ def padded_batch(ids: list[list[int]], pad_id: int, left: bool) -> tuple[np.ndar
 
 
 def jax_logits(path, ids: list[list[int]], pad_id: int, left: bool) -> list[np.ndarray]:
-    """Per-sentence logits [T, V] at the real positions of one padded fp32 batch."""
-    from xalign_jax import models
+    """Per-sentence logits [T, V] at the real positions of one padded fp32 batch, compiled as the trainer and the
+    evaluator compile an fp32 model's programs (``xla_options.for_compute_dtype``). Under XLA's defaults, with jax
+    0.12.0.1 on an AVX2 CPU, YNNPACK's products put SmolLM2's logits 1.9e-3 off (BENCHMARKS.md)."""
+    import jax
+    from flax import nnx
+
+    from xalign_jax import models, xla_options
     model = models.from_pretrained(path, dtype="float32", param_dtype="float32")
+    graphdef, state = nnx.split(model)
+    options = xla_options.for_compute_dtype(xla_options.CPU_MATMULS_BY_XLA, jax.default_backend(), "float32")
+    forward = jax.jit(lambda state, tokens, mask: nnx.merge(graphdef, state)(tokens, attention_mask=mask).logits,
+                      compiler_options=options)
     tokens, mask = padded_batch(ids, pad_id, left)
-    logits = np.asarray(model(tokens, attention_mask=mask).logits)
+    logits = np.asarray(forward(state, tokens, mask))
     return [logits[row][mask[row].astype(bool)] for row in range(len(ids))]
 
 

@@ -16,7 +16,8 @@ def _evaluate(model, tokenizer, config: Any, out_dir: pathlib.Path, *, params=No
     from xalign_jax.evaluation import report
     from xalign_jax.evaluation import runner as eval_runner
     results = eval_runner.evaluate_tasks(model, tokenizer, config.eval, split=split, params=params)
-    alignment = eval_runner.evaluate_alignment(model, tokenizer, config.eval.alignment, params=params)
+    alignment = eval_runner.evaluate_alignment(model, tokenizer, config.eval.alignment, params=params,
+                                               cpu_compiler_options=config.eval.cpu_compiler_options.to_dict())
     if jax.process_index() == 0:
         report.write_eval_outputs(results, alignment, out_dir)
     return {"tasks": results, "alignment": alignment}

@@ -9,15 +9,17 @@ import functools
 import logging
 import re
 import types
-from typing import Mapping
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 
 log = logging.getLogger(__name__)
 
-# YNNPACK for reductions only, matmuls by XLA's own library: it runs the vocabulary-major products of the CE head
-# (objectives.py) and of the scorer's vocabulary calls (evaluation/scorer.py) faster on CPU (BENCHMARKS.md).
+# YNNPACK for reductions only, matmuls by XLA's own library, for every fp32 CPU program (train step, scorer,
+# alignment embeddings): it runs the vocabulary-major products of the CE head (objectives.py) and of the scorer's
+# vocabulary calls faster on CPU, the forward passes as fast, and with jax 0.12.0.1 on an AVX2 CPU XLA's defaults'
+# YNNPACK products put a real model's fp32 logits up to 1.9e-3 off float64 ones, these 2.0e-4 (BENCHMARKS.md).
 CPU_MATMULS_BY_XLA = types.MappingProxyType({"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"})
 # oneDNN's matmul custom call for the dots its rewriter takes (``train.cpu_onednn_matmuls``). Measured on a 2-core
 # AMD EPYC (BENCHMARKS.md): with jax 0.12.0.1 the fp32 train step 3-6% faster (the hidden gradient's product
@@ -33,7 +35,7 @@ REJECTED_OPTION = re.compile(r"No such compile option|While setting option")
 def usable(options: Mapping[str, object] | None, platform: str) -> dict[str, object] | None:
     """``options`` if ``platform`` is "cpu" and this XLA accepts them, else None (XLA's defaults); a rejected set
     is logged, once per process."""
-    if platform != "cpu" or not options or not _accepted(tuple(sorted(options.items()))):
+    if platform != "cpu" or not options or not _accepted(_key(options)):
         return None
     return dict(options)
 
@@ -48,6 +50,24 @@ def for_compute_dtype(options: Mapping[str, object] | None, platform: str, dtype
         return None
     options = usable(options, platform)
     return with_onednn_matmuls(options, platform) if onednn_matmuls else options
+
+
+def jit_with(function: Callable, options: Mapping[str, object] | None,
+             static_argnames: tuple[str, ...] = ()) -> Callable:
+    """``function`` jitted to compile with ``options`` (None or empty: XLA's defaults). The same jitted function
+    for the same function and options, so that its jit cache outlives the caller (a Scorer is built per
+    evaluation)."""
+    return _jitted(function, _key(options), static_argnames)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(function: Callable, options: tuple[tuple[str, object], ...],
+            static_argnames: tuple[str, ...]) -> Callable:
+    return jax.jit(function, static_argnames=static_argnames, compiler_options=dict(options) or None)
+
+
+def _key(options: Mapping[str, object] | None) -> tuple[tuple[str, object], ...]:
+    return tuple(sorted((options or {}).items()))
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,7 +92,7 @@ def with_onednn_matmuls(options: Mapping[str, object] | None, platform: str) -> 
     is worth more than the 3-6% (a resumed run, the next evaluation); ``compilation_cache.dir=''`` keeps oneDNN."""
     if platform != "cpu":
         return options
-    takes_dots, serialize_error = onednn_probe(tuple(sorted((options or {}).items())))
+    takes_dots, serialize_error = onednn_probe(_key(options))
     if not takes_dots:
         return options
     if serialize_error and compilation_cache_on():
@@ -93,7 +113,7 @@ def onednn_probe(options: tuple[tuple[str, object], ...]) -> tuple[bool, str | N
     + ``CPU_ONEDNN_MATMULS`` becomes oneDNN's matmul custom call (jax 0.10.2 accepts the options, but its rewriter
     takes no dot), and if it does, why its executable cannot be serialized (None if it can)."""
     merged = {**dict(options), **CPU_ONEDNN_MATMULS}
-    if not _accepted(tuple(sorted(merged.items()))):
+    if not _accepted(_key(merged)):
         return False, None
     operand = jnp.zeros((256, 256), jnp.float32)   # the rewriter leaves products of 128 and below to XLA
     compiled = jax.jit(jnp.matmul).lower(operand, operand).compile(merged)

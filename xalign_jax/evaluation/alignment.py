@@ -12,15 +12,14 @@ non-translations.
 """
 from __future__ import annotations
 
-import functools
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 
-from xalign_jax import objectives
+from xalign_jax import objectives, xla_options
 from xalign_jax.data import sources
 from xalign_jax.evaluation.scorer import DEFAULT_BUCKETS, bucket_length
 
@@ -45,7 +44,6 @@ def load_pairs(source: str, language: str, data_dir: pathlib.Path, *, split: str
     return [g[language] for g in groups], [g["en"] for g in groups]
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "num_layers", "method"))
 def _embed_batch(graphdef, params, ids: jax.Array, mask: jax.Array, *, num_layers: int, method: str) -> jax.Array:
     model = nnx.merge(graphdef, params)
     hidden = model(ids, mask, num_layers=num_layers, compute_logits=False).last_hidden_state
@@ -53,8 +51,12 @@ def _embed_batch(graphdef, params, ids: jax.Array, mask: jax.Array, *, num_layer
 
 
 def embed_sentences(model: Any, tokenizer: Any, sentences: Sequence[str], pooler: str, *, params=None,
-                    batch_rows: int = 16, buckets: Sequence[int] = DEFAULT_BUCKETS) -> np.ndarray:
-    """[N, D] float32 sentence vectors (default special tokens included, as in the contrastive objective)."""
+                    batch_rows: int = 16, buckets: Sequence[int] = DEFAULT_BUCKETS,
+                    cpu_compiler_options: Mapping[str, object] | None = xla_options.CPU_MATMULS_BY_XLA) -> np.ndarray:
+    """[N, D] float32 sentence vectors (default special tokens included, as in the contrastive objective); an fp32
+    model's forward passes compile on CPU with ``cpu_compiler_options``, as the scorer's do."""
+    options = xla_options.for_compute_dtype(cpu_compiler_options, jax.default_backend(), model.config.dtype)
+    embed_batch = xla_options.jit_with(_embed_batch, options, ("graphdef", "num_layers", "method"))
     graphdef, own_params = nnx.split(model, nnx.Param)
     params = own_params if params is None else params
     method, layer = objectives.parse_pooler(pooler)
@@ -68,7 +70,7 @@ def embed_sentences(model: Any, tokenizer: Any, sentences: Sequence[str], pooler
         mask = np.zeros((batch_rows, length), np.int32)
         for row, i in enumerate(group):
             ids[row, :len(encoded[i])], mask[row, :len(encoded[i])] = encoded[i], 1
-        outputs.append((group, _embed_batch(graphdef, params, ids, mask, num_layers=layer, method=method)))
+        outputs.append((group, embed_batch(graphdef, params, ids, mask, num_layers=layer, method=method)))
     vectors = None
     for group, pooled in jax.device_get(outputs):
         if vectors is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import pathlib
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import ml_collections
 import numpy as np
@@ -53,8 +53,8 @@ def default_eval_config() -> ml_collections.ConfigDict:
         "batch_rows": 8,
         "buckets": DEFAULT_BUCKETS,
         "head_positions": 256,         # positions per vocabulary call ([256, V] fp32 logits on accelerators)
-        "cpu_compiler_options": dict(xla_options.CPU_MATMULS_BY_XLA),   # an fp32 model's vocabulary calls' XLA
-                                       # options on CPU (a bf16 model's programs compile with XLA's defaults)
+        "cpu_compiler_options": dict(xla_options.CPU_MATMULS_BY_XLA),   # an fp32 model's programs' XLA options
+                                       # on CPU (scorer, alignment; a bf16 model's compile with XLA's defaults)
         "cpu_vocab_block": 16384,      # on CPU, vocabulary rows per block of a vocabulary call (running log-sum-exp)
         "predictions": False,          # keep per-item candidate scores (written as predictions.jsonl)
         "alignment": {
@@ -196,9 +196,11 @@ def evaluate_tasks(model: Any, tokenizer: Any, eval_cfg: ml_collections.ConfigDi
                      seconds=time.perf_counter() - started)
 
 
-def evaluate_alignment(model: Any, tokenizer: Any, align_cfg: ml_collections.ConfigDict, *,
-                       params=None) -> dict[str, Any]:
-    """Retrieval / cosine metrics per (source, language, pooler), plus 2-D projections for the plot."""
+def evaluate_alignment(model: Any, tokenizer: Any, align_cfg: ml_collections.ConfigDict, *, params=None,
+                       cpu_compiler_options: Mapping[str, object] | None = xla_options.CPU_MATMULS_BY_XLA
+                       ) -> dict[str, Any]:
+    """Retrieval / cosine metrics per (source, language, pooler), plus 2-D projections for the plot; an fp32
+    model's programs compile on CPU with ``cpu_compiler_options`` (the scorer's, ``eval.cpu_compiler_options``)."""
     if not align_cfg.enabled:
         return {}
     data_dir = pathlib.Path(align_cfg.data_dir or tasks.default_data_dir())
@@ -210,7 +212,8 @@ def evaluate_alignment(model: Any, tokenizer: Any, align_cfg: ml_collections.Con
                 xx, en = align_lib.load_pairs(source, language, data_dir, split=align_cfg.split,
                                               limit=align_cfg.max_pairs)
                 embed = [align_lib.embed_sentences(model, tokenizer, texts, pooler, params=params,
-                                                   batch_rows=align_cfg.batch_rows) for texts in (xx, en)]
+                                                   batch_rows=align_cfg.batch_rows,
+                                                   cpu_compiler_options=cpu_compiler_options) for texts in (xx, en)]
                 out["metrics"][f"{source}/{language}/{pooler}"] = align_lib.alignment_metrics(*embed)
                 english_vectors.setdefault("en", embed[1])
                 english_vectors[language] = embed[0]

@@ -116,7 +116,6 @@ def compile_count() -> int:
     return _COMPILES["count"]
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
 def _prefix_pass(graphdef, params, ids: jax.Array, length: jax.Array) -> tuple[PrefixCache, jax.Array]:
     """One shared prefix [1, P] (its first ``length`` tokens real) -> its cache and [1, P, D] final hidden."""
     _COMPILES["count"] += 1
@@ -125,7 +124,6 @@ def _prefix_pass(graphdef, params, ids: jax.Array, length: jax.Array) -> tuple[P
     return PrefixCache.from_row(out.keys_values, length), out.last_hidden_state
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
 def _final_hidden(graphdef, params, ids: jax.Array, positions: jax.Array, segments: jax.Array, branches: jax.Array,
                   prefix: PrefixCache | None) -> jax.Array:
     """[B, L] packed prefix trees (segments > 0, each continuing ``prefix`` when given) -> [B, L, D] final-normed
@@ -155,11 +153,21 @@ def _position_logprob(graphdef, params, hidden: jax.Array, row: jax.Array, sourc
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
-@functools.lru_cache(maxsize=None)
-def _vocabulary_call(options: tuple[tuple[str, str], ...]) -> Callable[..., jax.Array]:
-    """``_position_logprob`` jitted with these XLA options, one per option set (the jit cache is per function)."""
-    return jax.jit(_position_logprob, static_argnames=("graphdef", "vocab_block", "token_major"),
-                   compiler_options=dict(options) or None)
+@dataclasses.dataclass(frozen=True)
+class Programs:
+    """The scorer's three jitted functions, compiled with one set of XLA options."""
+    prefix: Callable[..., tuple[PrefixCache, jax.Array]]
+    rows: Callable[..., jax.Array]
+    vocabulary: Callable[..., jax.Array]
+
+
+def programs(options: Mapping[str, object] | None = None) -> Programs:
+    """``_prefix_pass``, ``_final_hidden`` and ``_position_logprob`` compiled with ``options`` (None: XLA's
+    defaults); equal options give the same jitted functions (``xla_options.jit_with``)."""
+    jit = functools.partial(xla_options.jit_with, options=options)
+    return Programs(prefix=jit(_prefix_pass, static_argnames=("graphdef",)),
+                    rows=jit(_final_hidden, static_argnames=("graphdef",)),
+                    vocabulary=jit(_position_logprob, static_argnames=("graphdef", "vocab_block", "token_major")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,9 +310,10 @@ class Scorer:
     ``head_positions`` positions per vocabulary call, whose fp32 logits on an accelerator are ``head_positions x
     vocab x 4`` bytes (256: 268 MB at a 262k vocabulary); a call's remaining positions go in one call of the next
     power of two (at least 16). On CPU a call goes through the vocabulary in blocks of at most ``cpu_vocab_block``
-    rows (``Decoder.target_logprobs``): for an fp32 model vocabulary-major, compiled with ``cpu_compiler_options``;
-    for a bf16 model token-major under XLA's defaults, where YNNPACK multiplies bf16 operands into fp32 results at
-    about twice XLA's fp32 rate, as it does the forward's products (``layers.dense``; BENCHMARKS.md).
+    rows (``Decoder.target_logprobs``): for an fp32 model vocabulary-major, and its forward passes and vocabulary
+    calls compiled with ``cpu_compiler_options``; for a bf16 model token-major, and all under XLA's defaults, where
+    YNNPACK multiplies bf16 operands into fp32 results at about twice XLA's fp32 rate (``layers.dense``;
+    BENCHMARKS.md).
     ``reference_scores`` is ``absolute`` (whole-string sums) or ``relative`` (within the groups given to ``score``,
     the module docstring)."""
 
@@ -327,8 +336,7 @@ class Scorer:
         platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
         self._vocab_block = cpu_vocab_block if platform == "cpu" else None
         self._token_major = platform == "cpu" and jnp.dtype(model.config.dtype) == jnp.bfloat16
-        options = xla_options.for_compute_dtype(cpu_compiler_options, platform, model.config.dtype) or {}
-        self._vocabulary_call = _vocabulary_call(tuple(sorted(options.items())))
+        self.programs = programs(xla_options.for_compute_dtype(cpu_compiler_options, platform, model.config.dtype))
         self._batch_devices = 1
         if mesh is not None:
             axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
@@ -412,7 +420,7 @@ class Scorer:
         ids[0, :len(tokens)] = tokens
         self._log_shape("prefix", 1, ids.shape[1])
         with self._mesh():
-            return _prefix_pass(self.graphdef, params, ids, np.int32(len(tokens)))
+            return self.programs.prefix(self.graphdef, params, ids, np.int32(len(tokens)))
 
     def _forward(self, params, packed: PackedTrees, prefix: PrefixCache | None) -> jax.Array:
         self._log_shape("rows", *packed.ids.shape)
@@ -420,7 +428,7 @@ class Scorer:
         with self._mesh():
             if self.mesh is not None:
                 arrays = tuple(jax.device_put(x, self._sharding) for x in arrays)
-            return _final_hidden(self.graphdef, params, *arrays, prefix)
+            return self.programs.rows(self.graphdef, params, *arrays, prefix)
 
     def _heads(self, params, hidden: jax.Array, rows: np.ndarray, sources: np.ndarray, targets: np.ndarray) -> list:
         """Positions through the vocabulary ``head_positions`` at a time, the rest in one call of
@@ -434,8 +442,8 @@ class Scorer:
         for size in sizes:
             self._log_shape("vocabulary", size, self.vocab_size)
         with self._mesh():
-            return [self._vocabulary_call(self.graphdef, params, hidden, *(x[lo:hi] for x in padded),
-                                          self._vocab_block, self._token_major)
+            return [self.programs.vocabulary(self.graphdef, params, hidden, *(x[lo:hi] for x in padded),
+                                            self._vocab_block, self._token_major)
                     for lo, hi in zip(starts[:-1], starts[1:])]
 
     def _log_shape(self, kind: str, rows: int, length: int) -> None:
