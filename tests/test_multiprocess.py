@@ -32,13 +32,13 @@ from xalign_jax import training_data
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 900
-OVERRIDES = ["--config.train.schedule=constant", "--config.train.warmup_steps=0", "--config.train.log_every=1",
-             "--config.train.checkpoint_every=1000"]
 CONFIG_FILE = """from tests.train_fixtures import tiny_train_config
 
 
 def get_config():
-    return tiny_train_config({tokenizer!r}, {data!r})
+    config = tiny_train_config({tokenizer!r}, {data!r})
+    config.train.update(schedule="constant", warmup_steps=0, log_every=1, checkpoint_every=1000)
+    return config
 """
 # Two processes' all-reduces sum in another order than one process does, and training amplifies the difference:
 # measured up to 7.7e-7 relative (the contrastive loss at step 4 of 5) on the tiny model. Another batch or a wrongly
@@ -67,7 +67,7 @@ def _start(workdir: pathlib.Path, args: list[str], devices: int,
            log_name: str) -> tuple[subprocess.Popen, pathlib.Path]:
     log = workdir.parent / f"{log_name}.log"
     with open(log, "w") as out:
-        command = [sys.executable, "-m", "xalign_jax.main", f"--workdir={workdir}", *args, *OVERRIDES]  # --config first
+        command = [sys.executable, "-m", "xalign_jax.main", f"--workdir={workdir}", *args]
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=_env(devices), stdout=out, stderr=subprocess.STDOUT)
     return process, log
 
