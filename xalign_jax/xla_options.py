@@ -17,9 +17,10 @@ import jax.numpy as jnp
 log = logging.getLogger(__name__)
 
 # YNNPACK for reductions only, matmuls by XLA's own library, for every fp32 CPU program (train step, scorer,
-# alignment embeddings): it runs the vocabulary-major products of the CE head (objectives.py) and of the scorer's
-# vocabulary calls faster on CPU, the forward passes as fast, and with jax 0.12.0.1 on an AVX2 CPU XLA's defaults'
-# YNNPACK products put a real model's fp32 logits up to 1.9e-3 off float64 ones, these 2.0e-4 (BENCHMARKS.md).
+# alignment embeddings). It runs the vocabulary-major products of the CE head (objectives.py) and of the scorer's
+# vocabulary calls faster on CPU. YNNPACK's products run the scorer's forward passes faster (the whole fp32 scorer
+# 6-7% on an AVX2 CPU with jax 0.10.2), but with jax 0.12.0.1 there they put a real model's fp32 logits up to
+# 1.9e-3 off transformers', these 2.0e-4, with or without YNNPACK's fusions: precision first (BENCHMARKS.md).
 CPU_MATMULS_BY_XLA = types.MappingProxyType({"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"})
 # oneDNN's matmul custom call for the dots its rewriter takes (``train.cpu_onednn_matmuls``). Measured on a 2-core
 # AMD EPYC (BENCHMARKS.md): with jax 0.12.0.1 the fp32 train step 3-6% faster (the hidden gradient's product
