@@ -1,6 +1,6 @@
 """Per workload: items/s of each side over rounds (median, range), after/before ratio of medians, prediction and
 score agreement between the two sides."""
-import glob, json, statistics, sys
+import glob, json, statistics
 import numpy as np
 rates, preds, scores = {}, {}, {}
 for path in sorted(glob.glob("ab_*_fp32_r*.json")):

@@ -1,5 +1,5 @@
 """Time two elementwise programs of the bloom train step under YNNPACK option sets."""
-import sys, time
+import time
 import jax, jax.numpy as jnp, numpy as np
 
 V, N, D = 250880, 320, 384
@@ -30,7 +30,7 @@ key = jax.random.PRNGKey(0)
 logits = jax.random.normal(key, (V, N)) * 3
 lse = lse_fn(logits); w = jnp.ones((N,)); t = jax.random.randint(key, (N,), 0, V)
 p, g, m, v = (jax.random.normal(jax.random.fold_in(key, i), (V, D)) for i in range(4))
-for rnd in range(2):
+for _ in range(2):
     for name, opts in SETS.items():
         c1 = jax.jit(softmax_grad).lower(logits, lse, w, t).compile(opts)
         c2 = jax.jit(lse_fn).lower(logits).compile(opts)
