@@ -10,6 +10,8 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
+import zlib
 
 import ml_collections
 import pytest
@@ -74,3 +76,64 @@ def test_an_unwritable_directory_is_a_clear_error_before_anything_compiles(tmp_p
     blocker.write_text("")
     with pytest.raises(OSError, match="config compilation_cache.dir: cannot create .*a_file"):
         compile_cache.enable(ml_collections.ConfigDict({"dir": str(blocker), "min_compile_seconds": 1.0}))
+
+
+def _entry(directory: pathlib.Path, name: str, payload: bytes, *, age_seconds: float = 3600.0) -> pathlib.Path:
+    path = directory / f"{name}-cache"
+    path.write_bytes(payload)
+    stamp = time.time() - age_seconds
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def test_truncated_entries_are_removed_once_settled_and_complete_ones_are_checked_once(tmp_path, monkeypatch):
+    program = zlib.compress(os.urandom(1 << 16) * 40)          # several 1 MiB chunks to decompress
+    complete = _entry(tmp_path, "jit_step-aaaa", program)
+    truncated = _entry(tmp_path, "jit_step-bbbb", program[:len(program) // 2])
+    empty = _entry(tmp_path, "jit_step-cccc", b"")
+    being_written = _entry(tmp_path, "jit_step-dddd", program[:100], age_seconds=1.0)
+    other = tmp_path / "notes.txt"
+    other.write_bytes(program[:100])
+
+    removed = compile_cache.remove_truncated_entries(tmp_path)
+
+    assert sorted(removed) == [truncated.name, empty.name]
+    assert not truncated.exists() and not empty.exists()
+    assert complete.read_bytes() == program and being_written.exists() and other.exists()
+    checked = []
+    check = compile_cache._stream_is_complete
+    monkeypatch.setattr(compile_cache, "_stream_is_complete", lambda path: checked.append(path.name) or check(path))
+    assert compile_cache.remove_truncated_entries(tmp_path, settle_seconds=0.0) == [being_written.name]
+    assert checked == [being_written.name]      # the complete entry was remembered, not decompressed again
+    assert complete.exists()
+
+
+def test_a_zstd_entry_is_left_alone_without_a_zstd_decoder(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "zstandard", None)      # neither decoder importable
+    monkeypatch.setitem(sys.modules, "compression", None)
+    entry = _entry(tmp_path, "jit_step-eeee", b"\x28\xb5\x2f\xfd" + b"\x00" * 10)
+    assert compile_cache.remove_truncated_entries(tmp_path) == [] and entry.exists()
+
+
+def test_a_truncated_zstd_entry_is_removed(tmp_path):
+    zstandard = pytest.importorskip("zstandard")
+    program = zstandard.ZstdCompressor().compress(os.urandom(1 << 16) * 40)
+    complete = _entry(tmp_path, "jit_step-ffff", program)
+    truncated = _entry(tmp_path, "jit_step-gggg", program[:-10])
+    assert compile_cache.remove_truncated_entries(tmp_path) == [truncated.name] and complete.exists()
+
+
+def test_a_run_after_one_stopped_mid_write_compiles_that_program_again_and_the_next_loads_it(tmp_path):
+    """Without the sweep, jax warns on every later run, compiles again, and never rewrites the entry."""
+    first = _run("auto", tmp_path)
+    directory = pathlib.Path(first["directory"])
+    (program,) = directory.glob("jit__lambda-*-cache")
+    program.write_bytes(program.read_bytes()[:-64])
+    stamp = time.time() - 2 * compile_cache.SETTLE_SECONDS
+    os.utime(program, (stamp, stamp))
+
+    second, third = _run("auto", tmp_path), _run("auto", tmp_path)
+
+    assert (second["loaded"], second["written"]) == (first["written"] - 1, 1)
+    assert (third["loaded"], third["written"]) == (first["written"], 0)
+    assert second["out"] == third["out"] == first["out"]
