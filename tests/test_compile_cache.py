@@ -137,3 +137,13 @@ def test_a_run_after_one_stopped_mid_write_compiles_that_program_again_and_the_n
     assert (second["loaded"], second["written"]) == (first["written"] - 1, 1)
     assert (third["loaded"], third["written"]) == (first["written"], 0)
     assert second["out"] == third["out"] == first["out"]
+
+
+def test_an_entry_that_cannot_be_read_is_left_to_jax(tmp_path):
+    unreadable = _entry(tmp_path, "jit_step-hhhh", b"")
+    unreadable.unlink()
+    unreadable.mkdir()          # open() fails with an OSError, as for an entry another run removed meanwhile
+    stamp = time.time() - 2 * compile_cache.SETTLE_SECONDS
+    os.utime(unreadable, (stamp, stamp))
+    assert compile_cache._stream_is_complete(unreadable) is None
+    assert compile_cache.remove_truncated_entries(tmp_path) == [] and unreadable.exists()

@@ -131,20 +131,24 @@ def _write_verified(path: pathlib.Path, verified: dict) -> None:
 
 
 def _stream_is_complete(path: pathlib.Path) -> bool | None:
-    """Whether the zlib or zstd stream in ``path`` runs to its end marker; None for zstd without a zstd decoder
-    here (jax could not read the entry either). Decompresses 1 MiB at a time and keeps none of the output."""
-    with path.open("rb") as stream:
-        decompressor = _decompressor(stream.read(len(_ZSTD_MAGIC)))
-        if decompressor is None:
-            return None
-        stream.seek(0)
-        try:
+    """Whether the zlib or zstd stream in ``path`` runs to its end marker; None when that cannot be told here (zstd
+    without a zstd decoder, which jax would lack too, or a file that cannot be read). Decompresses 1 MiB at a time
+    and keeps none of the output."""
+    try:
+        with path.open("rb") as stream:
+            decompressor = _decompressor(stream.read(len(_ZSTD_MAGIC)))
+            if decompressor is None:
+                return None
+            stream.seek(0)
             for chunk in iter(lambda: stream.read(1 << 20), b""):
-                decompressor.decompress(chunk)
+                try:
+                    decompressor.decompress(chunk)
+                except Exception:   # zlib, zstandard and compression.zstd each raise their own error for a bad stream
+                    return False
                 if decompressor.eof:
                     return True
-        except Exception:       # zlib, zstandard and compression.zstd each raise their own error for a bad stream
-            return False
+    except OSError:                 # removed meanwhile by another run, or unreadable: left to jax
+        return None
     return False
 
 
