@@ -5,7 +5,6 @@ groups), the best of two timed runs after one that compiles; then each host stag
     HF_HUB_OFFLINE=1 PYTHONPATH=. python benchmarks/results/2026-12-03-cpu-scorer-host-time/host_time.py
 """
 import cProfile
-import os
 import pstats
 import time
 
