@@ -78,12 +78,17 @@ def test_an_unwritable_directory_is_a_clear_error_before_anything_compiles(tmp_p
         compile_cache.enable(ml_collections.ConfigDict({"dir": str(blocker), "min_compile_seconds": 1.0}))
 
 
+def _age(path: pathlib.Path, seconds: float = 2 * compile_cache.SETTLE_SECONDS) -> pathlib.Path:
+    """Dates ``path``'s modification ``seconds`` back (by default, long enough for the sweep to check it)."""
+    stamp = time.time() - seconds
+    os.utime(path, (stamp, stamp))
+    return path
+
+
 def _entry(directory: pathlib.Path, name: str, payload: bytes, *, age_seconds: float = 3600.0) -> pathlib.Path:
     path = directory / f"{name}-cache"
     path.write_bytes(payload)
-    stamp = time.time() - age_seconds
-    os.utime(path, (stamp, stamp))
-    return path
+    return _age(path, age_seconds)
 
 
 def test_truncated_entries_are_removed_once_settled_and_complete_ones_are_checked_once(tmp_path, monkeypatch):
@@ -129,8 +134,7 @@ def test_a_run_after_one_stopped_mid_write_compiles_that_program_again_and_the_n
     directory = pathlib.Path(first["directory"])
     (program,) = directory.glob("jit__lambda-*-cache")
     program.write_bytes(program.read_bytes()[:-64])
-    stamp = time.time() - 2 * compile_cache.SETTLE_SECONDS
-    os.utime(program, (stamp, stamp))
+    _age(program)
 
     second, third = _run("auto", tmp_path), _run("auto", tmp_path)
 
@@ -143,7 +147,13 @@ def test_an_entry_that_cannot_be_read_is_left_to_jax(tmp_path):
     unreadable = _entry(tmp_path, "jit_step-hhhh", b"")
     unreadable.unlink()
     unreadable.mkdir()          # open() fails with an OSError, as for an entry another run removed meanwhile
-    stamp = time.time() - 2 * compile_cache.SETTLE_SECONDS
-    os.utime(unreadable, (stamp, stamp))
+    _age(unreadable)
     assert compile_cache._stream_is_complete(unreadable) is None
     assert compile_cache.remove_truncated_entries(tmp_path) == [] and unreadable.exists()
+
+
+def test_a_list_that_cannot_be_written_leaves_no_temporary_file(tmp_path, monkeypatch):
+    _entry(tmp_path, "jit_step-iiii", zlib.compress(b"program"))
+    monkeypatch.setattr(compile_cache.os, "replace", lambda *_: (_ for _ in ()).throw(OSError("disk full")))
+    assert compile_cache.remove_truncated_entries(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jit_step-iiii-cache"]

@@ -127,6 +127,7 @@ def _write_verified(path: pathlib.Path, verified: dict) -> None:
         temporary.write_text(json.dumps(verified))
         os.replace(temporary, path)
     except OSError as error:
+        temporary.unlink(missing_ok=True)
         log.warning("could not record the checked compiled programs in %s: %s", path, error)
 
 
