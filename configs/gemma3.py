@@ -13,10 +13,14 @@ Scoring is lm-eval's completion rule with logits at continuation tokens only (a 
 from xalign_jax.config_defaults import base_config
 
 BUDGETS = {
-    # steps, records per step, CLM rows of 256 tokens, eval items per (task, language), shots, seeds, pairs
-    "quick": dict(steps=24, batch_size=12, clm_rows=4, max_items=40, shots=(0,), seeds=(0,), pairs=200),
-    "long": dict(steps=96, batch_size=12, clm_rows=4, max_items=150, shots=(0,), seeds=(0,), pairs=500),
-    "full": dict(steps=1000, batch_size=32, clm_rows=16, max_items=0, shots=(0, 5), seeds=(0, 1, 2), pairs=1000),
+    # steps, records per step, CLM rows of 256 tokens, LM-head slots per 2 rows (0: every position), eval items per
+    # (task, language), shots, seeds, pairs
+    "quick": dict(steps=24, batch_size=12, clm_rows=4, head_slots=448, max_items=40, shots=(0,), seeds=(0,),
+                  pairs=200),
+    "long": dict(steps=96, batch_size=12, clm_rows=4, head_slots=448, max_items=150, shots=(0,), seeds=(0,),
+                 pairs=500),
+    "full": dict(steps=1000, batch_size=32, clm_rows=16, head_slots=0, max_items=0, shots=(0, 5), seeds=(0, 1, 2),
+                 pairs=1000),
 }
 VARIANTS = {"270m": "quick", "270m-sweep": "quick", "270m-long": "long", "270m-full": "full"}
 FINE_BUCKETS = (32, 48, 64, 80, 96, 128, 160, 192, 256, 384, 512, 1024, 2048)
@@ -34,18 +38,22 @@ def get_config(variant: str = "270m"):
     config.model.remat_policy = "none"
     config.data.recipe_languages = ("en", "zh", "sw")
     config.data.recipe_records = 3000
-    config.data.seq_len = 256                    # no supervised cap: the recorded runs had none. Enabling it
-    # (BENCHMARKS.md "CE over supervised positions only") needs data.supervised_group_rows to divide the rows of
-    # one data shard's micro-batch (4 rows on one device, 2 on two or for 270m-full on 8), a data.supervised_cap of at
-    # least the longest answer (244 supervised tokens) and above a group's average demand (about 45 per record),
-    # and objective.clm_chunk_size >= the cap (one CE chunk per group).
+    config.data.seq_len = 256
     config.data.clm_rows = budget["clm_rows"]
+    # The LM head sees only the supervised positions, up to 448 per pair of rows (one CE chunk per pair) instead of
+    # all 512: the step 9% faster (BENCHMARKS.md "The main job's LM-head cap"). The pairs' demand peaks at 444 in
+    # the quick and long runs' steps, so no record waits for a later step and the batches are the uncapped ones.
+    # A cap must hold the longest answer (244 supervised tokens) and a group must not straddle a data shard (groups
+    # of 2 rows run on 1 or 2 devices). 270m-full keeps every position: its 16-row batches were not checked.
+    if budget["head_slots"]:
+        config.data.update(dict(supervised_cap=budget["head_slots"], supervised_group_rows=2))
     config.data.cl_buckets = (32, 64)
     config.objective.pooler = "avg-6"
     config.objective.temperature = 0.05
     config.objective.cl_weight = 1.0
     config.objective.clm_weight = 1.5
-    config.objective.clm_chunk_size = 256        # one CE chunk per row: a rolled chunk loop is slow on CPU
+    # one CE chunk per row, or per pair of rows under the cap: a rolled chunk loop is slow on CPU
+    config.objective.clm_chunk_size = budget["head_slots"] or 256
     config.train.update(dict(steps=budget["steps"], batch_size=budget["batch_size"], lr=3e-5,
                              warmup_steps=max(budget["steps"] // 10, 1), schedule="cosine", log_every=4,
                              checkpoint_every=budget["steps"], keep_checkpoints=1))
