@@ -53,7 +53,7 @@ def get_config(variant: str = "270m"):
     config.objective.cl_weight = 1.0
     config.objective.clm_weight = 1.5
     # one CE chunk per row, or per pair of rows under the cap: a rolled chunk loop is slow on CPU
-    config.objective.clm_chunk_size = budget["head_slots"] or 256
+    config.objective.clm_chunk_size = budget["head_slots"] or config.data.seq_len
     config.train.update(dict(steps=budget["steps"], batch_size=budget["batch_size"], lr=3e-5,
                              warmup_steps=max(budget["steps"] // 10, 1), schedule="cosine", log_every=4,
                              checkpoint_every=budget["steps"], keep_checkpoints=1))
