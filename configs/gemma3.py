@@ -44,7 +44,9 @@ def get_config(variant: str = "270m"):
     # all 512: the step 9% faster (BENCHMARKS.md "The main job's LM-head cap"). The pairs' demand peaks at 444 in
     # the quick and long runs' steps, so no record waits for a later step and the batches are the uncapped ones.
     # A cap must hold the longest answer (244 supervised tokens) and a group must not straddle a data shard (groups
-    # of 2 rows run on 1 or 2 devices). 270m-full keeps every position: its 16-row batches were not checked.
+    # of 2 rows run on 1 or 2 devices). 270m-full keeps every position: over its 1,000 steps a cap of 448 per pair
+    # would hold no record back, but its gain on accelerators is unmeasured and it would limit the run to 8 data
+    # shards (benchmarks/results/2026-12-03-full-variant-cap-demand: also its rows' fill, 56%).
     if budget["head_slots"]:
         config.data.update(dict(supervised_cap=budget["head_slots"], supervised_group_rows=2))
     config.data.cl_buckets = (32, 64)

@@ -210,6 +210,30 @@ def test_supervised_cap_holds_on_every_group_and_nothing_is_lost(corpus, group_r
         assert iterator.carried > 0
 
 
+def test_only_the_waits_the_cap_causes_count_as_held_by_it(corpus, caplog):
+    """Tight rows make examples wait with or without a cap. A cap that no row reaches holds nothing back: its
+    batches carry the uncapped ones' examples. A binding cap (a pair of rows sharing one and a half longest answers) holds
+    examples back, warns once, and counts every such wait. A state saved before the count existed still resumes."""
+    data, train = cfgs(batch_size=16, clm_rows=12)
+    uncapped = take(pipeline.make_batches(corpus, data, train, seed=3), 40)
+    data.supervised_cap, data.supervised_group_rows = data.seq_len, 1
+    loose = pipeline.make_batches(corpus, data, train, seed=3)
+    for plain, capped in zip(uncapped, take(loose, 40)):
+        np.testing.assert_array_equal(plain["clm_ids"], capped["clm_ids"])
+    assert loose.carried > 0 and loose.held_by_cap == 0
+    data.supervised_cap, data.supervised_group_rows = 3 * longest_answer(corpus) // 2, 2
+    tight = pipeline.make_batches(corpus, data, train, seed=3)
+    with caplog.at_level("WARNING", logger=pipeline.__name__):
+        take(tight, 20)
+    assert 0 < tight.held_by_cap <= tight.carried
+    assert sum("data.supervised_cap" in r.getMessage() for r in caplog.records) == 1
+    saved = tight.get_state()
+    del saved["held_by_cap"]
+    resumed = pipeline.make_batches(corpus, data, train, seed=3)
+    resumed.set_state(saved)
+    assert resumed.held_by_cap == 0 and resumed.carried == tight.carried
+
+
 def test_head_slot_buckets_list_every_supervised_position(corpus):
     """Under a cap per group of 2 rows, ``clm_head_index`` lists each group's supervised positions in order, then
     -1; with ``head_slot_buckets`` its slots are the smallest bucket holding the step's most supervised group, and

@@ -56,7 +56,9 @@ def data_config() -> ml_collections.ConfigDict:
         "append_eos": True,         # EOS after every CLM example, supervised (the model learns to stop)
         "supervised_cap": 0,        # >0: at most this many supervised positions per group of supervised_group_rows
                                     # consecutive CLM rows, and the CE projects only those onto the vocabulary
-                                    # (segments packing; 0 = every position)
+                                    # (segments packing; 0 = every position). An example that would fit the
+                                    # rows' tokens but not the cap waits for a later step: the first such wait
+                                    # is logged, summary.json counts them (clm_examples_held_by_cap)
         "supervised_group_rows": 1,  # rows sharing one supervised_cap; must divide the rows of one data shard's
                                      # micro-batch (clm_rows / (data*fsdp*micro_batches))
         "head_slot_buckets": (),    # with a supervised_cap: fewer LM-head slots per group a step may use (one

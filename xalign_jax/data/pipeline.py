@@ -9,7 +9,8 @@ CLM examples join a carry queue which is packed into R rows of T tokens (``packi
 waits for the next step, so nothing is dropped. Shapes may follow the step's contents, one
 compile per shape used: with ``data.clm_len_buckets`` the step's examples are dealt evenly over the rows and the
 rows cut to the shortest bucket that holds them; with a ``data.supervised_cap``, ``clm_head_index`` lists each
-group of rows' supervised positions for the LM head, in the fewest ``data.head_slot_buckets`` slots that hold them.
+group of rows' supervised positions for the LM head, in the fewest ``data.head_slot_buckets`` slots that hold them
+(an example that the cap alone keeps out waits like any other, and ``held_by_cap`` counts it).
 The queue cannot grow without bound: a configuration whose B records bring more tokens on average than R*T is
 refused up front, and since first-fit packing leaves gaps that an average does not see, a queue that still outgrows
 ``MAX_QUEUED_STEPS`` steps of rows stops the run with an error (the examples in it would otherwise wait for ever).
@@ -25,6 +26,7 @@ numpy copies per step.
 """
 from __future__ import annotations
 
+import collections
 import logging
 from typing import Any, Sequence
 
@@ -168,7 +170,8 @@ class BatchIterator:
         self._sentence_keys = [(e.sent0_ids.tobytes(), e.sent1_ids.tobytes()) for e in corpus.examples]
         self._permutations: dict[int, np.ndarray] = {}
         self._corpus_digest: str | None = None
-        self._state = {"epoch": 0, "cursor": 0, "step": 0, "queue": [], "tokens_seen": 0, "carried": 0}
+        self._state = {"epoch": 0, "cursor": 0, "step": 0, "queue": [], "tokens_seen": 0, "carried": 0,
+                       "held_by_cap": 0}
         log.info("batches: %d records and %d CLM rows of %d tokens per step (%s packing); %d records = %.1f steps "
                  "per epoch", self.batch_size, self.rows, self.seq_len, self.mode, len(corpus),
                  len(corpus) / self.batch_size)
@@ -197,7 +200,7 @@ class BatchIterator:
         mismatched = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
         if mismatched:
             raise ValueError(f"data state does not belong to this corpus/config (saved, now): {mismatched}")
-        self._state = {k: state[k] for k in self._state}
+        self._state = {k: state.get(k, 0) if k == "held_by_cap" else state[k] for k in self._state}
         self._state["queue"] = [list(item) for item in state["queue"]]
 
     @property
@@ -213,6 +216,13 @@ class BatchIterator:
     def carried(self) -> int:
         """How many times a CLM example had to wait for a later step (0 when every step's examples fit)."""
         return self._state["carried"]
+
+    @property
+    def held_by_cap(self) -> int:
+        """How many of those waits ``data.supervised_cap`` caused: the example had token room this step, so it
+        would have been packed without the cap (0: the cap never kept an example out of a step it would have
+        joined)."""
+        return self._state["held_by_cap"]
 
     # ------------------------------------------------------------------------------------------------ batches
     def __iter__(self):
@@ -246,6 +256,7 @@ class BatchIterator:
         records = self._draw_records()
         queue = self._state["queue"] + [[i, 0] for i in records if self._clm_lengths[i]]
         plan, left = self._plan(queue)
+        held = self._held_by_cap(queue, left)
         length = pick_bucket(max(self._sent_lengths[i] for i in records), self.buckets)
         batch = self._contrastive(records, self._local(self.batch_size), length)
         batch.update(packing.fill_rows([plan[i] for i in self._local(self.rows)], self._clm_ids, self._clm_labels,
@@ -254,7 +265,7 @@ class BatchIterator:
         if self.supervised_cap:
             batch["clm_head_index"] = packing.head_index(batch["clm_weights"], self.group_rows,
                                                          pick_bucket(self._most_supervised(plan), self.head_slots))
-        self._advance(records, plan, left)
+        self._advance(records, plan, left, held)
         return batch
 
     def _plan(self, queue: packing.Pending) -> tuple[list[list[packing.Span]], packing.Pending]:
@@ -266,6 +277,14 @@ class BatchIterator:
         if len(self.row_lengths) > 1:
             plan = packing.balance_rows(plan, self.seq_len, **supervised)
         return plan, left
+
+    def _held_by_cap(self, queue: packing.Pending, left: packing.Pending) -> int:
+        """How many of the waiting examples would have been packed this step without the supervised cap (first
+        fit once more, on token room alone; only on steps where something waits, so it costs little)."""
+        if not (self.supervised_cap and left):
+            return 0
+        _, uncapped = packing.plan_segments(queue, self._clm_lengths, self.rows, self.seq_len)
+        return (collections.Counter(map(tuple, left)) - collections.Counter(map(tuple, uncapped))).total()
 
     def _most_supervised(self, plan: list[list[packing.Span]]) -> int:
         """The supervised positions of the plan's fullest group of rows (every process sees the global plan, so
@@ -282,7 +301,8 @@ class BatchIterator:
         batch["sent_group"] = sentence_groups([self._sentence_keys[i] for i in records])[local]
         return batch
 
-    def _advance(self, records: list[int], plan: list[list[packing.Span]], left: packing.Pending) -> None:
+    def _advance(self, records: list[int], plan: list[list[packing.Span]], left: packing.Pending,
+                 held: int) -> None:
         examples = self.corpus.examples
         sent_tokens = sum(len(examples[i].sent0_ids) + len(examples[i].sent1_ids) for i in records)
         clm_tokens = sum(stop - start for spans in plan for _, start, stop in spans)
@@ -290,6 +310,10 @@ class BatchIterator:
         if len(left) > 2 * self.batch_size and len(state["queue"]) <= 2 * self.batch_size:
             log.warning("step %d: %d CLM examples wait for later steps (data.clm_rows=%d may be tight)",
                         state["step"], len(left), self.rows)
+        if held and not state["held_by_cap"]:
+            log.warning("step %d: data.supervised_cap=%d holds %d CLM examples for a later step that would fit the "
+                        "rows' tokens (no token is lost, but the batches are no longer the uncapped ones; the run "
+                        "summary counts every such wait)", state["step"], self.supervised_cap, held)
         waiting = sum(self._clm_lengths[i] - start for i, start in left)
         if waiting > MAX_QUEUED_STEPS * self.rows * self.seq_len:
             cap = f", or a larger data.supervised_cap={self.supervised_cap}" if self.supervised_cap else ""
@@ -299,7 +323,7 @@ class BatchIterator:
                 f"packed (first fit leaves gaps), the rows cannot keep up with train.batch_size={self.batch_size} "
                 f"records a step; use more data.clm_rows or a smaller train.batch_size{cap}")
         state.update(step=state["step"] + 1, queue=left, tokens_seen=state["tokens_seen"] + sent_tokens + clm_tokens,
-                     carried=state["carried"] + len(left))
+                     carried=state["carried"] + len(left), held_by_cap=state["held_by_cap"] + held)
 
 
 def make_batches(corpus: TokenizedCorpus, data_cfg: Any, train_cfg: Any, *, seed: int, batch_shards: int = 1,
