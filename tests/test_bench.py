@@ -53,6 +53,27 @@ def test_every_row_length_compiles_before_the_timed_steps(shared_data, tmp_path_
     assert trainer.step_fn.num_compiles == len(lengths)
 
 
+def test_packed_sentences_reach_the_reference_as_the_padded_ones(shared_data, tmp_path_factory):
+    """Under ``data.cl_pack_rows`` the bench unpacks the sentences for the reference's collation: the reference gets
+    the padded batches' layout and FLOPs, while our executed FLOPs count the fewer packed rows."""
+    tokenizer_dir = train_tiny_tokenizer(shared_data, tmp_path_factory.mktemp("tok"))
+    config = tiny_train_config(tokenizer_dir, shared_data)
+    config.data.cl_buckets = (256,)            # long rows, so that the sentences of a block share them
+    batches = {}
+    for pack_rows in ((), (1,)):
+        config.data.cl_pack_rows = pack_rows
+        trainer = train.Trainer(config, tmp_path_factory.mktemp("packing"))
+        batches[pack_rows] = [(b, bench.executed_step_flops(b, trainer)) for b in bench.draw_batches(trainer, 3)[0]]
+        packed = [bench.padded_sentences(b, trainer) for b, _ in batches[pack_rows]]
+        trainer.close()
+    for (plain, (ours_plain, theirs_plain)), (packed_batch, (ours, theirs)), unpacked in zip(
+            batches[()], batches[(1,)], packed, strict=True):
+        assert packed_batch["sent_ids"].shape[0] < 2 * plain["sent0_ids"].shape[0]
+        want, got = bench.reference_collation(plain), bench.reference_collation(unpacked)
+        assert want.keys() == got.keys() and all(np.array_equal(want[k], got[k]) for k in want)
+        assert theirs == theirs_plain and ours < ours_plain
+
+
 def test_tokens_per_second_is_tokens_per_step_over_the_median_step(report):
     batch, jax_part = report["batch"], report["jax"]
     assert batch["tokens_per_step"] == pytest.approx(batch["clm_tokens_per_step"] + batch["contrastive_tokens_per_step"])

@@ -17,7 +17,7 @@ import pytest
 
 from tests.test_tokenize import alpaca_records, data_cfg, xlmr_tokenizer
 from xalign_jax import sharding
-from xalign_jax.data import packing, pipeline, tokenize
+from xalign_jax.data import packing, pipeline, sentence_packing, tokenize
 
 PAD = 0
 
@@ -212,8 +212,9 @@ def test_supervised_cap_holds_on_every_group_and_nothing_is_lost(corpus, group_r
 
 def test_only_the_waits_the_cap_causes_count_as_held_by_it(corpus, caplog):
     """Tight rows make examples wait with or without a cap. A cap that no row reaches holds nothing back: its
-    batches carry the uncapped ones' examples. A binding cap (a pair of rows sharing one and a half longest answers) holds
-    examples back, warns once, and counts every such wait. A state saved before the count existed still resumes."""
+    batches carry the uncapped ones' examples. A binding cap (a pair of rows sharing one and a half longest
+    answers) holds examples back, warns once, and counts every such wait. A state saved before the count existed
+    still resumes."""
     data, train = cfgs(batch_size=16, clm_rows=12)
     uncapped = take(pipeline.make_batches(corpus, data, train, seed=3), 40)
     data.supervised_cap, data.supervised_group_rows = data.seq_len, 1
@@ -232,6 +233,43 @@ def test_only_the_waits_the_cap_causes_count_as_held_by_it(corpus, caplog):
     resumed = pipeline.make_batches(corpus, data, train, seed=3)
     resumed.set_state(saved)
     assert resumed.held_by_cap == 0 and resumed.carried == tight.carried
+
+
+@pytest.mark.parametrize("batch_shards, micro_batches", [(1, 1), (2, 2)])
+def test_packed_sentences_unpack_to_the_padded_ones(corpus, batch_shards, micro_batches):
+    """``data.cl_pack_rows``: each block of records (a data shard's part of a micro-batch) packs its sentences into
+    the same, fewest, number of rows of the step's bucket; unpacked, they are the padded layout's arrays, on every
+    process's slice. Some steps need fewer rows than sentences, and every segment is one sentence, positions
+    0..n-1."""
+    data, train = cfgs(batch_size=32, clm_rows=24, micro_batches=micro_batches)
+    padded = take(pipeline.make_batches(corpus, data, train, seed=4, batch_shards=batch_shards), 5)
+    data.cl_pack_rows = (2, 4, 8, 12, 16, 20, 24)
+    blocks, saved = batch_shards * micro_batches, 0
+    for shards in [None] + [(s,) for s in range(batch_shards) if batch_shards > 1]:
+        held = blocks // batch_shards * (len(shards) if shards else batch_shards)
+        packed = take(pipeline.make_batches(corpus, data, train, seed=4, batch_shards=batch_shards,
+                                            local_shards=shards), 5)
+        for plain, ours in zip(padded, packed):
+            local = np.concatenate([np.arange(len(plain["sent_group"])).reshape(batch_shards, -1)[s]
+                                    for s in (shards or range(batch_shards))])
+            unpacked = sentence_packing.unpack(ours, held, corpus.pad_id)
+            for key in ("sent0_ids", "sent0_mask", "sent1_ids", "sent1_mask"):
+                np.testing.assert_array_equal(unpacked[key], plain[key][local], err_msg=key)
+            np.testing.assert_array_equal(ours["sent_group"], plain["sent_group"][local])
+            assert pipeline.contrastive_tokens(ours)[0] == unpacked["sent0_mask"].sum() + unpacked["sent1_mask"].sum()
+            assert ours["sent_ids"].shape[0] // held in data.cl_pack_rows + (2 * 32 // blocks,)
+            assert ours["sent_ids"].shape[0] % held == 0 and ours["sent_ids"].shape[0] <= 2 * len(local)
+            saved += 2 * len(local) - ours["sent_ids"].shape[0]
+            segments, positions = ours["sent_segment_ids"], ours["sent_positions"]
+            starts = (segments > 0) & (np.diff(segments, axis=1, prepend=0) != 0)
+            assert (positions[starts] == 0).all() and (positions[segments == 0] == 0).all()
+            assert starts.sum() == 2 * len(local)
+    assert saved > 0
+
+
+def test_rows_needed_packs_longest_first_within_the_row_length():
+    assert sentence_packing.rows_needed([5, 9, 3, 7, 2], 10) == [[1], [3, 2], [0, 4]]
+    assert sentence_packing.rows_needed([10, 10], 10) == [[0], [1]]
 
 
 def test_head_slot_buckets_list_every_supervised_position(corpus):

@@ -42,7 +42,8 @@ def alpaca_records(shared_data: pathlib.Path, count: int) -> list[AFPRecord]:
 def data_cfg(**overrides) -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict(dict(seq_len=512, clm_rows=2, cl_buckets=(32, 64, 128), packing="segments",
                                          prompt_masking="offsets", append_eos=True, supervised_cap=0,
-                                         supervised_group_rows=1, clm_len_buckets=(), head_slot_buckets=()))
+                                         supervised_group_rows=1, clm_len_buckets=(), head_slot_buckets=(),
+                                         cl_pack_rows=()))
     cfg.update(overrides)
     return cfg
 

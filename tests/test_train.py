@@ -202,6 +202,10 @@ def test_config_errors_name_the_key(tokenizer_dir, shared_data):
     with pytest.raises(config_validation.ConfigError, match=r"^config mesh: data\*fsdp\*tensor = 3"):
         config_validation.validate(config, mode="train", num_devices=8)
     config = tiny_train_config(tokenizer_dir, shared_data)
+    config.data.cl_pack_rows = (4, 2)
+    with pytest.raises(config_validation.ConfigError, match=r"^config data.cl_pack_rows: must be an increasing"):
+        config_validation.validate(config, mode="train", num_devices=8)
+    config = tiny_train_config(tokenizer_dir, shared_data)
     with pytest.raises(config_validation.ConfigError, match=r"^config objective.pooler: layer 5 is beyond"):
         config.objective.pooler = "last-5"
         config_validation.validate_against_model(config, num_layers=2)
@@ -247,6 +251,29 @@ def test_accumulation_gives_the_same_steps_on_any_mesh(tokenizer_dir, shared_dat
     reference = _first_losses(configs[0], tmp_path / "a")
     for ours, theirs in zip(_first_losses(configs[1], tmp_path / "b"), reference, strict=True):
         for key in ("train/loss", "train/cl_loss", "train/clm_loss", "train/grad_norm"):
+            np.testing.assert_allclose(ours[key], theirs[key], rtol=2e-5, err_msg=key)
+
+
+@pytest.mark.parametrize("mesh, micro_batches", [({}, 1), (dict(data=2, fsdp=2, tensor=2), 2)])
+def test_packed_contrastive_sentences_give_the_same_steps(tokenizer_dir, shared_data, tmp_path, caplog, mesh,
+                                                          micro_batches):
+    """data.cl_pack_rows: the sentences of each data shard's part of a micro-batch share rows as segments and are
+    pooled from their own segments: the same losses and gradient norms as one padded row per sentence, on 8 data
+    shards and on (data=2, fsdp=2, tensor=2) with 2 micro-batches."""
+    configs = [tiny_train_config(tokenizer_dir, shared_data, checkpoint_every=100, batch_size=32,
+                                 micro_batches=micro_batches) for _ in range(2)]
+    for config in configs:
+        config.mesh.update(mesh)
+        config.data.clm_rows = 32
+        config.data.cl_buckets = (128,)     # this tokenizer's sentences: median 37 tokens, 58% above 32
+    configs[1].data.cl_pack_rows = (2, 3, 4, 6)
+    reference = _first_losses(configs[0], tmp_path / "a")
+    with caplog.at_level(logging.INFO, logger="xalign_jax.train"):
+        packed = _first_losses(configs[1], tmp_path / "b")
+    rows = {int(n) for n in re.findall(r"'sent_ids': \((\d+), \d+\)", caplog.text)}
+    assert rows and max(rows) < 2 * 32, caplog.text[-2000:]         # fewer rows than the 64 sentences
+    for ours, theirs in zip(packed, reference, strict=True):
+        for key in ("train/loss", "train/cl_loss", "train/clm_loss", "train/grad_norm", "train/cl_accuracy"):
             np.testing.assert_allclose(ours[key], theirs[key], rtol=2e-5, err_msg=key)
 
 

@@ -11,7 +11,7 @@ from flax import nnx
 
 from tests.tiny_models import TINY_HF_CONFIGS, reference_batch, step_batch
 from xalign_jax import config_defaults, models, sharding, train, train_step
-from xalign_jax.data import pipeline
+from xalign_jax.data import pipeline, sentence_packing
 
 
 def _tree(seed: int, scale: float) -> dict:
@@ -83,6 +83,52 @@ def test_the_step_is_the_weighted_loss_and_an_optax_adamw_update(clm_weight, cl_
         held, entries = held + int(conditioned.sum()), entries + conditioned.size
     assert moved > 0
     assert held > 0.9 * entries
+
+
+def _packed_pairs(blocks: int, per_block: int, vocab: int, row_length: int = 16) -> tuple[dict, dict]:
+    """Random sentence pairs (2..row_length tokens) padded one per row, and the same packed into rows per block of
+    ``per_block`` records, as ``sentence_packing`` lays them out (every block the same row count)."""
+    rng = np.random.default_rng(0)
+    pairs = [[rng.integers(3, vocab, rng.integers(2, row_length + 1)) for _ in range(2)]
+             for _ in range(blocks * per_block)]
+    padded = {}
+    for side in (0, 1):
+        padded[f"sent{side}_ids"], padded[f"sent{side}_mask"] = pipeline.pad_right([p[side] for p in pairs],
+                                                                                   row_length, 0)
+    plans = []
+    for b in range(blocks):
+        block = pairs[b * per_block:(b + 1) * per_block]
+        plans.append(([p[0] for p in block], [p[1] for p in block]))
+    layouts = [sentence_packing.rows_needed([len(s) for s in s0 + s1], row_length) for s0, s1 in plans]
+    rows = max(len(layout) for layout in layouts)
+    packed = [sentence_packing.pack_block(*plan, layout, rows, row_length, 0) for plan, layout in zip(plans, layouts)]
+    packed = {key: np.concatenate([block[key] for block in packed]) for key in packed[0]}
+    assert rows < 2 * per_block          # the test packs something
+    return padded, packed
+
+
+@pytest.mark.parametrize("family, pooler", [("llama3", "last-1"), ("bloom", "avg-2"), ("gemma3", "max-1")])
+def test_packed_sentences_pool_to_the_padded_ones_vectors(family, pooler):
+    """Sentences packed as segments (``data.cl_pack_rows``), gathered per block of rows: each pair's vectors and
+    their gradients are those of one padded row per sentence, for RoPE, ALiBi and Gemma-3 attention and every
+    pooling method; with 2 blocks the gather stays within each block."""
+    cfg = models.ModelConfig.from_hf(TINY_HF_CONFIGS[family], dropout=0.0)
+    graphdef, params = nnx.split(models.init_model(cfg, seed=0, std=0.2), nnx.Param)
+    padded, packed = _packed_pairs(blocks=2, per_block=6, vocab=cfg.vocab_size)
+
+    def vectors(p, batch, shards):
+        return jnp.concatenate(train_step.sentence_vectors(nnx.merge(graphdef, p), batch, None, pooler, shards))
+
+    def agreement(p, batch, shards):      # a scalar of every vector, for the gradients
+        z = vectors(p, batch, shards)
+        return jnp.sum(z[:12] * z[12:])
+
+    np.testing.assert_allclose(np.asarray(vectors(params, packed, 2)), np.asarray(vectors(params, padded, 1)),
+                               rtol=1e-5, atol=1e-5)
+    got, want = (jax.grad(agreement)(params, batch, shards) for batch, shards in ((packed, 2), (padded, 1)))
+    scale = max(float(np.abs(w).max()) for w in jax.tree.leaves(want))     # fp32 rounding of the largest gradient
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-6 * scale)
 
 
 def test_the_ce_gradient_layout_is_the_configs_and_every_layout_gives_one_step():

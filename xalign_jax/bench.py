@@ -58,7 +58,7 @@ from absl import logging
 from flax import nnx
 
 from xalign_jax import objectives, train
-from xalign_jax.data import pipeline
+from xalign_jax.data import pipeline, sentence_packing
 
 REFERENCE_CLM_BLOCK = 512   # the reference collator's block_size: min(clm_block_size, model_max_length), AFP_SPEC §1.3
 IGNORE_INDEX = -100         # torch's cross-entropy label to skip
@@ -113,15 +113,24 @@ def executed_step_flops(host_batch: dict, trainer: train.Trainer) -> tuple[float
     (``ModelFlops.reference_step_flops``)."""
     layers = objectives.parse_pooler(trainer.config.objective.pooler)[1]
     rows, seq = host_batch["clm_ids"].shape
-    sentences, cl_seq = host_batch["sent0_ids"].shape
+    _, cl_positions, cl_seq = pipeline.contrastive_tokens(host_batch)
     head = host_batch["clm_head_index"].size if "clm_head_index" in host_batch else rows * seq
-    ours = trainer.flops.train_step_flops(clm_tokens=rows * seq, clm_seq=seq, cl_tokens=2 * sentences * cl_seq,
+    ours = trainer.flops.train_step_flops(clm_tokens=rows * seq, clm_seq=seq, cl_tokens=cl_positions,
                                           cl_seq=cl_seq, cl_layers=layers, head_tokens=head)
-    theirs = reference_collation(host_batch)
-    (ref_rows, ref_seq), (_, ref_cl_seq) = theirs["clm_ids"].shape, theirs["sent0_ids"].shape
+    theirs = reference_collation(padded_sentences(host_batch, trainer))
+    (ref_rows, ref_seq), (sentences, ref_cl_seq) = theirs["clm_ids"].shape, theirs["sent0_ids"].shape
     return ours, trainer.flops.reference_step_flops(clm_tokens=ref_rows * ref_seq, clm_seq=ref_seq,
                                                     cl_tokens=2 * sentences * ref_cl_seq, cl_seq=ref_cl_seq,
                                                     cl_layers=layers)
+
+
+def padded_sentences(host_batch: dict, trainer: train.Trainer) -> dict:
+    """The host batch with its contrastive sentences in the padded layout (unpacked under ``data.cl_pack_rows``):
+    the layout ``reference_collation`` cuts to the reference's."""
+    if "sent_ids" not in host_batch:
+        return host_batch
+    blocks = len(trainer.batches.local_shards) * trainer.batches.micro_batches
+    return {**host_batch, **sentence_packing.unpack(host_batch, blocks, trainer.examples.pad_id)}
 
 
 def reference_collation(host_batch: dict, block_size: int = REFERENCE_CLM_BLOCK) -> dict:
@@ -267,7 +276,8 @@ def prepare_torch_reference(trainer: train.Trainer, host_batches: Sequence[dict]
     optimizer = torch_reference.make_optimizer(model, lr=trainer.config.train.lr)
     ocfg = trainer.config.objective
     timer = torch_reference.prepare_steps(
-        model, optimizer, [reference_collation(b) for b in host_batches], warmup=warmup, layer=layer,
+        model, optimizer, [reference_collation(padded_sentences(b, trainer)) for b in host_batches],
+        warmup=warmup, layer=layer,
         temperature=ocfg.temperature, cl_weight=ocfg.cl_weight, clm_weight=ocfg.clm_weight,
         grad_clip=trainer.config.train.grad_clip or 1e9, bf16_autocast=bf16_autocast)
     settings = {"threads": torch_reference.thread_settings(),
@@ -420,7 +430,7 @@ def batch_info(trainer: train.Trainer, host_batches: Sequence[dict], counts: dic
     first = host_batches[0]
     return {"records": int(trainer.config.train.batch_size), "clm_rows": int(first["clm_ids"].shape[0]),
             "clm_lengths": sorted({int(b["clm_ids"].shape[1]) for b in host_batches}),
-            "contrastive_lengths": sorted({int(b["sent0_ids"].shape[1]) for b in host_batches}), **counts}
+            "contrastive_lengths": sorted({pipeline.contrastive_tokens(b)[2] for b in host_batches}), **counts}
 
 
 def jax_report(trainer: train.Trainer, run: dict, counts: dict, data_seconds: float, peak_rss: int) -> dict:

@@ -48,6 +48,10 @@ def data_config() -> ml_collections.ConfigDict:
         "seq_len": 512,             # CLM row length (reference clm_block_size 512)
         "clm_rows": 2,              # packed CLM rows per step (global)
         "cl_buckets": (32, 64, 128),  # contrastive sentence lengths (one compile per bucket used)
+        "cl_pack_rows": (),         # () = one padded row per contrastive sentence. Else the sentences of each data
+                                    # shard's part of a micro-batch share rows of the step's bucket length, as
+                                    # segments, in the fewest of these row counts that hold them (one compile per
+                                    # count used; 2 x its records when none does): data/sentence_packing.py
         "clm_len_buckets": (),      # shorter CLM row lengths a step may use (one compile per length used): rows
                                     # take the smallest that holds the step's fullest row, seq_len when none does;
                                     # segments packing then deals each step's examples evenly over the rows

@@ -97,6 +97,9 @@ def validate(config: Any, *, mode: str, num_devices: int | None = None) -> None:
     if sorted(data_cfg.cl_buckets) != list(data_cfg.cl_buckets) or not data_cfg.cl_buckets:
         _fail("data.cl_buckets", f"must be a non-empty increasing tuple, got {data_cfg.cl_buckets}")
     _validate_ladder(data_cfg, "clm_len_buckets", "seq_len")
+    pack_rows = list(data_cfg.cl_pack_rows)
+    if sorted(set(pack_rows)) != pack_rows or any(r < 1 for r in pack_rows):
+        _fail("data.cl_pack_rows", f"must be an increasing tuple of positive row counts, got {data_cfg.cl_pack_rows}")
     _validate_ladder(data_cfg, "head_slot_buckets", "supervised_cap")
     pool_layer(config.objective.pooler)
     if config.objective.temperature <= 0:

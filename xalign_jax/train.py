@@ -362,13 +362,13 @@ class _ThroughputWindow:
 
     def add(self, host_batch: dict, flops: metrics_lib.ModelFlops, ocfg: Any) -> None:
         clm_tokens = int(np.asarray(host_batch["clm_segment_ids"] > 0).sum())
-        cl_tokens = int(np.asarray(host_batch["sent0_mask"]).sum() + np.asarray(host_batch["sent1_mask"]).sum())
+        cl_tokens, _, cl_seq = pipeline.contrastive_tokens(host_batch)
         _, layer = _pool_layer(ocfg)
         self.steps += 1
         self.tokens += clm_tokens + cl_tokens
         self.flops += flops.train_step_flops(
             clm_tokens=clm_tokens, clm_seq=host_batch["clm_ids"].shape[1], cl_tokens=cl_tokens,
-            cl_seq=host_batch["sent0_ids"].shape[1], cl_layers=layer,
+            cl_seq=cl_seq, cl_layers=layer,
             head_tokens=int(np.asarray(host_batch["clm_weights"] > 0).sum()))
 
     def take(self) -> dict:

@@ -2,10 +2,11 @@
 
 ``make_train_step`` returns ``step(state, batch) -> (state, metrics)``, to be jitted once with shardings and the
 state donated. Per step:
-  1. the contrastive pass runs sent0 and sent1 through the embeddings and the first ``k`` blocks only (``k`` is the
-     pooling layer), pools, and computes InfoNCE over the GLOBAL batch (the batch arrays are globally sharded, so
-     ``z0 @ z1.T`` inside jit gives every device every negative, with gradients); with gradient accumulation the
-     negatives are those of the micro-batch (``batch_size / micro_batches`` pairs), as in any accumulation;
+  1. the contrastive pass runs sent0 and sent1 (padded one per row, or packed as segments: ``sentence_vectors``)
+     through the embeddings and the first ``k`` blocks only (``k`` is the pooling layer), pools, and computes
+     InfoNCE over the GLOBAL batch (the batch arrays are globally sharded, so ``z0 @ z1.T`` inside jit gives every
+     device every negative, with gradients); with gradient accumulation the negatives are those of the
+     micro-batch (``batch_size / micro_batches`` pairs), as in any accumulation;
   2. the CLM pass runs the packed rows through the whole decoder and computes the masked cross-entropy in sequence
      chunks, so the [rows, T, vocab] fp32 logits never exist;
   3. ``loss = cl_weight * L_cl + clm_weight * L_clm`` (``L_cl`` alone, unweighted, without CLM: AFP_SPEC §1.2.7),
@@ -116,18 +117,44 @@ def split_micro(batch: Batch, num_micro: int, batch_shards: int = 1) -> Batch:
     return {k: split(v) for k, v in batch.items()}
 
 
+def sentence_vectors(model: nnx.Module, batch: Batch, rng: jax.Array, pooler: str,
+                     batch_shards: int = 1) -> tuple[jax.Array, jax.Array]:
+    """(z0, z1): the micro-batch's pooled sentence pairs, through the first ``k`` blocks only. Padded sentences
+    (``sent0_ids``...) pool their own rows. Packed ones (``sent_ids``..., ``data.cl_pack_rows``) run as segments,
+    then each sentence's row is gathered within its data shard's block of rows (the micro-batch's
+    ``batch_shards`` blocks, ``split_micro``), so no device needs another's hidden states, and pooled over its
+    segment alone: the vectors of the padded layout."""
+    method, layer = objectives.parse_pooler(pooler)
+    if "sent_ids" not in batch:
+        ids = jnp.concatenate([batch["sent0_ids"], batch["sent1_ids"]], axis=0)
+        mask = jnp.concatenate([batch["sent0_mask"], batch["sent1_mask"]], axis=0)
+        hidden = model(ids, mask, num_layers=layer, compute_logits=False, dropout_rng=rng).last_hidden_state
+        z0, z1 = jnp.split(objectives.pool(hidden, mask, method), 2, axis=0)
+        return z0, z1
+    segments = batch["sent_segment_ids"]
+    hidden = model(batch["sent_ids"], (segments > 0).astype(jnp.int32), positions=batch["sent_positions"],
+                   segment_ids=segments, num_layers=layer, compute_logits=False, dropout_rng=rng).last_hidden_state
+    by_block = hidden.reshape((batch_shards, -1) + hidden.shape[1:])
+    segments_by_block = segments.reshape((batch_shards, -1, segments.shape[1]))
+
+    def side(name: str) -> jax.Array:
+        rows = batch[f"{name}_row"].reshape(batch_shards, -1)
+        picked = jnp.take_along_axis(by_block, rows[..., None, None], axis=1)
+        member = jnp.take_along_axis(segments_by_block, rows[..., None], axis=1) == batch[f"{name}_segment"].reshape(
+            batch_shards, -1)[..., None]
+        return objectives.pool(picked.reshape((-1,) + picked.shape[2:]), member.reshape(-1, member.shape[-1]), method)
+
+    return side("sent0"), side("sent1")
+
+
 def afp_losses(model: nnx.Module, batch: Batch, rng: jax.Array, ocfg: Any, supervised_group_rows: int = 1,
-               clm_scale: float | jax.Array = 1.0) -> tuple[jax.Array, jax.Array, dict]:
+               clm_scale: float | jax.Array = 1.0, batch_shards: int = 1) -> tuple[jax.Array, jax.Array, dict]:
     """(contrastive loss, CLM token-loss SUM x ``clm_scale``, aux metrics) for one micro-batch. When the batch has
     a ``clm_head_index`` (the pipeline's, under ``data.supervised_cap``) the CE sees only the supervised positions
     it lists per group of ``supervised_group_rows`` consecutive rows (a group lies within one shard of the
     micro-batch: ``config_validation`` checks the divisibility)."""
-    method, layer = objectives.parse_pooler(ocfg.pooler)
     cl_rng, clm_rng = jax.random.split(rng)
-    ids = jnp.concatenate([batch["sent0_ids"], batch["sent1_ids"]], axis=0)
-    mask = jnp.concatenate([batch["sent0_mask"], batch["sent1_mask"]], axis=0)
-    hidden = model(ids, mask, num_layers=layer, compute_logits=False, dropout_rng=cl_rng).last_hidden_state
-    z0, z1 = jnp.split(objectives.pool(hidden, mask, method), 2, axis=0)
+    z0, z1 = sentence_vectors(model, batch, cl_rng, ocfg.pooler, batch_shards)
     groups = batch.get("sent_group") if ocfg.mask_shared_sentences else None
     cl_loss, cl_metrics = objectives.contrastive_loss(z0, z1, temperature=ocfg.temperature,
                                                       symmetric=ocfg.symmetric, groups=groups)
@@ -162,7 +189,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         # The CE's sum comes out as its term of the loss (clm_weight x the global token mean), so that its
         # gradients need no further scaling (objectives.clm_loss's ``scale``).
         cl_loss, clm_term, aux = afp_losses(model, micro_batch, rng, ocfg, supervised_group_rows,
-                                            clm_scale=clm_weight / total_tokens)
+                                            clm_scale=clm_weight / total_tokens, batch_shards=batch_shards)
         loss = cl_weight * cl_loss / num_micro + (clm_term if ocfg.clm_weight else 0.0)
         return loss, {"cl_loss": cl_loss / num_micro, "clm_loss": clm_term / clm_weight, **aux}
 

@@ -3,8 +3,9 @@
 Per step the iterator draws the next B records of an endless stream of epoch permutations (epoch e is shuffled by
 ``(seed, e)``; a step may span an epoch boundary, so no record is ever skipped). The records' contrastive pairs
 fill ``sent0_*``/``sent1_*`` (right padded to the smallest bucket that fits the global batch, so shapes are static
-per bucket), and ``sent_group`` numbers the step's pairs so that pairs sharing a sentence (the same English in an
-en-zh and an en-sw pair) share a number: the contrastive loss does not use them as each other's negatives. Their
+per bucket; with ``data.cl_pack_rows`` they share rows of that bucket as segments, ``sentence_packing.py``), and
+``sent_group`` numbers the step's pairs so that pairs sharing a sentence (the same English in an en-zh and an
+en-sw pair) share a number: the contrastive loss does not use them as each other's negatives. Their
 CLM examples join a carry queue which is packed into R rows of T tokens (``packing.py``); whatever does not fit
 waits for the next step, so nothing is dropped. Shapes may follow the step's contents, one
 compile per shape used: with ``data.clm_len_buckets`` the step's examples are dealt evenly over the rows and the
@@ -33,7 +34,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from xalign_jax.data import packing
+from xalign_jax.data import packing, sentence_packing
 from xalign_jax.data.tokenize import TokenizedCorpus
 from xalign_jax.sharding import batch_sharding, local_batch_shards
 
@@ -167,6 +168,10 @@ class BatchIterator:
             _check_supervised_cap(self._clm_supervised, self.batch_size, self.rows, self.supervised_cap,
                                   self.group_rows, self.mode)
         self._sent_lengths = [max(len(e.sent0_ids), len(e.sent1_ids)) for e in corpus.examples]
+        blocks = self.batch_shards * self.micro_batches
+        self.cl_pack_rows = tuple(int(r) for r in data_cfg.cl_pack_rows if int(r) < 2 * self.batch_size // blocks)
+        if data_cfg.cl_pack_rows:
+            self.cl_pack_rows += (2 * self.batch_size // blocks,)
         self._sentence_keys = [(e.sent0_ids.tobytes(), e.sent1_ids.tobytes()) for e in corpus.examples]
         self._permutations: dict[int, np.ndarray] = {}
         self._corpus_digest: str | None = None
@@ -258,7 +263,7 @@ class BatchIterator:
         plan, left = self._plan(queue)
         held = self._held_by_cap(queue, left)
         length = pick_bucket(max(self._sent_lengths[i] for i in records), self.buckets)
-        batch = self._contrastive(records, self._local(self.batch_size), length)
+        batch = self._contrastive(records, length)
         batch.update(packing.fill_rows([plan[i] for i in self._local(self.rows)], self._clm_ids, self._clm_labels,
                                        seq_len=pick_bucket(packing.row_length(plan), self.row_lengths),
                                        pad_id=self.corpus.pad_id, one_segment_per_row=self.mode == "reference"))
@@ -292,14 +297,33 @@ class BatchIterator:
         rows = [sum(self._clm_supervised[example] for example, _, _ in spans) for spans in plan]
         return max(sum(rows[g:g + self.group_rows]) for g in range(0, len(rows), self.group_rows))
 
-    def _contrastive(self, records: list[int], local: np.ndarray, length: int) -> dict[str, np.ndarray]:
-        """The ``local`` positions of the step's ``records``: their padded sentences and their ``sent_group``."""
-        batch = {}
+    def _contrastive(self, records: list[int], length: int) -> dict[str, np.ndarray]:
+        """This process's part of the step's ``records``: their sentences, padded or packed, and ``sent_group``."""
+        local = self._local(self.batch_size)
+        batch = {"sent_group": sentence_groups([self._sentence_keys[i] for i in records])[local]}
+        if self.cl_pack_rows:
+            batch.update(self._packed_sentences(records, length))
+            return batch
         for name in ("sent0", "sent1"):
             sequences = [getattr(self.corpus.examples[records[i]], f"{name}_ids") for i in local]
             batch[f"{name}_ids"], batch[f"{name}_mask"] = pad_right(sequences, length, self.corpus.pad_id)
-        batch["sent_group"] = sentence_groups([self._sentence_keys[i] for i in records])[local]
         return batch
+
+    def _packed_sentences(self, records: list[int], length: int) -> dict[str, np.ndarray]:
+        """Each block of records (a data shard's part of a micro-batch, ``micro_batch_layout``) packed into the
+        same number of rows, the fewest of ``data.cl_pack_rows`` that hold every block's sentences (planned for the
+        global step, so every process picks the same); this process's blocks, in layout order."""
+        blocks = micro_batch_layout(self.batch_size, self.micro_batches, self.batch_shards).reshape(
+            self.batch_shards * self.micro_batches, -1)
+        examples = self.corpus.examples
+        sentences = [([examples[records[i]].sent0_ids for i in block], [examples[records[i]].sent1_ids for i in block])
+                     for block in blocks]
+        plans = [sentence_packing.rows_needed([len(s) for s in sent0 + sent1], length) for sent0, sent1 in sentences]
+        rows = pick_bucket(max(len(plan) for plan in plans), self.cl_pack_rows)
+        local = [s * self.micro_batches + m for s in self.local_shards for m in range(self.micro_batches)]
+        packed = [sentence_packing.pack_block(*sentences[k], plans[k], rows, length, self.corpus.pad_id)
+                  for k in local]
+        return {key: np.concatenate([block[key] for block in packed]) for key in packed[0]}
 
     def _advance(self, records: list[int], plan: list[list[packing.Span]], left: packing.Pending,
                  held: int) -> None:
@@ -324,6 +348,14 @@ class BatchIterator:
                 f"records a step; use more data.clm_rows or a smaller train.batch_size{cap}")
         state.update(step=state["step"] + 1, queue=left, tokens_seen=state["tokens_seen"] + sent_tokens + clm_tokens,
                      carried=state["carried"] + len(left), held_by_cap=state["held_by_cap"] + held)
+
+
+def contrastive_tokens(batch: dict[str, np.ndarray]) -> tuple[int, int, int]:
+    """(real tokens, positions computed, row length) of a host batch's contrastive sentences, padded or packed."""
+    if "sent_ids" in batch:
+        return int((batch["sent_segment_ids"] > 0).sum()), batch["sent_ids"].size, batch["sent_ids"].shape[1]
+    real = int(batch["sent0_mask"].sum() + batch["sent1_mask"].sum())
+    return real, batch["sent0_ids"].size + batch["sent1_ids"].size, batch["sent0_ids"].shape[1]
 
 
 def make_batches(corpus: TokenizedCorpus, data_cfg: Any, train_cfg: Any, *, seed: int, batch_shards: int = 1,
