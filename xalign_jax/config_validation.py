@@ -97,9 +97,7 @@ def validate(config: Any, *, mode: str, num_devices: int | None = None) -> None:
     if sorted(data_cfg.cl_buckets) != list(data_cfg.cl_buckets) or not data_cfg.cl_buckets:
         _fail("data.cl_buckets", f"must be a non-empty increasing tuple, got {data_cfg.cl_buckets}")
     _validate_ladder(data_cfg, "clm_len_buckets", "seq_len")
-    pack_rows = list(data_cfg.cl_pack_rows)
-    if sorted(set(pack_rows)) != pack_rows or any(r < 1 for r in pack_rows):
-        _fail("data.cl_pack_rows", f"must be an increasing tuple of positive row counts, got {data_cfg.cl_pack_rows}")
+    _validate_ladder(data_cfg, "cl_pack_rows")
     _validate_ladder(data_cfg, "head_slot_buckets", "supervised_cap")
     pool_layer(config.objective.pooler)
     if config.objective.temperature <= 0:
@@ -112,12 +110,14 @@ def validate(config: Any, *, mode: str, num_devices: int | None = None) -> None:
                                      "(objective.clm_weight = 0) the loss is L_cl unweighted, as the reference's")
 
 
-def _validate_ladder(data_cfg: Any, key: str, limit_key: str) -> None:
-    """A bucket ladder below a limit: increasing sizes within 1..limit (empty = off)."""
-    ladder, limit = list(data_cfg[key]), int(data_cfg[limit_key])
-    if sorted(set(ladder)) != ladder or any(not 0 < b <= limit for b in ladder):
-        _fail(f"data.{key}", f"must be an increasing tuple of sizes within 1..data.{limit_key} = {limit}, got "
-                             f"{data_cfg[key]}")
+def _validate_ladder(data_cfg: Any, key: str, limit_key: str | None = None) -> None:
+    """A bucket ladder: increasing positive sizes, within 1..``data[limit_key]`` when it has a limit (empty =
+    off)."""
+    ladder = list(data_cfg[key])
+    limit = int(data_cfg[limit_key]) if limit_key else None
+    if sorted(set(ladder)) != ladder or any(b < 1 or (limit is not None and b > limit) for b in ladder):
+        within = f"within 1..data.{limit_key} = {limit}" if limit_key else "of at least 1"
+        _fail(f"data.{key}", f"must be an increasing tuple of sizes {within}, got {data_cfg[key]}")
 
 
 def _validate_train_numbers(train: Any) -> None:
