@@ -100,6 +100,12 @@ def micro_batch_layout(total: int, micro_batches: int, batch_shards: int) -> np.
     return np.arange(total).reshape(micro_batches, batch_shards, per).transpose(1, 0, 2).reshape(-1)
 
 
+def ladder_to(buckets: Sequence[int], top: int) -> tuple[int, ...]:
+    """A config's bucket ladder below ``top``, then ``top`` itself: the sizes a step may use, the last always
+    enough (the ladder's sizes of ``top`` or more are never the smallest that fits)."""
+    return tuple(int(b) for b in buckets if int(b) < top) + (int(top),)
+
+
 def pick_bucket(length: int, buckets: Sequence[int]) -> int:
     """The smallest bucket that holds ``length`` tokens."""
     for bucket in sorted(buckets):
@@ -147,7 +153,7 @@ class BatchIterator:
         self.batch_size, self.rows = int(train_cfg.batch_size), int(data_cfg.clm_rows)
         self.seq_len = int(data_cfg.seq_len)
         self.buckets = tuple(int(b) for b in data_cfg.cl_buckets)
-        self.row_lengths = tuple(int(b) for b in data_cfg.clm_len_buckets if int(b) < self.seq_len) + (self.seq_len,)
+        self.row_lengths = ladder_to(data_cfg.clm_len_buckets, self.seq_len)
         self.mode = str(data_cfg.packing)
         if self.mode not in packing.PACKING_MODES:
             raise ValueError(f"config data.packing: {self.mode!r} is not one of {packing.PACKING_MODES}")
@@ -162,16 +168,13 @@ class BatchIterator:
         self._clm_lengths = [0 if ids is None else len(ids) for ids in self._clm_ids]
         self._clm_supervised = [0 if labels is None else int(labels[1:].sum()) for labels in self._clm_labels]
         self.supervised_cap, self.group_rows = int(data_cfg.supervised_cap), int(data_cfg.supervised_group_rows)
-        self.head_slots = tuple(int(b) for b in data_cfg.head_slot_buckets if int(b) < self.supervised_cap) + (
-            self.supervised_cap,)
+        self.head_slots = ladder_to(data_cfg.head_slot_buckets, self.supervised_cap)
         if self.supervised_cap:
             _check_supervised_cap(self._clm_supervised, self.batch_size, self.rows, self.supervised_cap,
                                   self.group_rows, self.mode)
         self._sent_lengths = [max(len(e.sent0_ids), len(e.sent1_ids)) for e in corpus.examples]
-        blocks = self.batch_shards * self.micro_batches
-        self.cl_pack_rows = tuple(int(r) for r in data_cfg.cl_pack_rows if int(r) < 2 * self.batch_size // blocks)
-        if data_cfg.cl_pack_rows:
-            self.cl_pack_rows += (2 * self.batch_size // blocks,)
+        sentences_per_block = 2 * self.batch_size // (self.batch_shards * self.micro_batches)
+        self.cl_pack_rows = ladder_to(data_cfg.cl_pack_rows, sentences_per_block) if data_cfg.cl_pack_rows else ()
         self._sentence_keys = [(e.sent0_ids.tobytes(), e.sent1_ids.tobytes()) for e in corpus.examples]
         self._permutations: dict[int, np.ndarray] = {}
         self._corpus_digest: str | None = None
