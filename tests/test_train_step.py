@@ -95,15 +95,10 @@ def _packed_pairs(blocks: int, per_block: int, vocab: int, row_length: int = 16)
     for side in (0, 1):
         padded[f"sent{side}_ids"], padded[f"sent{side}_mask"] = pipeline.pad_right([p[side] for p in pairs],
                                                                                    row_length, 0)
-    plans = []
-    for b in range(blocks):
-        block = pairs[b * per_block:(b + 1) * per_block]
-        plans.append(([p[0] for p in block], [p[1] for p in block]))
-    layouts = [sentence_packing.rows_needed([len(s) for s in s0 + s1], row_length) for s0, s1 in plans]
-    rows = max(len(layout) for layout in layouts)
-    packed = [sentence_packing.pack_block(*plan, layout, rows, row_length, 0) for plan, layout in zip(plans, layouts)]
-    packed = {key: np.concatenate([block[key] for block in packed]) for key in packed[0]}
-    assert rows < 2 * per_block          # the test packs something
+    by_block = [pairs[b * per_block:(b + 1) * per_block] for b in range(blocks)]
+    packed = sentence_packing.pack_blocks([([p[0] for p in block], [p[1] for p in block]) for block in by_block],
+                                          row_length, range(1, 2 * per_block + 1), 0)
+    assert packed["sent_ids"].shape[0] < blocks * 2 * per_block          # the test packs something
     return padded, packed
 
 

@@ -321,12 +321,8 @@ class BatchIterator:
         examples = self.corpus.examples
         sentences = [([examples[records[i]].sent0_ids for i in block], [examples[records[i]].sent1_ids for i in block])
                      for block in blocks]
-        plans = [sentence_packing.rows_needed([len(s) for s in sent0 + sent1], length) for sent0, sent1 in sentences]
-        rows = pick_bucket(max(len(plan) for plan in plans), self.cl_pack_rows)
         local = [s * self.micro_batches + m for s in self.local_shards for m in range(self.micro_batches)]
-        packed = [sentence_packing.pack_block(*sentences[k], plans[k], rows, length, self.corpus.pad_id)
-                  for k in local]
-        return {key: np.concatenate([block[key] for block in packed]) for key in packed[0]}
+        return sentence_packing.pack_blocks(sentences, length, self.cl_pack_rows, self.corpus.pad_id, keep=local)
 
     def _advance(self, records: list[int], plan: list[list[packing.Span]], left: packing.Pending,
                  held: int) -> None:

@@ -34,6 +34,20 @@ def rows_needed(lengths: Sequence[int], row_length: int) -> list[list[int]]:
     return rows
 
 
+def pack_blocks(blocks: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]], row_length: int,
+                row_counts: Sequence[int], pad_id: int, keep: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """Each block's ``(sent0, sent1)`` sentences packed into the same number of rows, the fewest of
+    ``row_counts`` (increasing, the last always enough) that hold every block's, so that the blocks stack into
+    one array; the blocks ``keep`` (default all), concatenated in that order. Planned over all blocks, so every
+    process that keeps only its own picks the same row count."""
+    plans = [rows_needed([len(s) for s in (*sent0, *sent1)], row_length) for sent0, sent1 in blocks]
+    need = max(len(plan) for plan in plans)
+    rows = next(count for count in row_counts if count >= need)
+    packed = [pack_block(*blocks[k], plans[k], rows, row_length, pad_id)
+              for k in (range(len(blocks)) if keep is None else keep)]
+    return {key: np.concatenate([block[key] for block in packed]) for key in packed[0]}
+
+
 def pack_block(sent0: Sequence[np.ndarray], sent1: Sequence[np.ndarray], plan: list[list[int]], rows: int,
                row_length: int, pad_id: int) -> dict[str, np.ndarray]:
     """One block's [rows, row_length] packed arrays and its records' [n] row/segment indices; ``plan`` lists each
