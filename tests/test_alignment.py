@@ -122,14 +122,21 @@ def test_an_fp32_models_embeddings_compile_with_the_cpu_options_a_bf16_models_wi
     assert used == [dict(xla_options.CPU_MATMULS_BY_XLA), None]
 
 
-def test_evaluate_alignment_end_to_end(tiny, shared_data, tmp_path):  # noqa: F811
+def test_evaluate_alignment_end_to_end(tiny, shared_data, tmp_path, monkeypatch):  # noqa: F811
     from xalign_jax.evaluation import runner
     _, model, tok, _ = tiny
     cfg = runner.default_eval_config().alignment
     cfg.update({"languages": ("zh", "sw"), "max_pairs": 12, "data_dir": str(shared_data), "poolers": ("avg-1",)})
+    embedded, embed = [], alignment.embed_sentences
+    monkeypatch.setattr(alignment, "embed_sentences", lambda m, t, sentences, *args, **kwargs:
+                        embedded.append(sentences) or embed(m, t, sentences, *args, **kwargs))
     result = runner.evaluate_alignment(model, tok, cfg)
     assert set(result["metrics"]) == {"flores/zh/avg-1", "flores/sw/avg-1"}
     assert result["metrics"]["flores/zh/avg-1"]["raw"]["pairs"] == 12
+    (zh, en), (sw, en_again) = (alignment.load_pairs("flores", lang, shared_data, limit=12) for lang in ("zh", "sw"))
+    assert en == en_again and [list(s) for s in embedded] == [zh, en, sw]     # FLORES's English side: once
+    sw_vectors, en_vectors = (embed(model, tok, sentences, "avg-1") for sentences in (sw, en))
+    assert result["metrics"]["flores/sw/avg-1"] == alignment.alignment_metrics(sw_vectors, en_vectors)
     assert set(result["projection"]["flores/avg-1"]) == {"en", "zh", "sw"}
     report.write_eval_outputs({"details": [], "avg_zero": 0.0, "avg_all": 0.0}, result, tmp_path)
     assert (tmp_path / "pca_flores_avg-1.png").stat().st_size > 1000

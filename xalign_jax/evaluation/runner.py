@@ -8,10 +8,11 @@ the dev parts (model selection), ``"test"`` the test parts (final numbers).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import pathlib
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import ml_collections
 import numpy as np
@@ -206,16 +207,27 @@ def evaluate_alignment(model: Any, tokenizer: Any, align_cfg: ml_collections.Con
     data_dir = pathlib.Path(align_cfg.data_dir or tasks.default_data_dir())
     out: dict[str, Any] = {"metrics": {}, "projection": {}}
     for pooler in align_cfg.poolers:
+        embed = _embedder(model, tokenizer, pooler, params, align_cfg.batch_rows, cpu_compiler_options)
         for source in align_cfg.sources:
             english_vectors = {}
             for language in align_cfg.languages:
                 xx, en = align_lib.load_pairs(source, language, data_dir, split=align_cfg.split,
                                               limit=align_cfg.max_pairs)
-                embed = [align_lib.embed_sentences(model, tokenizer, texts, pooler, params=params,
-                                                   batch_rows=align_cfg.batch_rows,
-                                                   cpu_compiler_options=cpu_compiler_options) for texts in (xx, en)]
-                out["metrics"][f"{source}/{language}/{pooler}"] = align_lib.alignment_metrics(*embed)
-                english_vectors.setdefault("en", embed[1])
-                english_vectors[language] = embed[0]
+                vectors = embed(tuple(xx)), embed(tuple(en))
+                out["metrics"][f"{source}/{language}/{pooler}"] = align_lib.alignment_metrics(*vectors)
+                english_vectors.setdefault("en", vectors[1])
+                english_vectors[language] = vectors[0]
             out["projection"][f"{source}/{pooler}"] = align_lib.project_2d(english_vectors)
     return out
+
+
+def _embedder(model: Any, tokenizer: Any, pooler: str, params, batch_rows: int,
+              cpu_compiler_options: Mapping[str, object] | None) -> Callable[[tuple[str, ...]], np.ndarray]:
+    """``embed_sentences`` for one pooler, each distinct list of sentences run once: FLORES pairs every language with
+    the same English sentences, which the forward passes would otherwise embed again for each language (the same
+    batches, so the same vectors)."""
+    @functools.cache
+    def embed(sentences: tuple[str, ...]) -> np.ndarray:
+        return align_lib.embed_sentences(model, tokenizer, sentences, pooler, params=params, batch_rows=batch_rows,
+                                         cpu_compiler_options=cpu_compiler_options)
+    return embed
