@@ -92,19 +92,29 @@ def test_plots_and_before_after_table(tmp_path):
 from tests.test_eval_scorer import tiny  # noqa: E402,F401  (module-scoped tiny Llama fixture)
 
 
-@pytest.mark.parametrize("pooler", ["avg-1", "last-2", "max-0"])
-def test_embeddings_equal_pooled_pytorch_hidden_states(tiny, shared_data, pooler):  # noqa: F811
+def test_embeddings_equal_pooled_pytorch_hidden_states_and_poolers_of_a_layer_share_its_passes(
+        tiny, shared_data, monkeypatch):  # noqa: F811
     import torch
+    from xalign_jax import xla_options
     reference_model, model, tok, _ = tiny
+    passes, jit_with = [], xla_options.jit_with
+
+    def counting_jit_with(*args):
+        compiled = jit_with(*args)
+        return lambda *a, **kwargs: passes.append(kwargs["num_layers"]) or compiled(*a, **kwargs)
+    monkeypatch.setattr(xla_options, "jit_with", counting_jit_with)
     sentences = alignment.load_pairs("flores", "zh", shared_data, limit=5)[0]
-    ours = alignment.embed_sentences(model, tok, sentences, pooler, batch_rows=4, buckets=(64, 128))
-    method, layer = pooler.split("-")
-    for vector, sentence in zip(ours, sentences):
-        ids = torch.tensor([tok(sentence)["input_ids"]])
-        with torch.no_grad():
-            hidden = reference_model(ids, output_hidden_states=True).hidden_states[int(layer)][0].numpy()
-        expected = {"avg": hidden.mean(0), "last": hidden[-1], "max": hidden.max(0)}[method]
-        np.testing.assert_allclose(vector, expected, rtol=1e-4, atol=1e-5)
+    poolers = ("avg-1", "last-2", "max-0", "last-1")
+    ours = alignment.embed_sentences_by_pooler(model, tok, sentences, poolers, batch_rows=4, buckets=(64, 128))
+    assert sorted(passes) == [0, 0, 1, 1, 2, 2]         # 2 batches at each of 3 layers: avg-1 and last-1 share
+    for pooler in poolers:
+        method, layer = pooler.split("-")
+        for vector, sentence in zip(ours[pooler], sentences):
+            ids = torch.tensor([tok(sentence)["input_ids"]])
+            with torch.no_grad():
+                hidden = reference_model(ids, output_hidden_states=True).hidden_states[int(layer)][0].numpy()
+            expected = {"avg": hidden.mean(0), "last": hidden[-1], "max": hidden.max(0)}[method]
+            np.testing.assert_allclose(vector, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_an_fp32_models_embeddings_compile_with_the_cpu_options_a_bf16_models_with_xlas_defaults(
@@ -126,17 +136,18 @@ def test_evaluate_alignment_end_to_end(tiny, shared_data, tmp_path, monkeypatch)
     from xalign_jax.evaluation import runner
     _, model, tok, _ = tiny
     cfg = runner.default_eval_config().alignment
-    cfg.update({"languages": ("zh", "sw"), "max_pairs": 12, "data_dir": str(shared_data), "poolers": ("avg-1",)})
-    embedded, embed = [], alignment.embed_sentences
-    monkeypatch.setattr(alignment, "embed_sentences", lambda m, t, sentences, *args, **kwargs:
-                        embedded.append(sentences) or embed(m, t, sentences, *args, **kwargs))
+    poolers = ("avg-1", "last-1")
+    cfg.update({"languages": ("zh", "sw"), "max_pairs": 12, "data_dir": str(shared_data), "poolers": poolers})
+    embedded, embed = [], alignment.embed_sentences_by_pooler
+    monkeypatch.setattr(alignment, "embed_sentences_by_pooler", lambda m, t, sentences, *args, **kwargs:
+                        embedded.append(list(sentences)) or embed(m, t, sentences, *args, **kwargs))
     result = runner.evaluate_alignment(model, tok, cfg)
-    assert set(result["metrics"]) == {"flores/zh/avg-1", "flores/sw/avg-1"}
+    assert set(result["metrics"]) == {f"flores/{lang}/{pooler}" for lang in ("zh", "sw") for pooler in poolers}
     assert result["metrics"]["flores/zh/avg-1"]["raw"]["pairs"] == 12
     (zh, en), (sw, en_again) = (alignment.load_pairs("flores", lang, shared_data, limit=12) for lang in ("zh", "sw"))
-    assert en == en_again and [list(s) for s in embedded] == [zh, en, sw]     # FLORES's English side: once
-    sw_vectors, en_vectors = (embed(model, tok, sentences, "avg-1") for sentences in (sw, en))
-    assert result["metrics"]["flores/sw/avg-1"] == alignment.alignment_metrics(sw_vectors, en_vectors)
+    assert en == en_again and embedded == [zh, en, sw]     # each list once for both poolers, FLORES's English once
+    sw_vectors, en_vectors = (alignment.embed_sentences(model, tok, sentences, "last-1") for sentences in (sw, en))
+    assert result["metrics"]["flores/sw/last-1"] == alignment.alignment_metrics(sw_vectors, en_vectors)
     assert set(result["projection"]["flores/avg-1"]) == {"en", "zh", "sw"}
     report.write_eval_outputs({"details": [], "avg_zero": 0.0, "avg_all": 0.0}, result, tmp_path)
     assert (tmp_path / "pca_flores_avg-1.png").stat().st_size > 1000

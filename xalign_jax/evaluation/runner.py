@@ -206,14 +206,14 @@ def evaluate_alignment(model: Any, tokenizer: Any, align_cfg: ml_collections.Con
         return {}
     data_dir = pathlib.Path(align_cfg.data_dir or tasks.default_data_dir())
     out: dict[str, Any] = {"metrics": {}, "projection": {}}
+    embed = _embedder(model, tokenizer, tuple(align_cfg.poolers), params, align_cfg.batch_rows, cpu_compiler_options)
     for pooler in align_cfg.poolers:
-        embed = _embedder(model, tokenizer, pooler, params, align_cfg.batch_rows, cpu_compiler_options)
         for source in align_cfg.sources:
             english_vectors = {}
             for language in align_cfg.languages:
                 xx, en = align_lib.load_pairs(source, language, data_dir, split=align_cfg.split,
                                               limit=align_cfg.max_pairs)
-                vectors = embed(tuple(xx)), embed(tuple(en))
+                vectors = embed(tuple(xx))[pooler], embed(tuple(en))[pooler]
                 out["metrics"][f"{source}/{language}/{pooler}"] = align_lib.alignment_metrics(*vectors)
                 english_vectors.setdefault("en", vectors[1])
                 english_vectors[language] = vectors[0]
@@ -221,13 +221,14 @@ def evaluate_alignment(model: Any, tokenizer: Any, align_cfg: ml_collections.Con
     return out
 
 
-def _embedder(model: Any, tokenizer: Any, pooler: str, params, batch_rows: int,
-              cpu_compiler_options: Mapping[str, object] | None) -> Callable[[tuple[str, ...]], np.ndarray]:
-    """``embed_sentences`` for one pooler, each distinct list of sentences run once: FLORES pairs every language with
-    the same English sentences, which the forward passes would otherwise embed again for each language (the same
-    batches, so the same vectors)."""
+def _embedder(model: Any, tokenizer: Any, poolers: tuple[str, ...], params, batch_rows: int,
+              cpu_compiler_options: Mapping[str, object] | None
+              ) -> Callable[[tuple[str, ...]], dict[str, np.ndarray]]:
+    """``embed_sentences_by_pooler`` for every pooler, each distinct list of sentences run once: FLORES pairs every
+    language with the same English sentences, which the forward passes would otherwise embed again for each
+    language (the same batches, so the same vectors), and poolers of one layer share its passes."""
     @functools.cache
-    def embed(sentences: tuple[str, ...]) -> np.ndarray:
-        return align_lib.embed_sentences(model, tokenizer, sentences, pooler, params=params, batch_rows=batch_rows,
-                                         cpu_compiler_options=cpu_compiler_options)
+    def embed(sentences: tuple[str, ...]) -> dict[str, np.ndarray]:
+        return align_lib.embed_sentences_by_pooler(model, tokenizer, sentences, poolers, params=params,
+                                                   batch_rows=batch_rows, cpu_compiler_options=cpu_compiler_options)
     return embed

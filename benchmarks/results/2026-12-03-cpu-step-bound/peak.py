@@ -1,4 +1,6 @@
-import time, jax, jax.numpy as jnp, numpy as np, torch
+"""The fp32 rate of one large square product, XLA and torch (2 threads), on this VM: the ceiling bound.py's rates
+are read against."""
+import time, jax, jax.numpy as jnp, torch
 torch.set_num_threads(2)
 n = 4096
 a = jnp.ones((n, n), jnp.float32); b = jnp.ones((n, n), jnp.float32)
