@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from tests.tiny_models import make_tiny_hf_model
+from tests.tiny_models import TINY_HF_CONFIGS, make_tiny_hf_model
 from xalign_jax import models, sharding
 
 
@@ -48,6 +48,28 @@ def test_every_parameter_follows_the_rules_table(tmp_path, mesh):
     specs = models.param_specs(model.config)
     for name, array in arrays.items():
         assert array.sharding.spec == sharding.logical_spec(specs[name].axes, array.shape, mesh), name
+
+
+def test_random_models_are_drawn_in_the_rules_shardings_by_one_compiled_draw_per_config(mesh):
+    compiles = []
+
+    def count(event, seconds, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(seconds)
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        config = models.ModelConfig.from_hf(TINY_HF_CONFIGS["gemma3"])
+        first = models.init_model(config, seed=0, mesh=mesh).arrays()
+        drawn = len(compiles)
+        again, other = (models.init_model(config, seed=seed, mesh=mesh).arrays() for seed in (0, 1))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+    assert drawn >= 1 and len(compiles) == drawn                    # the same draw, compiled once
+    specs = models.param_specs(config)
+    for name, array in first.items():
+        assert array.sharding.spec == sharding.logical_spec(specs[name].axes, array.shape, mesh), name
+        np.testing.assert_array_equal(again[name], array)
+    assert not np.array_equal(other["embed"], first["embed"])
 
 
 def test_mesh_size_must_match_device_count():

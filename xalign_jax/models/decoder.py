@@ -460,6 +460,13 @@ def _mlp(cfg: ModelConfig, p: dict, x: jax.Array, rng: jax.Array | None) -> jax.
 def init_model(config: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None = None,
                std: float = 0.02) -> Decoder:
     """A randomly initialised model (demo configs, tests), created directly in the mesh's parameter shardings."""
+    return Decoder(config, _initialiser(config, std, mesh)(jax.random.PRNGKey(seed)))
+
+
+@functools.lru_cache(maxsize=16)
+def _initialiser(config: ModelConfig, std: float, mesh: jax.sharding.Mesh | None) -> Callable:
+    """The compiled draw of every parameter, one per (config, std, mesh) and not one per model: each parameter's
+    normal draw costs XLA:CPU about 0.2 s to compile, 2-3 s for a model, and tests build the same models often."""
     specs = param_specs(config)
     dtype = jnp.dtype(config.param_dtype)
     out_shardings = sharding.param_shardings(specs, mesh) if mesh is not None else None
@@ -469,4 +476,4 @@ def init_model(config: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | Non
         keys = dict(zip(specs, jax.random.split(key, len(specs))))
         return {name: initial_value(spec, keys[name], dtype, std) for name, spec in specs.items()}
 
-    return Decoder(config, make(jax.random.PRNGKey(seed)))
+    return make
