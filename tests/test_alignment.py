@@ -115,6 +115,8 @@ def test_embeddings_equal_pooled_pytorch_hidden_states_and_poolers_of_a_layer_sh
                 hidden = reference_model(ids, output_hidden_states=True).hidden_states[int(layer)][0].numpy()
             expected = {"avg": hidden.mean(0), "last": hidden[-1], "max": hidden.max(0)}[method]
             np.testing.assert_allclose(vector, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="no sentences to embed for avg-1"):
+        alignment.embed_sentences(model, tok, [], "avg-1")
 
 
 def test_an_fp32_models_embeddings_compile_with_the_cpu_options_a_bf16_models_with_xlas_defaults(

@@ -65,6 +65,8 @@ def embed_sentences_by_pooler(model: Any, tokenizer: Any, sentences: Sequence[st
 
     Poolers of one layer share its forward passes (``avg-6`` and ``last-6``: one pass to block 6, pooled twice). An
     fp32 model's forward passes compile on CPU with ``cpu_compiler_options``, as the scorer's do."""
+    if not sentences:
+        raise ValueError(f"alignment: no sentences to embed for {', '.join(poolers)}")
     options = xla_options.for_compute_dtype(cpu_compiler_options, jax.default_backend(), model.config.dtype)
     embed_batch = xla_options.jit_with(_embed_batch, options, ("graphdef", "num_layers", "methods"))
     graphdef, own_params = nnx.split(model, nnx.Param)
