@@ -316,13 +316,13 @@ class BatchIterator:
         """Each block of records (a data shard's part of a micro-batch, ``micro_batch_layout``) packed into the
         same number of rows, the fewest of ``data.cl_pack_rows`` that hold every block's sentences (planned for the
         global step, so every process picks the same); this process's blocks, in layout order."""
-        blocks = micro_batch_layout(self.batch_size, self.micro_batches, self.batch_shards).reshape(
-            self.batch_shards * self.micro_batches, -1)
+        block_count = self.batch_shards * self.micro_batches
+        blocks = np.arange(self.batch_size).reshape(block_count, -1)     # block m * shards + d: micro-batch m, shard d
         examples = self.corpus.examples
         sentences = [([examples[records[i]].sent0_ids for i in block], [examples[records[i]].sent1_ids for i in block])
                      for block in blocks]
-        local = [s * self.micro_batches + m for s in self.local_shards for m in range(self.micro_batches)]
-        return sentence_packing.pack_blocks(sentences, length, self.cl_pack_rows, self.corpus.pad_id, keep=local)
+        return sentence_packing.pack_blocks(sentences, length, self.cl_pack_rows, self.corpus.pad_id,
+                                            keep=self._local(block_count))
 
     def _advance(self, records: list[int], plan: list[list[packing.Span]], left: packing.Pending,
                  held: int) -> None:
