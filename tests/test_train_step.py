@@ -35,6 +35,47 @@ def test_clipping_by_a_scalar_factor_is_optax_clipping(scale):
         assert float(optax.tree.norm(ours)) == pytest.approx(1.0, rel=1e-6)
 
 
+def hf_adamw_steps(params: dict, grads: list[dict], lr: float, b1: float, b2: float, eps: float) -> dict:
+    """transformers 4.28.1's ``AdamW.step`` (the reference's adamw_hf, weight decay 0), transcribed in float64."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    m, v = ({k: np.zeros_like(x) for k, x in p.items()} for _ in range(2))
+    for t, g in enumerate(grads, start=1):
+        for k in p:
+            m[k] = b1 * m[k] + (1 - b1) * g[k]
+            v[k] = b2 * v[k] + (1 - b2) * g[k] * g[k]
+            denom = np.sqrt(v[k]) + eps
+            p[k] = p[k] - lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m[k] / denom
+    return p
+
+
+def test_adamw_hf_is_transformers_adamw_and_adamw_torch_is_not():
+    """Gradients from 1e-9 to 1: where |g| is within a few orders of eps the two placements of eps differ (by up
+    to 3x at the first step); ``adamw_hf`` follows transformers' AdamW there, ``adamw_torch`` does not."""
+    rng = np.random.default_rng(0)
+    params = {"w": np.zeros((4, 10), np.float32)}      # at 0 the moves of 1e-8 lr are not lost to rounding
+    magnitudes = np.logspace(-9, 0, 10)
+    grads = [{"w": (magnitudes * rng.choice([-1.0, 1.0], size=(4, 10)) * (1 + 0.1 * t)).astype(np.float32)}
+             for t in range(3)]
+    tcfg = config_defaults.train_config()
+    tcfg.update(lr=1e-3, warmup_steps=0, schedule="constant", grad_clip=0.0)
+    want = hf_adamw_steps(params, grads, tcfg.lr, tcfg.b1, tcfg.b2, tcfg.eps)["w"] - params["w"]
+
+    def moved(optimizer: str) -> np.ndarray:
+        tcfg.optimizer = optimizer
+        tx, _ = train_step.make_optimizer(tcfg)
+        state, p = tx.init(params), {k: jnp.asarray(v) for k, v in params.items()}
+        for g in grads:
+            updates, state = tx.update({k: jnp.asarray(v) for k, v in g.items()}, state, p)
+            p = optax.apply_updates(p, updates)
+        return np.asarray(p["w"], np.float64) - params["w"]
+
+    np.testing.assert_allclose(moved("adamw_hf"), want, rtol=1e-3, atol=1e-9)
+    assert np.abs(moved("adamw_torch") - want).max() > 0.5 * tcfg.lr
+    tcfg.optimizer = "adam"
+    with pytest.raises(ValueError, match="train.optimizer: unknown optimizer 'adam'"):
+        train_step.make_optimizer(tcfg)
+
+
 @pytest.mark.parametrize("clm_weight, cl_weight", [(1.5, 1.0), (0.0, 1.0), (1.5, 2.0)])
 def test_the_step_is_the_weighted_loss_and_an_optax_adamw_update(clm_weight, cl_weight):
     """One step of ``make_train_step`` (the CE's sum scaled inside the fused CE, clipping by a scalar factor) gives

@@ -98,6 +98,8 @@ def train_config() -> ml_collections.ConfigDict:
                                    # warmup, linear decay to 0; the single-GPU script's is cosine)
         "end_lr_ratio": 0.0,
         "weight_decay": 0.0,
+        "optimizer": "adamw_torch",   # where Adam's eps goes (train_step.make_optimizer): adamw_torch (torch,
+                                      # optax, the reference's DeepSpeed runs) | adamw_hf (its single-GPU script)
         "b1": 0.9, "b2": 0.999, "eps": 1e-8,
         "grad_clip": 1.0,
         "log_every": 10,

@@ -90,13 +90,47 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def scale_by_adam_hf(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+    """Adam's direction as ``transformers.AdamW`` (``adamw_hf``, the reference's single-GPU optimizer, AFP_SPEC
+    §1.4) computes it: sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps). Its eps is added before the bias
+    correction, so it acts as eps / sqrt(1 - b2^t) next to optax's and torch's sqrt(v_hat): 32x larger at the first
+    step, which damps entries whose gradients are within a few orders of eps. Same state as
+    ``optax.scale_by_adam``, so a checkpoint restores under either placement."""
+    def init(params: Any) -> optax.ScaleByAdamState:
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=zeros, nu=zeros)
+
+    def update(updates: Any, state: optax.ScaleByAdamState, params: Any = None) -> tuple[Any, Any]:
+        del params
+        mu = jax.tree.map(lambda g, m: b1 * m + (1 - b1) * g, updates, state.mu)
+        nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * g * g, updates, state.nu)
+        count = state.count + 1
+        step_size = jnp.sqrt(1 - b2 ** count) / (1 - b1 ** count)
+        direction = jax.tree.map(lambda m, v: step_size * m / (jnp.sqrt(v) + eps), mu, nu)
+        return direction, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+OPTIMIZERS = ("adamw_torch", "adamw_hf")
+
+
 def make_optimizer(tcfg: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with global-norm clipping and the warmup/decay schedule; fp32 moments (params are fp32 masters)."""
+    """AdamW with global-norm clipping and the warmup/decay schedule; fp32 moments (params are fp32 masters).
+
+    ``train.optimizer`` places Adam's eps: ``adamw_torch`` next to sqrt(v_hat) (torch.optim.AdamW, optax,
+    DeepSpeed's Adam: the reference's multi-GPU runs), ``adamw_hf`` next to sqrt(v) (``scale_by_adam_hf``: its
+    single-GPU runs). Weight decay is decoupled and uses the parameters before the step in both; transformers.AdamW
+    decays the stepped ones, a difference of lr * weight_decay * step (the reference's weight decay is 0)."""
+    if tcfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"config train.optimizer: unknown optimizer {tcfg.optimizer!r} ({' | '.join(OPTIMIZERS)})")
     schedule = learning_rate_schedule(tcfg)
+    adam = (optax.scale_by_adam(b1=tcfg.b1, b2=tcfg.b2, eps=tcfg.eps) if tcfg.optimizer == "adamw_torch"
+            else scale_by_adam_hf(tcfg.b1, tcfg.b2, tcfg.eps))
     tx = optax.chain(
         clip_by_global_norm(tcfg.grad_clip) if tcfg.grad_clip else optax.identity(),
-        optax.adamw(schedule, b1=tcfg.b1, b2=tcfg.b2, eps=tcfg.eps, weight_decay=tcfg.weight_decay,
-                    mask=decay_mask),
+        optax.chain(adam, optax.add_decayed_weights(tcfg.weight_decay, decay_mask),
+                    optax.scale_by_learning_rate(schedule)),    # optax.adamw's chain, with its state layout
     )
     return tx, schedule
 
