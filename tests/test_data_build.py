@@ -163,6 +163,36 @@ def test_a_test_sentence_inside_a_longer_text_is_held_out():
     assert held.removed == 2
 
 
+def test_a_quoted_test_sentence_or_one_after_a_long_lead_in_is_held_out():
+    held = heldout.HeldoutFilter(frozenset({"it is what it is.", "the apple is red.", "这是真的。", "hi there."}))
+    assert held.is_heldout('Rewrite the following phrase in a more positive way: "It is what it is."')
+    assert held.is_heldout("From the sentence “The apple is red.”, identify the main verb.")
+    assert held.is_heldout("翻译：这是真的。然而，还有更多。")                    # a full-width colon, no space
+    assert held.is_heldout("Jon: He said: hi there.")
+    assert not held.is_heldout('He said "it is what it is" twice.', "The apple is red, he said.")
+
+
+# Real Alpaca texts (shared/data/alpaca_en_zh) that quote a Tatoeba test sentence after a long lead-in or
+# mid-sentence: the filter let them into the default recipe while it cut pieces only at sentence ends.
+QUOTED_TEST_SENTENCES = {
+    'Rewrite the following phrase in a more positive way: "It is what it is."': "It is what it is.",
+    "From the sentence “The apple is red.”, identify the main verb.": "The apple is red.",
+    'Identify the proper noun in the sentence "Today is Thursday."': "Today is Thursday.",
+    'Convert this English sentence into French: "Where is the nearest store?"': "Where is the nearest store?",
+    "Give me a response in Japanese to the phrase: What is your name?": "What is your name?",
+    "从句子“The apple is red.”中，找出主要动词。": "The apple is red.",
+}
+
+
+def test_real_items_quoting_a_test_sentence_are_held_out(shared_data):
+    test_texts = heldout.evaluation_test_texts(shared_data)
+    alpaca = {item[field] for path in (shared_data / "alpaca_en_zh").glob("*/*.json")
+              for item in json.loads(path.read_text(encoding="utf-8")) for field in ("instruction", "output")}
+    held = heldout.HeldoutFilter(test_texts)
+    for text, sentence in QUOTED_TEST_SENTENCES.items():
+        assert text in alpaca and heldout.normalize(sentence) in test_texts and held.is_heldout(text), text
+
+
 def test_heldout_filter_removes_every_test_sentence_and_the_check_can_fail(shared_data, alpaca_build):
     records, summary = alpaca_build
     assert summary.heldout_removed > 0

@@ -29,9 +29,9 @@ Fixes relative to the reference generator (AFP_SPEC §7.15), undone by `--refere
   * items are joined on their id, not on sorted position; ids missing in a language are counted and left out;
   * multilingual: the pair language is the record's non-pivot language (`--reference`: drawn before the
     monolingual override, so a zh->zh record may carry an en-th pair).
-Held-out filter (on unless `--no-heldout-filter`): any item or pair with a text field equal (after normalisation)
-to a sentence of an evaluation test set under `--data-dir` is left out (xalign_jax/data/heldout.py); a field that
-merely contains such a sentence is not matched.
+Held-out filter (on unless `--no-heldout-filter`): any item or pair with a text field that is, or has a sentence
+or quoted sentence that is (after normalisation), a sentence of an evaluation test set under `--data-dir` is left
+out (xalign_jax/data/heldout.py).
 Reproducible: one `random.Random(--seed)` drives every draw. A summary (records per direction, pairs per language
 pair, everything dropped and why) is printed at the end. Bad input stops with `file:line-or-item: field: problem`
 unless `--skip-bad`, which counts and reports the skipped items instead.

@@ -3,11 +3,14 @@
 AFP trains on a few thousand sentences and is judged by few-shot accuracy on XNLI, PAWS-X, XCOPA, XStoryCloze,
 XWinograd and by retrieval on Tatoeba / SIB-200; a test sentence leaking into the contrastive pairs or the CIF
 text would inflate exactly the numbers the method is compared on. So every text field the builder uses is matched
-against the TEXT fields of those test files, whole and sentence by sentence (a field is cut at sentence ends and
-line breaks, each piece stripped of quotes, bullets and a speaker's "Name:"), on a normalised form (NFKC, casefold,
-collapsed whitespace) so that width, case and spacing variants still match. The pieces catch test sentences inside
-longer texts: the default recipe's Alpaca outputs held 4 records with short Tatoeba phrases in dialogues ("what is
-your name?", "where have you been?"). A piece without a letter ("...") is not matched.
+against the TEXT fields of those test files, whole and sentence by sentence, on a normalised form (NFKC,
+casefold, collapsed whitespace) so that width, case and spacing variants still match. The pieces: the field and
+each quoted span in it ("...", “...”, «...», 「...」 and the like) are cut at sentence ends and line breaks; each
+piece is stripped of quotes and bullets, and also counts from after each colon in it (a lead-in of any length).
+The pieces catch test sentences inside longer texts: the default recipe's Alpaca items held short Tatoeba
+sentences in dialogues ("what is your name?"), after a long lead-in ('Rewrite the following phrase in a more
+positive way: "It is what it is."') and quoted mid-sentence ('From the sentence “The apple is red.”, identify the
+main verb.'). A piece without a letter ("...") is not matched.
 
 The readers below touch only the text columns of each file, on purpose: they stay independent of the evaluator's
 task loaders (which also parse labels, demonstrations and templates) and take about 1.3 s for the 385k distinct
@@ -36,13 +39,17 @@ def normalize(text: str) -> str:
 
 
 _SENTENCE = re.compile(r"[^.!?。！？\n]+[.!?。！？]*")
-_SPEAKER = re.compile(r"^[^\W\d][\w .'-]{0,30}:\s+")
+_QUOTED = re.compile(r'"([^"\n]+)"|“([^”\n]+)”|‘([^’\n]+)’|«([^»\n]+)»|「([^」\n]+)」|『([^』\n]+)』')
+_LEAD_IN_END = re.compile(r":\s+|：")   # "Name: ", "Rewrite the following phrase in a more positive way: ", "他说："
 _PIECE_EDGES = " \t\"'“”‘’«»「」『』-–—*•"
 
 
 def sentence_keys(text: str) -> set[str]:
-    """The normalised keys of ``text`` whole and of each of its sentences (those with a letter)."""
-    pieces = [_SPEAKER.sub("", piece.strip(_PIECE_EDGES)).strip(_PIECE_EDGES) for piece in _SENTENCE.findall(text)]
+    """The normalised keys of ``text`` whole and of each sentence of it and of its quoted spans (those with a
+    letter), each sentence also from after each colon in it, so a lead-in of any length comes off."""
+    spans = [text, *(next(filter(None, quoted.groups())) for quoted in _QUOTED.finditer(text))]
+    pieces = [piece.strip(_PIECE_EDGES) for span in spans for piece in _SENTENCE.findall(span)]
+    pieces += [piece[end.end():].strip(_PIECE_EDGES) for piece in pieces for end in _LEAD_IN_END.finditer(piece)]
     return {key for key in map(normalize, [text, *pieces]) if any(ch.isalpha() for ch in key)}
 
 
