@@ -87,11 +87,14 @@ def test_reference_stream_packing_by_hand():
     np.testing.assert_array_equal(rows["clm_positions"], [[0, 1, 2, 3, 4]])
     np.testing.assert_array_equal(rows["clm_targets"], [[11, 12, 20, 21, 0]])
     np.testing.assert_array_equal(rows["clm_weights"], [[1, 1, 0, 0, 0]])
+    assert packing.row_break_targets(plan, labels) == 0
     plan, left = packing.plan_stream(left, [3, 4, 2], rows=2, seq_len=3)     # next step: the tail, then padding
     assert plan == [[(1, 2, 4), (2, 0, 1)], [(2, 1, 2)]] and left == []
     rows = packing.fill_rows(plan, ids, labels, seq_len=3, pad_id=PAD, one_segment_per_row=True)
     np.testing.assert_array_equal(rows["clm_ids"], [[22, 23, 30], [31, 0, 0]])
     np.testing.assert_array_equal(rows["clm_segment_ids"], [[1, 1, 1], [1, 0, 0]])
+    np.testing.assert_array_equal(rows["clm_weights"], [[1, 1, 0], [0, 0, 0]])     # 22 and 31 open their rows:
+    assert packing.row_break_targets(plan, labels) == 2                           # nothing predicts them
 
 
 def test_balance_rows_deals_a_steps_examples_evenly_by_hand():
@@ -229,10 +232,10 @@ def test_only_the_waits_the_cap_causes_count_as_held_by_it(corpus, caplog):
     assert 0 < tight.held_by_cap <= tight.carried
     assert sum("data.supervised_cap" in r.getMessage() for r in caplog.records) == 1
     saved = tight.get_state()
-    del saved["held_by_cap"]
+    del saved["held_by_cap"], saved["row_break_targets"]
     resumed = pipeline.make_batches(corpus, data, train, seed=3)
     resumed.set_state(saved)
-    assert resumed.held_by_cap == 0 and resumed.carried == tight.carried
+    assert resumed.held_by_cap == resumed.row_break_targets == 0 and resumed.carried == tight.carried
 
 
 @pytest.mark.parametrize("batch_shards, micro_batches", [(1, 1), (2, 2)])
@@ -313,10 +316,12 @@ def test_a_supervised_cap_that_cannot_work_is_refused(corpus):
         pipeline.make_batches(corpus, data, train, seed=0)
 
 
-def test_reference_mode_streams_every_token_once(corpus):
+def test_reference_mode_streams_every_token_once(corpus, caplog):
     data, train = cfgs("reference", batch_size=8, clm_rows=5)
     iterator = pipeline.make_batches(corpus, data, train, seed=1)
-    batches = take(iterator, 10)
+    with caplog.at_level("WARNING", logger=pipeline.__name__):
+        batches = take(iterator, 10)
+    assert sum("whose first target nothing predicts" in r.getMessage() for r in caplog.records) == 1
     stream = np.concatenate([b["clm_ids"][b["clm_segment_ids"] > 0] for b in batches])
     order = np.random.default_rng([1, 0]).permutation(len(corpus))[:80]
     expected = np.concatenate([corpus.examples[i].clm_ids for i in order if corpus.examples[i].clm_ids is not None])
@@ -324,6 +329,14 @@ def test_reference_mode_streams_every_token_once(corpus):
     np.testing.assert_array_equal(stream, expected[:expected.size - pending])
     positions = batches[0]["clm_positions"][0]
     np.testing.assert_array_equal(positions, np.arange(128))      # positions run across examples
+    # every supervised token of the stream is a target, but those opening a row: the ones mid-example are counted
+    labels = np.concatenate([corpus.examples[i].clm_labels for i in order if corpus.examples[i].clm_ids is not None])
+    first = np.concatenate([np.arange(corpus.examples[i].clm_ids.size) == 0 for i in order
+                            if corpus.examples[i].clm_ids is not None])
+    row_sizes = [n for b in batches for n in (b["clm_segment_ids"] > 0).sum(axis=1) if n]
+    opening = np.cumsum([0] + row_sizes[:-1])
+    assert sum(b["clm_weights"].sum() for b in batches) == labels[:stream.size].sum() - labels[opening].sum()
+    assert iterator.row_break_targets == (labels[opening] & ~first[opening]).sum() > 0
 
 
 def test_row_length_buckets_trim_the_rows_and_keep_every_step_s_examples(shared_data):

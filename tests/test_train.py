@@ -45,6 +45,7 @@ def test_demo_run_decreases_both_losses(tokenizer_dir, shared_data, tmp_path):
     assert last["train/cl_loss"] < first["train/cl_loss"]
     assert summary["steps"] == 30 and summary["compiles"] <= len(config.data.cl_buckets)
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 30
+    assert summary["clm_targets_lost_at_row_breaks"] == 0         # segments packing never splits an example
     for key in ("train/tokens_per_s", "train/mfu", "train/grad_norm", "train/lr", "train/cl_accuracy"):
         assert np.isfinite(last[key]), key
 

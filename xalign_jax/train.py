@@ -338,6 +338,7 @@ class Trainer:
             "steps": end_step, "steps_this_run": end_step - start_step, "preempted": preempted,
             "tokens_seen": int(self.batches.tokens_seen), "wall_time_s": wall,
             "clm_examples_carried": self.batches.carried, "clm_examples_held_by_cap": self.batches.held_by_cap,
+            "clm_targets_lost_at_row_breaks": self.batches.row_break_targets,
             "final": {k: last.get(k) for k in ("loss", "cl_loss", "clm_loss", "cl_accuracy")},
             "tokens_per_s": last.get("tokens_per_s"), "mfu": last.get("mfu"),
             "compiles": self.step_fn.num_compiles, "compile_time_s": self.step_fn.compile_seconds,

@@ -15,7 +15,8 @@ Two modes (``data.packing``):
     one segment per row, positions run across examples, an example may continue in the next row. Unlike the
     reference, the remainder that does not fill a row is not dropped: it carries over to the next step (the last
     row of a step is padded when the stream runs dry, which under causal attention equals the reference's shorter
-    row).
+    row). As in the reference, nothing predicts a row's first token: where an example continues into a new row,
+    that token's target is lost (``row_break_targets`` counts them, the pipeline logs and sums them).
 """
 from __future__ import annotations
 
@@ -105,6 +106,12 @@ def plan_stream(queue: Pending, lengths: Sequence[int], rows: int, seq_len: int)
             if room == 0:
                 row, room = row + 1, seq_len
     return plan, []
+
+
+def row_break_targets(plan: Sequence[Sequence[Span]], labels: Sequence[np.ndarray]) -> int:
+    """Supervised tokens that open a row in the middle of their example (``plan_stream``): no token before them in
+    their row predicts them, so their targets are lost, as in the reference's ``group_texts`` blocks."""
+    return sum(1 for row in plan if row and row[0][1] > 0 and labels[row[0][0]][row[0][1]])
 
 
 def fill_rows(plan: Sequence[Sequence[Span]], ids: Sequence[np.ndarray], labels: Sequence[np.ndarray], *,

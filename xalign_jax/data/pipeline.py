@@ -41,6 +41,7 @@ from xalign_jax.sharding import batch_sharding, local_batch_shards
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
 MAX_QUEUED_STEPS = 8     # CLM tokens waiting in the carry queue, in steps' worth of rows (R * T), before an error
+_COUNTERS_ADDED_LATER = ("held_by_cap", "row_break_targets")   # 0 in a state saved before they existed
 
 
 def _check_divisible(batch_size: int, clm_rows: int, batch_shards: int, micro_batches: int) -> None:
@@ -179,7 +180,7 @@ class BatchIterator:
         self._permutations: dict[int, np.ndarray] = {}
         self._corpus_digest: str | None = None
         self._state = {"epoch": 0, "cursor": 0, "step": 0, "queue": [], "tokens_seen": 0, "carried": 0,
-                       "held_by_cap": 0}
+                       "held_by_cap": 0, "row_break_targets": 0}
         log.info("batches: %d records and %d CLM rows of %d tokens per step (%s packing); %d records = %.1f steps "
                  "per epoch", self.batch_size, self.rows, self.seq_len, self.mode, len(corpus),
                  len(corpus) / self.batch_size)
@@ -208,7 +209,7 @@ class BatchIterator:
         mismatched = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
         if mismatched:
             raise ValueError(f"data state does not belong to this corpus/config (saved, now): {mismatched}")
-        self._state = {k: state.get(k, 0) if k == "held_by_cap" else state[k] for k in self._state}
+        self._state = {k: state.get(k, 0) if k in _COUNTERS_ADDED_LATER else state[k] for k in self._state}
         self._state["queue"] = [list(item) for item in state["queue"]]
 
     @property
@@ -231,6 +232,12 @@ class BatchIterator:
         would have been packed without the cap (0: the cap never kept an example out of a step it would have
         joined)."""
         return self._state["held_by_cap"]
+
+    @property
+    def row_break_targets(self) -> int:
+        """Supervised targets lost where ``reference`` packing continued an example in a new row (0 with
+        ``segments`` packing, which never splits an example)."""
+        return self._state["row_break_targets"]
 
     # ------------------------------------------------------------------------------------------------ batches
     def __iter__(self):
@@ -265,6 +272,7 @@ class BatchIterator:
         queue = self._state["queue"] + [[i, 0] for i in records if self._clm_lengths[i]]
         plan, left = self._plan(queue)
         held = self._held_by_cap(queue, left)
+        lost = packing.row_break_targets(plan, self._clm_labels) if self.mode == "reference" else 0
         length = pick_bucket(max(self._sent_lengths[i] for i in records), self.buckets)
         batch = self._contrastive(records, length)
         batch.update(packing.fill_rows([plan[i] for i in self._local(self.rows)], self._clm_ids, self._clm_labels,
@@ -273,7 +281,7 @@ class BatchIterator:
         if self.supervised_cap:
             batch["clm_head_index"] = packing.head_index(batch["clm_weights"], self.group_rows,
                                                          pick_bucket(self._most_supervised(plan), self.head_slots))
-        self._advance(records, plan, left, held)
+        self._advance(records, plan, left, held, lost)
         return batch
 
     def _plan(self, queue: packing.Pending) -> tuple[list[list[packing.Span]], packing.Pending]:
@@ -325,7 +333,7 @@ class BatchIterator:
                                             keep=self._local(block_count))
 
     def _advance(self, records: list[int], plan: list[list[packing.Span]], left: packing.Pending,
-                 held: int) -> None:
+                 held: int, lost: int) -> None:
         examples = self.corpus.examples
         sent_tokens = sum(len(examples[i].sent0_ids) + len(examples[i].sent1_ids) for i in records)
         clm_tokens = sum(stop - start for spans in plan for _, start, stop in spans)
@@ -337,6 +345,10 @@ class BatchIterator:
             log.warning("step %d: data.supervised_cap=%d holds %d CLM examples for a later step that would fit the "
                         "rows' tokens (no token is lost, but the batches are no longer the uncapped ones; the run "
                         "summary counts every such wait)", state["step"], self.supervised_cap, held)
+        if lost and not state["row_break_targets"]:
+            log.warning("step %d: reference packing continued %d supervised example(s) in a new row, whose first "
+                        "target nothing predicts (as in the reference); the run summary counts every such target",
+                        state["step"], lost)
         waiting = sum(self._clm_lengths[i] - start for i, start in left)
         if waiting > MAX_QUEUED_STEPS * self.rows * self.seq_len:
             cap = f", or a larger data.supervised_cap={self.supervised_cap}" if self.supervised_cap else ""
@@ -346,7 +358,8 @@ class BatchIterator:
                 f"packed (first fit leaves gaps), the rows cannot keep up with train.batch_size={self.batch_size} "
                 f"records a step; use more data.clm_rows or a smaller train.batch_size{cap}")
         state.update(step=state["step"] + 1, queue=left, tokens_seen=state["tokens_seen"] + sent_tokens + clm_tokens,
-                     carried=state["carried"] + len(left), held_by_cap=state["held_by_cap"] + held)
+                     carried=state["carried"] + len(left), held_by_cap=state["held_by_cap"] + held,
+                     row_break_targets=state["row_break_targets"] + lost)
 
 
 def contrastive_tokens(batch: dict[str, np.ndarray]) -> tuple[int, int, int]:
