@@ -61,6 +61,15 @@ def test_pool_of_an_empty_row_is_zero_not_nan():
         assert np.all(pooled[1] == 0.0) and np.all(pooled[0] == 1.0), method
 
 
+def test_a_zero_sentence_vector_gives_a_finite_contrastive_gradient():
+    """An empty row pools to zero (above); its cosine with anything is 0 and its gradient must stay finite."""
+    z0 = jnp.array([[0.0, 0.0, 0.0], [1.0, -2.0, 0.5]])
+    z1 = jnp.array([[0.3, 0.1, -1.0], [1.0, -1.5, 0.5]])
+    grads = jax.grad(lambda a, b: objectives.contrastive_loss(a, b, symmetric=True)[0], argnums=(0, 1))(z0, z1)
+    assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+    assert np.abs(np.asarray(grads[1])).max() > 0
+
+
 def _torch_reference_loss(z0: np.ndarray, z1: np.ndarray, temperature: float, symmetric: bool):
     """The reference's computation (AFP_SPEC §1.2 steps 3-5) in float64 torch: loss, grad z0, grad z1."""
     t0 = torch.tensor(z0, dtype=torch.float64, requires_grad=True)

@@ -62,8 +62,10 @@ def pool(hidden: jax.Array, mask: jax.Array, method: str) -> jax.Array:
 
 
 def _unit(z: jax.Array) -> jax.Array:
-    norm = jnp.linalg.norm(z, axis=-1, keepdims=True)
-    return z / jnp.maximum(norm, COSINE_EPS)
+    """z / max(|z|, eps), torch's cosine clamp, with the clamp under the square root: the norm's own gradient at a
+    zero vector (what an empty row pools to) is 0/0, which made the whole loss's gradient NaN."""
+    squared = jnp.sum(z * z, axis=-1, keepdims=True)
+    return z / jnp.sqrt(jnp.maximum(squared, COSINE_EPS ** 2))
 
 
 def _infonce(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
