@@ -7,6 +7,7 @@ fp64 log-softmax, sum over every non-first non-pad token. Completion scores are 
 import jax
 import numpy as np
 import pytest
+import tokenizers
 import torch
 import transformers
 from flax import nnx
@@ -116,6 +117,33 @@ def test_scores_and_predictions_equal_pytorch(tiny, shared_data, task):
         continuation_only = continuation_scorer.score(scorer.encode_prompts(tok, flat), groups=groups)
         np.testing.assert_allclose(continuation_only.completion, expected, rtol=1e-5, atol=1e-3)
         assert np.isnan(continuation_only.reference).all()
+
+
+def test_a_context_free_continuation_is_scored_after_an_eos_as_lm_eval_does(tiny, caplog):
+    """Under a tokenizer without BOS an empty context encodes to nothing; lm-eval then predicts the continuation
+    from [EOS], every token of it. Continuation-only scoring does the same; otherwise the first token is unscored,
+    with a warning."""
+    reference_model, model, _, _ = tiny
+    tok = xlmr_tokenizer()
+    tok.backend_tokenizer.post_processor = tokenizers.processors.Sequence([])      # no BOS, no EOS added
+    prompts = [fewshot.Prompt("", "Hello world"), fewshot.Prompt("", "Goodbye world"),
+               fewshot.Prompt("The answer is", " yes")]
+    expected = []
+    for prompt in prompts:
+        context = tok(prompt.context.rstrip())["input_ids"] or [tok.eos_token_id]
+        ids = torch.tensor([context + tok(prompt.text)["input_ids"][len(context) if prompt.context else 0:]])
+        with torch.no_grad():
+            logits = reference_model(ids).logits[0, len(context) - 1:-1].double()
+        expected.append((logits.gather(1, ids[0, len(context):, None])[:, 0] - logits.logsumexp(-1)).sum().item())
+    continuation = scorer.Scorer(model, batch_rows=4, buckets=(16,), positions="continuation")
+    got = continuation.score(scorer.encode_prompts(tok, prompts, eos_before_empty_context=True))
+    np.testing.assert_allclose(got.completion, expected, rtol=1e-5, atol=1e-4)
+    assert list(got.num_tokens) == [len(tok(p.continuation.strip())["input_ids"]) for p in prompts]
+    with caplog.at_level("WARNING", logger=scorer.__name__):
+        without = continuation.score(scorer.encode_prompts(tok, prompts))
+    assert "2 of 3 prompts have no context tokens" in caplog.text
+    assert np.all(np.abs(without.completion[:2] - expected[:2]) > 0.1)     # the first token's term is missing
+    np.testing.assert_allclose(without.completion[2], expected[2], rtol=1e-5)
 
 
 def test_connector_is_the_eos_token(tiny):

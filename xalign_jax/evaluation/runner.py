@@ -128,7 +128,8 @@ def _run_one(scorer: Scorer, tokenizer, cfg, task: str, language: str, items, po
         for prompt in fewshot.build_prompts(template, item, fewshot.render_demos(template, demos, connector)):
             prompts.append(prompt)
             owners.append(index)
-    scores = scorer.score(encode_prompts(tokenizer, prompts), params=params, groups=owners)
+    rows = encode_prompts(tokenizer, prompts, eos_before_empty_context=scorer.continuation_only)
+    scores = scorer.score(rows, params=params, groups=owners)
     by_mode = {"reference": scores.reference, "completion": scores.completion,
                "completion_per_token": scores.completion / np.maximum(scores.num_tokens, 1),
                "completion_per_char": scores.completion / np.maximum(scores.num_chars, 1)}

@@ -84,18 +84,31 @@ class RowScores:
     num_chars: np.ndarray     # continuation character count
 
 
-def encode_prompts(tokenizer: Any, prompts: Sequence[Prompt]) -> list[EncodedRow]:
+def encode_prompts(tokenizer: Any, prompts: Sequence[Prompt], *,
+                   eos_before_empty_context: bool = False) -> list[EncodedRow]:
     """Tokenize every prompt once (no padding: the scorer lays rows out itself, so the tokenizer's padding side
-    cannot change a score)."""
+    cannot change a score).
+
+    A prompt whose context encodes to nothing (an XWinograd sentence that starts with the blank, under a tokenizer
+    that adds no BOS: BLOOM, SmolLM2) leaves its continuation's first token with nothing to be predicted from.
+    lm-eval then makes the context the end-of-text token; ``eos_before_empty_context`` does the same (for
+    continuation-only scoring: the reference rule's whole-string sum must see the string as it is). Without it that
+    token goes unscored in the completion rules, and a warning counts such rows."""
     contexts = [p.context.rstrip() for p in prompts]
     whole = tokenizer([p.text for p in prompts])["input_ids"]
     context_ids = tokenizer(contexts)["input_ids"]
-    rows = []
+    rows, unscored_first = [], 0
     for prompt, ids, ctx, ctx_text in zip(prompts, whole, context_ids, contexts):
+        if not ctx and eos_before_empty_context:
+            ids = [tokenizer.eos_token_id, *ids]
         if len(ids) < 2:
             raise ValueError(f"prompt {prompt.text!r} has {len(ids)} token(s); at least 2 are needed to score it")
-        start = min(max(len(ctx), 1), len(ids))
-        rows.append(EncodedRow(tuple(ids), start, len(prompt.text) - len(ctx_text)))
+        unscored_first += not ctx and not eos_before_empty_context
+        rows.append(EncodedRow(tuple(ids), min(max(len(ctx), 1), len(ids)), len(prompt.text) - len(ctx_text)))
+    if unscored_first:
+        log.warning("%d of %d prompts have no context tokens: the completion rules leave their continuation's first "
+                    "token unscored (eval.score_positions=continuation scores it after an EOS, as lm-eval does)",
+                    unscored_first, len(prompts))
     return rows
 
 
