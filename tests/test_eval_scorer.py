@@ -274,6 +274,8 @@ class _RecordingScorer:
     """Stands in for the model: records each row's token ids and scores every row 0 (this test checks which
     demonstrations the runner puts in front of which item, not any score)."""
 
+    continuation_only = False
+
     def __init__(self):
         self.rows = []
 
