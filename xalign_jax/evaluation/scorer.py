@@ -70,7 +70,7 @@ MIN_CACHED_PREFIX = 16                     # shorter shared prefixes are not wor
 
 @dataclasses.dataclass(frozen=True)
 class EncodedRow:
-    ids: tuple[int, ...]   # the whole prompt with the tokenizer's default special tokens
+    ids: tuple[int, ...]   # the whole prompt, tokenizer's special tokens (encode_prompts may put an EOS first)
     start: int             # first continuation token (completion mode); reference mode scores from token 1
     continuation_chars: int
 
