@@ -57,11 +57,14 @@ def _reference_item_scores(model, tok, texts: list[str]) -> np.ndarray:
 
 
 def _completion_scores(model, tok, prompts) -> np.ndarray:
-    """lm-eval-harness loglikelihood: encode the whole text, continuation = tokens after the encoded context."""
+    """lm-eval-harness loglikelihood: encode the whole text, continuation = tokens after the encoded context; a
+    context that encodes to nothing (no BOS) is lm-eval's [EOS]."""
     out = []
     for prompt in prompts:
         whole = tok(prompt.text)["input_ids"]
         start = len(tok(prompt.context.rstrip())["input_ids"])
+        if not start:
+            whole, start = [tok.eos_token_id, *whole], 1
         ids = torch.tensor([whole])
         with torch.no_grad():
             logits = model(ids).logits[0, start - 1:-1]
@@ -128,13 +131,7 @@ def test_a_context_free_continuation_is_scored_after_an_eos_as_lm_eval_does(tiny
     tok.backend_tokenizer.post_processor = tokenizers.processors.Sequence([])      # no BOS, no EOS added
     prompts = [fewshot.Prompt("", "Hello world"), fewshot.Prompt("", "Goodbye world"),
                fewshot.Prompt("The answer is", " yes")]
-    expected = []
-    for prompt in prompts:
-        context = tok(prompt.context.rstrip())["input_ids"] or [tok.eos_token_id]
-        ids = torch.tensor([context + tok(prompt.text)["input_ids"][len(context) if prompt.context else 0:]])
-        with torch.no_grad():
-            logits = reference_model(ids).logits[0, len(context) - 1:-1].double()
-        expected.append((logits.gather(1, ids[0, len(context):, None])[:, 0] - logits.logsumexp(-1)).sum().item())
+    expected = _completion_scores(reference_model, tok, prompts)
     continuation = scorer.Scorer(model, batch_rows=4, buckets=(16,), positions="continuation")
     got = continuation.score(scorer.encode_prompts(tok, prompts, eos_before_empty_context=True))
     np.testing.assert_allclose(got.completion, expected, rtol=1e-5, atol=1e-4)
