@@ -52,6 +52,7 @@ MEASURED_RUNS: dict[str, list[str]] = {
 EXTRA_RUNS: dict[str, list[str]] = {      # by name only
     "gemma3-cudnn-r16": [GEMMA3, CUDNN, *HALF_BATCH],
     "gemma3-cudnn-remat-dots": [GEMMA3, CUDNN, *FULL_BATCH, "--config.model.remat_policy=dots"],
+    "gemma3-cudnn-unrolled": [GEMMA3, CUDNN, *FULL_BATCH, "--config.model.unroll_layers=True"],
     "bloom-cudnn-capped": [BLOOM, CUDNN, *FULL_BATCH, *CAPPED],
 }
 RUNS = {**MEASURED_RUNS, **EXTRA_RUNS}

@@ -102,11 +102,14 @@ def test_bf16_compute_stays_close_to_fp32(pair):
     assert np.abs(np.asarray(bf16)[real] - np.asarray(fp32)[real]).max() < 0.1, name
 
 
-def test_afp_loss_and_gradients_match_the_torch_reference(pair):
+@pytest.mark.parametrize("unroll_layers", [False, True], ids=["scanned", "unrolled"])
+def test_afp_loss_and_gradients_match_the_torch_reference(pair, unroll_layers):
     """The whole dual objective (contrastive pass stopped after block 1, chunked CE with in-forward gradients,
-    tied or untied head) against the reference recipe's autograd on the same weights and batch, every parameter."""
+    tied or untied head) against the reference recipe's autograd on the same weights and batch, every parameter;
+    with the blocks in a scan and unrolled."""
     name, reference, model = pair
-    no_dropout = model.config.replace(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    no_dropout = model.config.replace(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                                      unroll_layers=unroll_layers)
     host = reference_batch(model.config.vocab_size)
     length = host["clm_ids"].shape[1]
     batch = step_batch(host)

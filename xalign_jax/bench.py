@@ -421,6 +421,7 @@ def model_info(trainer: train.Trainer) -> dict:
     return {"family": cfg.family, "parameters": int(sum(x.size for x in jax.tree.leaves(trainer.state["params"]))),
             "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers,
             "dtype": trainer.config.model.dtype, "remat_policy": trainer.config.model.remat_policy,
+            "unroll_layers": bool(trainer.config.model.unroll_layers),
             "clm_chunk_size": trainer.config.objective.clm_chunk_size, "pooler": trainer.config.objective.pooler,
             "clm_logits_grad": objectives.chunk_grads_layout(trainer.config.objective.clm_logits_grad),
             "compiler_options": trainer.step_fn.compiler_options}
@@ -464,6 +465,7 @@ def format_report(report: dict) -> str:
     lines = [
         f"model {report['model']['family']} {report['model']['parameters'] / 1e6:.1f}M params, "
         f"dtype {report['model']['dtype']}, remat {report['model']['remat_policy']}, "
+        f"{'unrolled' if report['model']['unroll_layers'] else 'scanned'} layers, "
         f"clm_chunk {report['model']['clm_chunk_size']}",
         f"batch {batch['records']} records, {batch['clm_rows']} CLM rows of {batch['clm_lengths']}, contrastive "
         f"lengths {batch['contrastive_lengths']}; {batch['tokens_per_step']:.0f} tokens/step "

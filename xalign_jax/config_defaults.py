@@ -31,6 +31,7 @@ def model_config() -> ml_collections.ConfigDict:
         "dtype": "bfloat16",       # compute dtype; parameters and Adam moments stay fp32
         "param_dtype": "float32",
         "remat_policy": "none",    # none | full | dots | dots_no_batch ...
+        "unroll_layers": False,    # True: blocks unrolled, no scan; a faster CPU step (bf16 most), slower compiles
         "attention_impl": "xla",   # xla | cudnn (GPU, RoPE/sinusoidal families)
         "logits_dtype": "float32",  # LM head output; bfloat16 halves the CE's memory traffic (torch autocast's)
         "untie_lm_head": False,    # reference: True (it trains a separate head initialised from the embedding)

@@ -44,7 +44,8 @@ def load_model_and_tokenizer(mcfg: Any, *, mesh: jax.sharding.Mesh | None, cache
     """(Decoder, tokenizer) for the config's model section, parameters placed into the mesh's shardings."""
     source = str(mcfg.source)
     options = dict(dtype=mcfg.dtype, param_dtype=mcfg.param_dtype, remat_policy=mcfg.remat_policy,
-                   attention_impl=mcfg.attention_impl, logits_dtype=mcfg.logits_dtype)
+                   unroll_layers=mcfg.unroll_layers, attention_impl=mcfg.attention_impl,
+                   logits_dtype=mcfg.logits_dtype)
     if source == "random":
         if "vocab_size" not in mcfg.hf_config:
             raise ValueError("config model.hf_config: model.source 'random' has no tokenizer to size the "

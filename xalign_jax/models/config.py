@@ -49,6 +49,7 @@ class ModelConfig:
     dtype: str = "float32"          # compute dtype
     param_dtype: str = "float32"
     remat_policy: str = "none"
+    unroll_layers: bool = False     # blocks unrolled instead of a scan: faster CPU steps, longer compiles
     attention_impl: str = "xla"
     logits_dtype: str = "float32"   # the LM head's output: float32 | bfloat16 (what torch autocast gives)
     hf_config: dict = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)

@@ -237,8 +237,8 @@ def _open(path: pathlib.Path) -> tuple[TensorSource, dict]:
 def from_pretrained(path: str | os.PathLike, *, mesh: jax.sharding.Mesh | None = None, untie_lm_head: bool = False,
                     **options: Any) -> Decoder:
     """A model from an HF directory or a ``.gguf`` file; ``options``: dtype, param_dtype, remat_policy,
-    attention_impl, logits_dtype. ``untie_lm_head`` gives a tied model its own head initialised from the embedding
-    (the AFP reference trains one)."""
+    unroll_layers, attention_impl, logits_dtype. ``untie_lm_head`` gives a tied model its own head initialised from
+    the embedding (the AFP reference trains one)."""
     path = pathlib.Path(path)
     source, hf_config = _open(path)
     cfg = ModelConfig.from_hf(hf_config, **options)
