@@ -368,7 +368,7 @@ def _run_blocks(cfg: ModelConfig, blocks: dict, hidden: jax.Array, context: dict
     ``cfg.unroll_layers`` unrolls the scan: the same blocks, no loop. On a CPU a rolled loop costs a bf16 step
     dearly: XLA:CPU widens every bf16 dynamic-update-slice to fp32 over the WHOLE stacked buffer (each block's saved
     activations and weight gradients rewrite all the blocks' slices), and the backward's transposed bf16 copies of
-    each block's weights, cut from the fp32 stack inside the loop, took 2-11 ms each against 1-2 ms outside it.
+    each block's weights, cut from the fp32 stack inside the loop, took 2-11 ms each against 0.8-1.7 ms outside it.
     Unrolled, the gemma3-270m bf16 bench step on an AMX Xeon went from 3.17 to 2.27 s and its compile from 12 to
     17 s; fp32 steps did not change (BENCHMARKS.md)."""
     depth = next(iter(blocks.values())).shape[0]
