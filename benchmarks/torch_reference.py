@@ -13,6 +13,11 @@ The batches hold the JAX pipeline's own host batches' tokens, laid out as the re
 (``xalign_jax.bench.reference_collation``: sentences padded to the batch's longest, the CLM examples as one
 unpadded stream cut into 512-token blocks), so both sides see the same tokens and each its own padding.
 
+The bench runs it in a process of its own (``python -m benchmarks.torch_reference INPUT.npz``, ``serve``): the
+reference's bf16 autocast step, run in the bench's own process, grew the heap both sides shared and slowed steps of
+either side by 0.4-1.2 s (BENCHMARKS.md, "The blocks unrolled"). Separate processes keep separate heaps, as the
+reference and our trainer have when each runs alone.
+
 torch is imported here only (never on the training path). ``OMP_WAIT_POLICY=PASSIVE`` must be set before torch is
 imported: on small shared CPUs torch's spinning OpenMP workers otherwise slow it down many times.
 """
@@ -22,6 +27,9 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import json  # noqa: E402
+import pathlib  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from typing import Any, Callable, Mapping, Sequence  # noqa: E402
 
@@ -29,7 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from xalign_jax.bench import IGNORE_INDEX  # noqa: E402
+from xalign_jax.bench import IGNORE_INDEX, memory_status  # noqa: E402
 
 
 def build_model(hf_config: Mapping[str, Any], seed: int = 0, *, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
@@ -116,3 +124,46 @@ def thread_settings() -> dict:
     return {"torch_version": torch.__version__, "num_threads": torch.get_num_threads(),
             "num_interop_threads": torch.get_num_interop_threads(),
             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+
+
+# ------------------------------------------------------------------------------------------------- worker process
+def write_worker_input(path: pathlib.Path, batches: Sequence[Mapping[str, np.ndarray]],
+                       spec: Mapping[str, Any]) -> None:
+    """What ``serve`` needs in one file: the collated batches (warm-up ones first) and ``spec``, a JSON-ready dict
+    with ``hf_config``, ``seed``, ``lr``, ``warmup`` and ``step_options`` (``reference_step``'s keyword arguments)."""
+    arrays = {f"{index}/{key}": np.asarray(value)
+              for index, batch in enumerate(batches) for key, value in batch.items()}
+    np.savez(path, spec=np.array(json.dumps(dict(spec))), **arrays)
+
+
+def read_worker_input(path: pathlib.Path) -> tuple[dict, list[dict[str, np.ndarray]]]:
+    with np.load(path) as stored:
+        spec = json.loads(str(stored["spec"]))
+        batches: dict[int, dict[str, np.ndarray]] = {}
+        for name in stored.files:
+            if name != "spec":
+                index, key = name.split("/", 1)
+                batches.setdefault(int(index), {})[key] = stored[name]
+    return spec, [batches[index] for index in sorted(batches)]
+
+
+def serve(input_path: pathlib.Path) -> None:
+    """Build the model, run the warm-up steps, then time one step per index read from stdin, one JSON line each
+    on stdout: ``{"ready": ..., "threads": ...}`` once, ``{"seconds": s, "loss": l}`` per step, and at the end of
+    stdin ``{"peak_rss_bytes": n}`` (VmHWM: ``ru_maxrss`` would carry the bench's RSS over the fork). Anything
+    else printed (library warnings) is sent to stderr, so stdout carries the replies only."""
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    spec, batches = read_worker_input(input_path)
+    model = build_model(spec["hf_config"], seed=spec["seed"])
+    timed_step = prepare_steps(model, make_optimizer(model, lr=spec["lr"]), batches, warmup=spec["warmup"],
+                               **spec["step_options"])
+    replies.write(json.dumps({"ready": True, "threads": thread_settings()}) + "\n")
+    for line in sys.stdin:
+        seconds, loss = timed_step(int(line))
+        replies.write(json.dumps({"seconds": seconds, "loss": loss}) + "\n")
+    replies.write(json.dumps({"peak_rss_bytes": memory_status()["peak"]}) + "\n")
+
+
+if __name__ == "__main__":
+    serve(pathlib.Path(sys.argv[1]))

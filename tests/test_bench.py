@@ -2,8 +2,11 @@
 (its pieces against NumPy and transformers' own loss; it trains)."""
 from __future__ import annotations
 
+import json
 import math
 import pathlib
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -118,6 +121,7 @@ def test_torch_reference_runs_on_the_same_batches_in_both_precisions(report):
         assert report["torch_over_jax_step_time"][precision] == pytest.approx(
             torch_part["step_s"]["median"] / report["jax"]["step_s"]["median"])
     assert report["torch"]["bf16_autocast"]["precision"] == "bf16 autocast"
+    assert all(part["peak_rss_bytes"] > 0 for part in report["torch"].values())   # each its own process's
     fastest = min(report["torch"], key=lambda p: report["torch"][p]["step_s"]["median"])
     assert report["torch_baseline"] == fastest
     assert report["speed_up"] == min(report["torch_over_jax_step_time"].values())
@@ -190,6 +194,27 @@ def test_reference_step_trains():
     losses = [torch_reference.reference_step(model, optimizer, batch) for _ in range(3)]
     assert all(math.isfinite(loss) for loss in losses)
     assert losses[2] < losses[1] < losses[0]
+
+
+def test_the_reference_process_takes_the_steps_the_reference_takes_here(tmp_path):
+    """``serve`` in a process of its own (the bench's ``ReferenceProcess``): after the warm-up step, each index read
+    on stdin runs that timed batch, and its losses are the ones the same recipe gives in this process."""
+    hf_config = TINY_HF_CONFIGS["bloom"]
+    batches = [bench.reference_collation(reference_batch(hf_config["vocab_size"], seed)) for seed in range(3)]
+    options = {"layer": 1, "temperature": 0.05, "cl_weight": 1.0, "clm_weight": 1.5, "grad_clip": 1.0,
+               "bf16_autocast": False}
+    torch_reference.write_worker_input(tmp_path / "input.npz", batches, {
+        "hf_config": hf_config, "seed": 3, "lr": 1e-3, "warmup": 1, "step_options": options})
+    done = subprocess.run([sys.executable, "-m", "benchmarks.torch_reference", str(tmp_path / "input.npz")],
+                          input="0\n1\n", capture_output=True, text=True, check=True,
+                          cwd=pathlib.Path(__file__).resolve().parents[1])
+    ready, *steps, end = [json.loads(line) for line in done.stdout.splitlines()]
+    assert ready["ready"] and ready["threads"]["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert len(steps) == 2 and all(step["seconds"] > 0 for step in steps) and end["peak_rss_bytes"] > 0
+    model = torch_reference.build_model(hf_config, seed=3)
+    timed_step = torch_reference.prepare_steps(model, torch_reference.make_optimizer(model, lr=1e-3), batches,
+                                               warmup=1, **options)
+    assert [step["loss"] for step in steps] == pytest.approx([timed_step(i)[1] for i in range(2)], rel=1e-6)
 
 
 def test_reference_collation_is_the_reference_collators_layout():

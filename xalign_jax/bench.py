@@ -14,11 +14,11 @@ What it does, in order:
      timing; each of ``steps`` steps is then timed to ``jax.block_until_ready``;
   4. with ``--torch`` the reference recipe (``benchmarks/torch_reference.py``) runs on the SAME host batches' tokens
      in its own collator's layout (``reference_collation``) with the same HF config, in fp32 and under bf16
-     autocast (``--torch_precision``; one model each), its timed steps alternating with ours
-     (``time_alternating``), and the ratio of median step times is printed for each precision and for the faster
-     one (same tokens, so it is the tokens/s ratio). Which precision is torch's faster depends on the CPU: where
-     its bf16 matrix products use bf16 instructions they ran 2-2.6x its fp32 ones, elsewhere slower (BENCHMARKS.md),
-     so the baseline is measured, not assumed;
+     autocast (``--torch_precision``; one model and one process each: ``ReferenceProcess``), its timed steps
+     alternating with ours (``time_alternating``), and the ratio of median step times is printed for each
+     precision and for the faster one (same tokens, so it is the tokens/s ratio). Which precision is torch's faster
+     depends on the CPU: where its bf16 matrix products use bf16 instructions they ran 2-2.6x its fp32 ones,
+     elsewhere slower (BENCHMARKS.md), so the baseline is measured, not assumed;
   5. with ``--profile_dir``, ``profile_steps`` more steps run on the timed steps' batches under
      ``jax.profiler.trace`` (not counted in the timings: tracing costs host time); ``benchmarks/trace_summary.py``
      turns the trace into per-op device time;
@@ -35,7 +35,8 @@ Figures:
     ``metrics.py``. The peak is ``train.peak_tflops`` when set, else the device table (the nominal clock on CPUs,
     so CPU MFU is indicative only: ``metrics.py``).
   * memory: ``compiled.memory_analysis()`` of the step's first shape (argument/output/temp/alias bytes) and the
-    process's peak RSS (``resource.getrusage``) after every compile and the warmup steps, before torch is built.
+    process's peak RSS (``resource.getrusage``) after every compile and the warmup steps; each reference process
+    reports its own peak RSS.
 """
 from __future__ import annotations
 
@@ -259,30 +260,72 @@ def torch_hf_config(trainer: train.Trainer) -> dict:
 TORCH_PRECISIONS = {"float32": False, "bf16_autocast": True}   # name -> torch.autocast(bfloat16) enabled
 
 
-def prepare_torch_reference(trainer: train.Trainer, host_batches: Sequence[dict], warmup: int, *,
-                            bf16_autocast: bool) -> tuple[StepTimer, dict]:
-    """The reference recipe on the same tokens, in its collator's layout, and architecture (random weights, its
-    own AdamW), after ``warmup`` untimed steps: its step timer and its settings (threads, precision)."""
+class ReferenceProcess:
+    """The reference recipe on the same tokens, in its collator's layout, and architecture (random weights, its own
+    AdamW) in a process of its own (``benchmarks/torch_reference.py``'s ``serve``), after ``warmup`` untimed steps.
+
+    Calling it with i times the reference's step on timed batch i there: (its seconds, as it measured them, and its
+    loss). Its own process because the reference's bf16 autocast step, in ours, grew the heap both shared and
+    slowed steps of either side by 0.4-1.2 s (BENCHMARKS.md); this way each side has the heap it has alone."""
+
+    def __init__(self, trainer: train.Trainer, host_batches: Sequence[dict], warmup: int, *, bf16_autocast: bool,
+                 workdir: pathlib.Path):
+        method, layer = objectives.parse_pooler(trainer.config.objective.pooler)
+        if method != "last":
+            raise SystemExit(f"config objective.pooler: the torch reference implements last-k pooling only, got "
+                             f"{trainer.config.objective.pooler!r}")
+        ocfg = trainer.config.objective
+        spec = {"hf_config": torch_hf_config(trainer), "seed": trainer.config.model.init_seed,
+                "lr": trainer.config.train.lr, "warmup": warmup,
+                "step_options": {"layer": layer, "temperature": ocfg.temperature, "cl_weight": ocfg.cl_weight,
+                                 "clm_weight": ocfg.clm_weight, "grad_clip": trainer.config.train.grad_clip or 1e9,
+                                 "bf16_autocast": bf16_autocast}}
+        input_path = workdir / f"reference_{'bf16' if bf16_autocast else 'fp32'}_input.npz"
+        write_reference_input(input_path, [reference_collation(padded_sentences(b, trainer)) for b in host_batches],
+                              spec)
+        self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.torch_reference", str(input_path)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        cwd=pathlib.Path(__file__).resolve().parents[1])
+        try:
+            ready = self._reply()
+        except BaseException:
+            self.process.kill()
+            raise
+        self.settings = {"threads": ready["threads"], "precision": "bf16 autocast" if bf16_autocast else "float32"}
+
+    def __call__(self, index: int) -> tuple[float, float]:
+        self.process.stdin.write(f"{index}\n")
+        self.process.stdin.flush()
+        reply = self._reply()
+        return reply["seconds"], reply["loss"]
+
+    def close(self) -> None:
+        """Close its stdin, which ends it; its last reply, its peak RSS, joins ``settings``."""
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            line = self.process.stdout.readline()
+            if line:
+                self.settings.update(json.loads(line))
+        if self.process.wait(timeout=60):
+            raise RuntimeError(f"the torch reference process exited with {self.process.returncode} (its stderr is "
+                               "above)")
+
+    def _reply(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the torch reference process ended ({self.process.wait()}) without a reply; its "
+                               "stderr is above")
+        return json.loads(line)
+
+
+def write_reference_input(path: pathlib.Path, batches: Sequence[dict], spec: dict) -> None:
+    """``torch_reference.write_worker_input``, imported here so that torch stays out of this module's imports."""
     try:
         from benchmarks import torch_reference
     except ImportError as error:
         raise SystemExit(f"--torch needs benchmarks/torch_reference.py importable (run from the repository root) "
                          f"and torch installed: {error}") from error
-    method, layer = objectives.parse_pooler(trainer.config.objective.pooler)
-    if method != "last":
-        raise SystemExit(f"config objective.pooler: the torch reference implements last-k pooling only, got "
-                         f"{trainer.config.objective.pooler!r}")
-    model = torch_reference.build_model(torch_hf_config(trainer), seed=trainer.config.model.init_seed)
-    optimizer = torch_reference.make_optimizer(model, lr=trainer.config.train.lr)
-    ocfg = trainer.config.objective
-    timer = torch_reference.prepare_steps(
-        model, optimizer, [reference_collation(padded_sentences(b, trainer)) for b in host_batches],
-        warmup=warmup, layer=layer,
-        temperature=ocfg.temperature, cl_weight=ocfg.cl_weight, clm_weight=ocfg.clm_weight,
-        grad_clip=trainer.config.train.grad_clip or 1e9, bf16_autocast=bf16_autocast)
-    settings = {"threads": torch_reference.thread_settings(),
-                "precision": "bf16 autocast" if bf16_autocast else "float32"}
-    return timer, settings
+    torch_reference.write_worker_input(path, batches, spec)
 
 
 # ------------------------------------------------------------------------------------------------- checkpoint load
@@ -388,13 +431,17 @@ def run_benchmark(config: Any, *, steps: int, warmup: int, workdir: pathlib.Path
         host_batches, data_seconds = draw_batches(trainer, warmup + steps)
         counts = batch_counts(host_batches[warmup:], trainer)
         try:
-            timers = {"jax": prepare_jax_steps(trainer, host_batches, warmup)}
-            jax_rss = peak_rss_bytes()                   # the JAX part's peak: compiles and warmup steps, no torch
-            torch_settings = {}
-            for precision in torch_precisions:
-                timers[precision], torch_settings[precision] = prepare_torch_reference(
-                    trainer, host_batches, warmup, bf16_autocast=TORCH_PRECISIONS[precision])
-            runs = time_alternating(timers, steps)
+            references = {}
+            try:
+                for precision in torch_precisions:   # first, so that our warm-up steps come right before the timings
+                    references[precision] = ReferenceProcess(
+                        trainer, host_batches, warmup, bf16_autocast=TORCH_PRECISIONS[precision], workdir=workdir)
+                timers = {"jax": prepare_jax_steps(trainer, host_batches, warmup), **references}
+                jax_rss = peak_rss_bytes()                   # this process's peak: compiles and warmup steps
+                runs = time_alternating(timers, steps)
+            finally:
+                for reference in references.values():
+                    reference.close()
             profile = profile_dir and profile_or_error(trainer, host_batches[warmup:], profile_steps, profile_dir)
         except jax.errors.JaxRuntimeError as error:
             if "RESOURCE_EXHAUSTED" not in str(error):
@@ -408,7 +455,8 @@ def run_benchmark(config: Any, *, steps: int, warmup: int, workdir: pathlib.Path
         if profile:
             report["profile"] = profile
         if torch_precisions:
-            report.update(torch_reports(runs, torch_settings, counts, report["jax"]["step_s"]["median"]))
+            report.update(torch_reports(runs, {p: r.settings for p, r in references.items()}, counts,
+                                        report["jax"]["step_s"]["median"]))
         if measure_load:
             report["checkpoint_load"] = measure_checkpoint_load(trainer, workdir / "load_probe_checkpoint")
         return report
@@ -456,7 +504,7 @@ def torch_reports(runs: dict, settings: dict, counts: dict, jax_median: float) -
     ratios = {precision: part["step_s"]["median"] / jax_median for precision, part in torch_part.items()}
     baseline = min(ratios, key=ratios.get)
     return {"torch": torch_part, "torch_over_jax_step_time": ratios, "torch_baseline": baseline,
-            "speed_up": ratios[baseline], "torch_peak_rss_bytes_process": peak_rss_bytes()}
+            "speed_up": ratios[baseline]}
 
 
 def format_report(report: dict) -> str:
@@ -478,7 +526,8 @@ def format_report(report: dict) -> str:
     for precision, part in report.get("torch", {}).items():
         lines.append(f"torch reference ({part['precision']}, {part['threads']['num_threads']} threads): "
                      f"step {_fmt_step(part['step_s'])}, {part['tokens_per_s']:.0f} tokens/s, speed-up (its median "
-                     f"/ jax median) {report['torch_over_jax_step_time'][precision]:.2f}x")
+                     f"/ jax median) {report['torch_over_jax_step_time'][precision]:.2f}x, its process's peak RSS "
+                     f"{part['peak_rss_bytes'] / 2**30:.2f} GiB")
     if "torch" in report:
         work_ratio = batch["reference_executed_flops_per_step"] / batch["executed_flops_per_step"]
         lines.append(f"speed-up against the reference's faster precision ({report['torch_baseline']}): "
