@@ -30,14 +30,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import json  # noqa: E402
 import pathlib  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from typing import Any, Callable, Mapping, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from xalign_jax.bench import IGNORE_INDEX, memory_status  # noqa: E402
+from xalign_jax.bench import IGNORE_INDEX, measured_step, memory_status  # noqa: E402
 
 
 def build_model(hf_config: Mapping[str, Any], seed: int = 0, *, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
@@ -105,18 +104,15 @@ def reference_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, bat
 
 def prepare_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                   host_batches: Sequence[Mapping[str, np.ndarray]], *, warmup: int,
-                  **step_options: Any) -> Callable[[int], tuple[float, float]]:
-    """Run ``warmup`` steps untimed and return the timer of the remaining batches' steps: (wall seconds, loss)
-    of timed batch i."""
+                  **step_options: Any) -> Callable[[int], dict]:
+    """Run ``warmup`` steps untimed and return the timer of the remaining batches' steps: the
+    ``bench.measured_step`` record (wall seconds, loss, page faults, context switches) of timed batch i."""
     batches = [to_torch_batch(b) for b in host_batches]
     for batch in batches[:warmup]:
         reference_step(model, optimizer, batch, **step_options)
 
-    def timed_step(index: int) -> tuple[float, float]:
-        start = time.perf_counter()
-        loss = reference_step(model, optimizer, batches[warmup + index], **step_options)
-        return time.perf_counter() - start, loss
-    return timed_step
+    return lambda index: measured_step(
+        lambda: reference_step(model, optimizer, batches[warmup + index], **step_options))
 
 
 def thread_settings() -> dict:
@@ -149,7 +145,7 @@ def read_worker_input(path: pathlib.Path) -> tuple[dict, list[dict[str, np.ndarr
 
 def serve(input_path: pathlib.Path) -> None:
     """Build the model, run the warm-up steps, then time one step per index read from stdin, one JSON line each
-    on stdout: ``{"ready": ..., "threads": ...}`` once, ``{"seconds": s, "loss": l}`` per step, and at the end of
+    on stdout: ``{"ready": ..., "threads": ...}`` once, ``measured_step``'s record per step, and at the end of
     stdin ``{"peak_rss_bytes": n}`` (VmHWM: ``ru_maxrss`` would carry the bench's RSS over the fork). Anything
     else printed (library warnings) is sent to stderr, so stdout carries the replies only."""
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
@@ -160,8 +156,7 @@ def serve(input_path: pathlib.Path) -> None:
                                **spec["step_options"])
     replies.write(json.dumps({"ready": True, "threads": thread_settings()}) + "\n")
     for line in sys.stdin:
-        seconds, loss = timed_step(int(line))
-        replies.write(json.dumps({"seconds": seconds, "loss": loss}) + "\n")
+        replies.write(json.dumps(timed_step(int(line))) + "\n")
     replies.write(json.dumps({"peak_rss_bytes": memory_status()["peak"]}) + "\n")
 
 

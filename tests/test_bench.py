@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import pathlib
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def test_every_row_length_compiles_before_the_timed_steps(shared_data, tmp_path_
     assert len(lengths) >= 2, lengths
     timed_step = bench.prepare_jax_steps(trainer, host_batches, warmup=1)
     assert trainer.step_fn.num_compiles == len(lengths)
-    assert all(math.isfinite(timed_step(index)[1]) for index in range(2))
+    assert all(math.isfinite(timed_step(index)["loss"]) for index in range(2))
     assert trainer.step_fn.num_compiles == len(lengths)
 
 
@@ -79,7 +80,8 @@ def test_packed_sentences_reach_the_reference_as_the_padded_ones(shared_data, tm
 
 def test_tokens_per_second_is_tokens_per_step_over_the_median_step(report):
     batch, jax_part = report["batch"], report["jax"]
-    assert batch["tokens_per_step"] == pytest.approx(batch["clm_tokens_per_step"] + batch["contrastive_tokens_per_step"])
+    assert batch["tokens_per_step"] == pytest.approx(
+        batch["clm_tokens_per_step"] + batch["contrastive_tokens_per_step"])
     assert 0 < batch["clm_tokens_per_step"] <= batch["clm_rows"] * max(batch["clm_lengths"])
     assert 0 < batch["contrastive_tokens_per_step"] <= 2 * batch["records"] * max(batch["contrastive_lengths"])
     assert jax_part["tokens_per_s"] == pytest.approx(batch["tokens_per_step"] / jax_part["step_s"]["median"])
@@ -92,12 +94,27 @@ def test_the_two_sides_timed_steps_alternate():
     def timer(name):
         def timed_step(index):
             calls.append((name, index))
-            return 0.5 + index, float(index)
+            return {"seconds": 0.5 + index, "loss": float(index)}
         return timed_step
 
     runs = bench.time_alternating({"jax": timer("jax"), "torch": timer("torch")}, steps=3)
     assert calls == [("jax", 0), ("torch", 0), ("jax", 1), ("torch", 1), ("jax", 2), ("torch", 2)]
-    assert runs["torch"] == {"step_seconds": [0.5, 1.5, 2.5], "losses": [0.0, 1.0, 2.0]}
+    assert runs["torch"] == {"seconds": [0.5, 1.5, 2.5], "loss": [0.0, 1.0, 2.0]}
+
+
+def test_a_measured_step_counts_its_page_faults():
+    """A step that writes 64 MiB of freshly mapped memory takes a fault per page: at least 32 (2 MiB pages)."""
+    def step() -> float:
+        with mmap.mmap(-1, 64 << 20) as fresh:
+            pages = np.frombuffer(fresh, dtype=np.uint8)
+            pages[:] = 1
+            total = float(pages[::4096].sum())
+            del pages
+        return total
+
+    record = bench.measured_step(step)
+    assert record["loss"] == (64 << 20) / 4096 and record["seconds"] > 0
+    assert record["minor_faults"] >= 32 and record["involuntary_switches"] >= 0
 
 
 def test_memory_figures_cover_the_train_state(report):
@@ -122,6 +139,7 @@ def test_torch_reference_runs_on_the_same_batches_in_both_precisions(report):
             torch_part["step_s"]["median"] / report["jax"]["step_s"]["median"])
     assert report["torch"]["bf16_autocast"]["precision"] == "bf16 autocast"
     assert all(part["peak_rss_bytes"] > 0 for part in report["torch"].values())   # each its own process's
+    assert all(len(part["minor_faults"]) == len(part["involuntary_switches"]) == 2 for part in report["torch"].values())
     fastest = min(report["torch"], key=lambda p: report["torch"][p]["step_s"]["median"])
     assert report["torch_baseline"] == fastest
     assert report["speed_up"] == min(report["torch_over_jax_step_time"].values())
@@ -210,11 +228,20 @@ def test_the_reference_process_takes_the_steps_the_reference_takes_here(tmp_path
                           cwd=pathlib.Path(__file__).resolve().parents[1])
     ready, *steps, end = [json.loads(line) for line in done.stdout.splitlines()]
     assert ready["ready"] and ready["threads"]["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert len(steps) == 2 and all(step["seconds"] > 0 for step in steps) and end["peak_rss_bytes"] > 0
+    assert len(steps) == 2 and all(step["seconds"] > 0 and step["minor_faults"] >= 0 for step in steps)
+    assert end["peak_rss_bytes"] > 0
     model = torch_reference.build_model(hf_config, seed=3)
     timed_step = torch_reference.prepare_steps(model, torch_reference.make_optimizer(model, lr=1e-3), batches,
                                                warmup=1, **options)
-    assert [step["loss"] for step in steps] == pytest.approx([timed_step(i)[1] for i in range(2)], rel=1e-6)
+    assert [step["loss"] for step in steps] == pytest.approx([timed_step(i)["loss"] for i in range(2)], rel=1e-6)
+
+
+def test_a_reference_process_that_ends_without_replying_is_a_clear_error():
+    reference = object.__new__(bench.ReferenceProcess)       # the process part alone: no trainer needed
+    reference.process = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, text=True)
+    with pytest.raises(RuntimeError, match=r"torch reference process ended \(3\) without a reply"):
+        reference(0)
 
 
 def test_reference_collation_is_the_reference_collators_layout():

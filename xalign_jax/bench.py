@@ -175,7 +175,18 @@ def draw_batches(trainer: train.Trainer, count: int) -> tuple[list[dict], float]
     return batches, (time.perf_counter() - start) / count
 
 
-StepTimer = Callable[[int], tuple[float, float]]   # runs timed batch i to completion: (seconds, loss)
+StepTimer = Callable[[int], dict]   # runs timed batch i to completion: its ``measured_step`` record
+
+
+def measured_step(step: Callable[[], float]) -> dict:
+    """Run ``step`` (one training step that waits for itself and returns its loss): its wall seconds, loss, and
+    this process's minor page faults and involuntary context switches meanwhile. A slow step with many faults
+    waited on fresh memory, one with many switches waited for a core (BENCHMARKS.md has steps of both kinds)."""
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    loss = step()
+    seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    return {"seconds": seconds, "loss": loss, "minor_faults": after.ru_minflt - before.ru_minflt,
+            "involuntary_switches": after.ru_nivcsw - before.ru_nivcsw}
 
 
 def prepare_jax_steps(trainer: train.Trainer, host_batches: Sequence[dict], warmup: int) -> StepTimer:
@@ -189,24 +200,22 @@ def prepare_jax_steps(trainer: train.Trainer, host_batches: Sequence[dict], warm
         trainer.state, _ = trainer.step_fn(trainer.state, batch)
     jax.block_until_ready(trainer.state)
 
-    def timed_step(index: int) -> tuple[float, float]:
-        start = time.perf_counter()
-        trainer.state, metrics = trainer.step_fn(trainer.state, device_batches[warmup + index])
+    def step(batch: dict) -> float:
+        trainer.state, metrics = trainer.step_fn(trainer.state, batch)
         jax.block_until_ready((trainer.state, metrics))
-        return time.perf_counter() - start, float(metrics["loss"])
-    return timed_step
+        return float(metrics["loss"])
+    return lambda index: measured_step(lambda: step(device_batches[warmup + index]))
 
 
 def time_alternating(timers: dict[str, StepTimer], steps: int) -> dict[str, dict]:
     """Step i of every side before step i + 1 of any. On a shared machine the load drifts over minutes (the same
     torch step took 3.3 s and 6.0 s within one run); timing one side's steps after the other's put each side in
     its own minutes, so the ratio carried the drift; alternating gives both sides the same minutes."""
-    runs = {name: {"step_seconds": [], "losses": []} for name in timers}
+    runs = {name: {} for name in timers}
     for index in range(steps):
         for name, timer in timers.items():
-            seconds, loss = timer(index)
-            runs[name]["step_seconds"].append(seconds)
-            runs[name]["losses"].append(loss)
+            for key, value in timer(index).items():
+                runs[name].setdefault(key, []).append(value)
     return runs
 
 
@@ -264,9 +273,9 @@ class ReferenceProcess:
     """The reference recipe on the same tokens, in its collator's layout, and architecture (random weights, its own
     AdamW) in a process of its own (``benchmarks/torch_reference.py``'s ``serve``), after ``warmup`` untimed steps.
 
-    Calling it with i times the reference's step on timed batch i there: (its seconds, as it measured them, and its
-    loss). Its own process because the reference's bf16 autocast step, in ours, grew the heap both shared and
-    slowed steps of either side by 0.4-1.2 s (BENCHMARKS.md); this way each side has the heap it has alone."""
+    Calling it with i times the reference's step on timed batch i there: its ``measured_step`` record. Its own
+    process because the reference's bf16 autocast step, in ours, grew the heap both shared and slowed steps of
+    either side by 0.4-1.2 s (BENCHMARKS.md); this way each side has the heap it has alone."""
 
     def __init__(self, trainer: train.Trainer, host_batches: Sequence[dict], warmup: int, *, bf16_autocast: bool,
                  workdir: pathlib.Path):
@@ -293,11 +302,13 @@ class ReferenceProcess:
             raise
         self.settings = {"threads": ready["threads"], "precision": "bf16 autocast" if bf16_autocast else "float32"}
 
-    def __call__(self, index: int) -> tuple[float, float]:
-        self.process.stdin.write(f"{index}\n")
-        self.process.stdin.flush()
-        reply = self._reply()
-        return reply["seconds"], reply["loss"]
+    def __call__(self, index: int) -> dict:
+        try:
+            self.process.stdin.write(f"{index}\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            pass            # it has ended: _reply says so, with its exit status
+        return self._reply()
 
     def close(self) -> None:
         """Close its stdin, which ends it; its last reply, its peak RSS, joins ``settings``."""
@@ -483,14 +494,20 @@ def batch_info(trainer: train.Trainer, host_batches: Sequence[dict], counts: dic
 
 
 def jax_report(trainer: train.Trainer, run: dict, counts: dict, data_seconds: float, peak_rss: int) -> dict:
-    step_s = summarize_seconds(run["step_seconds"])
-    return {"step_s": step_s, "tokens_per_s": counts["tokens_per_step"] / step_s["median"],
+    step_s = summarize_seconds(run["seconds"])
+    return {"step_s": step_s, **per_step_counters(run), "tokens_per_s": counts["tokens_per_step"] / step_s["median"],
             "model_tflops_per_s": counts["flops_per_step"] / step_s["median"] / 1e12,
             "mfu": counts["flops_per_step"] / step_s["median"] / trainer.peak_flops,
             "peak_tflops_total": trainer.peak_flops / 1e12,
             "compile_s": trainer.step_fn.compile_seconds, "compiles": trainer.step_fn.num_compiles,
             "memory_analysis": memory_analysis_dict(trainer.step_fn.memory_analysis()),
-            "peak_rss_bytes": peak_rss, "data_s_per_step": data_seconds, "losses": run["losses"]}
+            "peak_rss_bytes": peak_rss, "data_s_per_step": data_seconds}
+
+
+def per_step_counters(run: dict) -> dict:
+    """A side's losses, minor page faults and involuntary context switches, step by step."""
+    return {"losses": run["loss"], "minor_faults": run["minor_faults"],
+            "involuntary_switches": run["involuntary_switches"]}
 
 
 def torch_reports(runs: dict, settings: dict, counts: dict, jax_median: float) -> dict:
@@ -498,9 +515,9 @@ def torch_reports(runs: dict, settings: dict, counts: dict, jax_median: float) -
     the faster precision (``torch_baseline``) with its ratio (``speed_up``): the figure the 2x target is read on."""
     torch_part = {}
     for precision in settings:
-        step_s = summarize_seconds(runs[precision]["step_seconds"])
+        step_s = summarize_seconds(runs[precision]["seconds"])
         torch_part[precision] = {"step_s": step_s, "tokens_per_s": counts["tokens_per_step"] / step_s["median"],
-                                 **settings[precision], "losses": runs[precision]["losses"]}
+                                 **settings[precision], **per_step_counters(runs[precision])}
     ratios = {precision: part["step_s"]["median"] / jax_median for precision, part in torch_part.items()}
     baseline = min(ratios, key=ratios.get)
     return {"torch": torch_part, "torch_over_jax_step_time": ratios, "torch_baseline": baseline,
@@ -522,12 +539,13 @@ def format_report(report: dict) -> str:
         f"{jax_part['model_tflops_per_s']:.3f} model TFLOP/s = MFU {100 * jax_part['mfu']:.1f}% of "
         f"{jax_part['peak_tflops_total']:.3f}, compile "
         f"{jax_part['compile_s']:.1f}s x{jax_part['compiles']}, peak RSS {jax_part['peak_rss_bytes'] / 2**30:.2f} GiB",
+        f"jax: per step {_fmt_counters(jax_part)}",
     ]
     for precision, part in report.get("torch", {}).items():
         lines.append(f"torch reference ({part['precision']}, {part['threads']['num_threads']} threads): "
                      f"step {_fmt_step(part['step_s'])}, {part['tokens_per_s']:.0f} tokens/s, speed-up (its median "
                      f"/ jax median) {report['torch_over_jax_step_time'][precision]:.2f}x, its process's peak RSS "
-                     f"{part['peak_rss_bytes'] / 2**30:.2f} GiB")
+                     f"{part['peak_rss_bytes'] / 2**30:.2f} GiB; per step {_fmt_counters(part)}")
     if "torch" in report:
         work_ratio = batch["reference_executed_flops_per_step"] / batch["executed_flops_per_step"]
         lines.append(f"speed-up against the reference's faster precision ({report['torch_baseline']}): "
@@ -540,6 +558,11 @@ def format_report(report: dict) -> str:
                      f"anonymous memory {load['anon_ratio']:.2f}x, file-backed pages "
                      f"{load['file_backed_growth_bytes'] / 2**20:.0f} MiB; {load['load_s']:.2f}s")
     return "\n".join(lines)
+
+
+def _fmt_counters(part: dict) -> str:
+    return (f"{statistics.median(part['minor_faults']):.0f} minor page faults and "
+            f"{statistics.median(part['involuntary_switches']):.0f} involuntary context switches (medians)")
 
 
 def _fmt_step(step_s: dict) -> str:
