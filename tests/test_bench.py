@@ -87,8 +87,8 @@ def test_tokens_per_second_is_tokens_per_step_over_the_median_step(report):
     assert jax_part["tokens_per_s"] == pytest.approx(batch["tokens_per_step"] / jax_part["step_s"]["median"])
 
 
-def test_the_two_sides_timed_steps_alternate():
-    """Step i of every side runs before step i + 1 of any, so that a drifting machine load falls on both alike."""
+def test_the_two_sides_take_turns():
+    """Each side times a turn of consecutive steps, then the other: a drifting machine load falls on both alike."""
     calls = []
 
     def timer(name):
@@ -97,9 +97,16 @@ def test_the_two_sides_timed_steps_alternate():
             return {"seconds": 0.5 + index, "loss": float(index)}
         return timed_step
 
-    runs = bench.time_alternating({"jax": timer("jax"), "torch": timer("torch")}, steps=3)
+    runs = bench.time_alternating({"jax": timer("jax"), "torch": timer("torch")}, steps=3, turn=1)
     assert calls == [("jax", 0), ("torch", 0), ("jax", 1), ("torch", 1), ("jax", 2), ("torch", 2)]
     assert runs["torch"] == {"seconds": [0.5, 1.5, 2.5], "loss": [0.0, 1.0, 2.0]}
+    calls.clear()
+    runs = bench.time_alternating({"jax": timer("jax"), "torch": timer("torch")}, steps=5, turn=2)
+    assert calls == [("jax", 0), ("jax", 1), ("torch", 0), ("torch", 1), ("jax", 2), ("jax", 3), ("torch", 2),
+                     ("torch", 3), ("jax", 4), ("torch", 4)]
+    assert runs["jax"]["seconds"] == [0.5, 1.5, 2.5, 3.5, 4.5]
+    with pytest.raises(ValueError, match="steps_per_turn must be >= 1"):
+        bench.time_alternating({"jax": timer("jax")}, steps=2, turn=0)
 
 
 def test_a_measured_step_counts_its_page_faults():

@@ -15,8 +15,8 @@ What it does, in order:
   4. with ``--torch`` the reference recipe (``benchmarks/torch_reference.py``) runs on the SAME host batches' tokens
      in its own collator's layout (``reference_collation``) with the same HF config, in fp32 and under bf16
      autocast (``--torch_precision``; one model and one process each: ``ReferenceProcess``), its timed steps
-     alternating with ours (``time_alternating``), and the ratio of median step times is printed for each
-     precision and for the faster one (same tokens, so it is the tokens/s ratio). Which precision is torch's faster
+     taking turns with ours, ``--steps_per_turn`` at a time (``time_alternating``), and the ratio of median step
+     times is printed for each precision and for the faster one (same tokens, so it is the tokens/s ratio). Which precision is torch's faster
      depends on the CPU: where its bf16 matrix products use bf16 instructions they ran 2-2.6x its fp32 ones,
      elsewhere slower (BENCHMARKS.md), so the baseline is measured, not assumed;
   5. with ``--profile_dir``, ``profile_steps`` more steps run on the timed steps' batches under
@@ -63,6 +63,7 @@ from xalign_jax.data import pipeline, sentence_packing
 
 REFERENCE_CLM_BLOCK = 512   # the reference collator's block_size: min(clm_block_size, model_max_length), AFP_SPEC §1.3
 IGNORE_INDEX = -100         # torch's cross-entropy label to skip
+STEPS_PER_TURN = 4          # with --torch, each side's consecutive timed steps before the other's turn
 MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
                  "generated_code_size_in_bytes")
 
@@ -207,15 +208,21 @@ def prepare_jax_steps(trainer: train.Trainer, host_batches: Sequence[dict], warm
     return lambda index: measured_step(lambda: step(device_batches[warmup + index]))
 
 
-def time_alternating(timers: dict[str, StepTimer], steps: int) -> dict[str, dict]:
-    """Step i of every side before step i + 1 of any. On a shared machine the load drifts over minutes (the same
-    torch step took 3.3 s and 6.0 s within one run); timing one side's steps after the other's put each side in
-    its own minutes, so the ratio carried the drift; alternating gives both sides the same minutes."""
+def time_alternating(timers: dict[str, StepTimer], steps: int, turn: int = STEPS_PER_TURN) -> dict[str, dict]:
+    """Each side in turn times ``turn`` consecutive steps (steps i..i + turn - 1 of every side before step i + turn
+    of any). On a shared machine the load drifts over minutes (the same torch step took 3.3 s and 6.0 s within one
+    run); timing one side's steps after the other's put each side in its own minutes, so the ratio carried the
+    drift; turns give both sides the same minutes. Turns of several steps keep each side's steps back to back, as
+    in training: after waiting out our step, the reference's next step refaulted the memory it had freed at a
+    higher cost than it does back to back (up to 3.0 s against 1.2-1.4 s for the same fault count, BENCHMARKS.md)."""
+    if turn < 1:
+        raise ValueError(f"--steps_per_turn must be >= 1, got {turn}")
     runs = {name: {} for name in timers}
-    for index in range(steps):
+    for first in range(0, steps, turn):
         for name, timer in timers.items():
-            for key, value in timer(index).items():
-                runs[name].setdefault(key, []).append(value)
+            for index in range(first, min(first + turn, steps)):
+                for key, value in timer(index).items():
+                    runs[name].setdefault(key, []).append(value)
     return runs
 
 
@@ -428,10 +435,12 @@ def machine_info() -> dict:
 
 
 def run_benchmark(config: Any, *, steps: int, warmup: int, workdir: pathlib.Path,
-                  torch_precisions: Sequence[str] = (), measure_load: bool = True,
+                  torch_precisions: Sequence[str] = (), steps_per_turn: int = STEPS_PER_TURN,
+                  measure_load: bool = True,
                   profile_dir: pathlib.Path | None = None, profile_steps: int = 3) -> dict:
     """Everything the module docstring lists, as one JSON-ready dict; the torch reference is timed in each of
-    ``torch_precisions`` (keys of ``TORCH_PRECISIONS``; none: no torch)."""
+    ``torch_precisions`` (keys of ``TORCH_PRECISIONS``; none: no torch), the sides taking turns of
+    ``steps_per_turn`` steps (``time_alternating``)."""
     if steps < 1 or warmup < 1:
         raise ValueError(f"--steps and --warmup must be >= 1 (the first warmup step compiles), got {steps}, {warmup}")
     unknown = sorted(set(torch_precisions) - set(TORCH_PRECISIONS))
@@ -449,7 +458,7 @@ def run_benchmark(config: Any, *, steps: int, warmup: int, workdir: pathlib.Path
                         trainer, host_batches, warmup, bf16_autocast=TORCH_PRECISIONS[precision], workdir=workdir)
                 timers = {"jax": prepare_jax_steps(trainer, host_batches, warmup), **references}
                 jax_rss = peak_rss_bytes()                   # this process's peak: compiles and warmup steps
-                runs = time_alternating(timers, steps)
+                runs = time_alternating(timers, steps, steps_per_turn)
             finally:
                 for reference in references.values():
                     reference.close()
@@ -468,6 +477,7 @@ def run_benchmark(config: Any, *, steps: int, warmup: int, workdir: pathlib.Path
         if torch_precisions:
             report.update(torch_reports(runs, {p: r.settings for p, r in references.items()}, counts,
                                         report["jax"]["step_s"]["median"]))
+            report["steps_per_turn"] = steps_per_turn
         if measure_load:
             report["checkpoint_load"] = measure_checkpoint_load(trainer, workdir / "load_probe_checkpoint")
         return report
@@ -579,6 +589,8 @@ def cli() -> None:
     steps = flags.DEFINE_integer("steps", 5, "Timed steps.")
     warmup = flags.DEFINE_integer("warmup", 2, "Untimed steps first (the first one compiles).")
     with_torch = flags.DEFINE_bool("torch", False, "Also time the PyTorch reference recipe on the same tokens.")
+    steps_per_turn = flags.DEFINE_integer(
+        "steps_per_turn", STEPS_PER_TURN, "With --torch, each side's consecutive timed steps per turn.")
     torch_precisions = flags.DEFINE_list("torch_precision", list(TORCH_PRECISIONS),
                                          f"The reference's precisions timed with --torch: {list(TORCH_PRECISIONS)}.")
     load = flags.DEFINE_bool("load_memory", True, "Measure the peak RSS of loading a checkpoint.")
@@ -592,6 +604,7 @@ def cli() -> None:
         report = run_benchmark(config.value, steps=steps.value, warmup=warmup.value,
                                workdir=pathlib.Path(workdir.value or tempfile.mkdtemp(prefix="xalign_bench_")),
                                torch_precisions=torch_precisions.value if with_torch.value else (),
+                               steps_per_turn=steps_per_turn.value,
                                measure_load=load.value,
                                profile_dir=pathlib.Path(profile_dir.value) if profile_dir.value else None,
                                profile_steps=profile_steps.value)
