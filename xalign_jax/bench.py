@@ -16,9 +16,9 @@ What it does, in order:
      in its own collator's layout (``reference_collation``) with the same HF config, in fp32 and under bf16
      autocast (``--torch_precision``; one model and one process each: ``ReferenceProcess``), its timed steps
      taking turns with ours, ``--steps_per_turn`` at a time (``time_alternating``), and the ratio of median step
-     times is printed for each precision and for the faster one (same tokens, so it is the tokens/s ratio). Which precision is torch's faster
-     depends on the CPU: where its bf16 matrix products use bf16 instructions they ran 2-2.6x its fp32 ones,
-     elsewhere slower (BENCHMARKS.md), so the baseline is measured, not assumed;
+     times is printed for each precision and for the faster one (same tokens, so it is the tokens/s ratio).
+     Which precision is torch's faster depends on the CPU: where its bf16 matrix products use bf16 instructions
+     they ran 2-2.6x its fp32 ones, elsewhere slower (BENCHMARKS.md), so the baseline is measured, not assumed;
   5. with ``--profile_dir``, ``profile_steps`` more steps run on the timed steps' batches under
      ``jax.profiler.trace`` (not counted in the timings: tracing costs host time); ``benchmarks/trace_summary.py``
      turns the trace into per-op device time;
