@@ -59,6 +59,7 @@ from absl import logging
 from flax import nnx
 
 from xalign_jax import objectives, train
+from xalign_jax.config_defaults import REPO_ROOT
 from xalign_jax.data import pipeline, sentence_packing
 
 REFERENCE_CLM_BLOCK = 512   # the reference collator's block_size: min(clm_block_size, model_max_length), AFP_SPEC §1.3
@@ -277,15 +278,16 @@ TORCH_PRECISIONS = {"float32": False, "bf16_autocast": True}   # name -> torch.a
 
 
 class ReferenceProcess:
-    """The reference recipe on the same tokens, in its collator's layout, and architecture (random weights, its own
-    AdamW) in a process of its own (``benchmarks/torch_reference.py``'s ``serve``), after ``warmup`` untimed steps.
+    """The reference recipe on the same tokens (``collated_batches``: our host batches in its collator's layout,
+    ``reference_collation``) and architecture (random weights, its own AdamW) in a process of its own
+    (``benchmarks/torch_reference.py``'s ``serve``), after ``warmup`` untimed steps.
 
     Calling it with i times the reference's step on timed batch i there: its ``measured_step`` record. Its own
     process because the reference's bf16 autocast step, in ours, grew the heap both shared and slowed steps of
     either side by 0.4-1.2 s (BENCHMARKS.md); this way each side has the heap it has alone."""
 
-    def __init__(self, trainer: train.Trainer, host_batches: Sequence[dict], warmup: int, *, bf16_autocast: bool,
-                 workdir: pathlib.Path):
+    def __init__(self, trainer: train.Trainer, collated_batches: Sequence[dict], warmup: int, *,
+                 bf16_autocast: bool, workdir: pathlib.Path):
         method, layer = objectives.parse_pooler(trainer.config.objective.pooler)
         if method != "last":
             raise SystemExit(f"config objective.pooler: the torch reference implements last-k pooling only, got "
@@ -297,11 +299,10 @@ class ReferenceProcess:
                                  "clm_weight": ocfg.clm_weight, "grad_clip": trainer.config.train.grad_clip or 1e9,
                                  "bf16_autocast": bf16_autocast}}
         input_path = workdir / f"reference_{'bf16' if bf16_autocast else 'fp32'}_input.npz"
-        write_reference_input(input_path, [reference_collation(padded_sentences(b, trainer)) for b in host_batches],
-                              spec)
+        write_reference_input(input_path, collated_batches, spec)
         self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.torch_reference", str(input_path)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                        cwd=pathlib.Path(__file__).resolve().parents[1])
+                                        cwd=REPO_ROOT)
         try:
             ready = self._reply()
         except BaseException:
@@ -396,7 +397,7 @@ def measure_checkpoint_load(trainer: train.Trainer, directory: pathlib.Path) -> 
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f)
     done = subprocess.run([sys.executable, "-c", _LOAD_PROBE, str(directory)], capture_output=True, text=True,
-                          env=env, cwd=pathlib.Path(__file__).resolve().parents[1], check=False)
+                          env=env, cwd=REPO_ROOT, check=False)
     if done.returncode:
         raise RuntimeError(f"checkpoint-load probe failed ({done.returncode}):\n{done.stderr[-3000:]}")
     probe = json.loads(done.stdout.strip().splitlines()[-1])
@@ -452,10 +453,12 @@ def run_benchmark(config: Any, *, steps: int, warmup: int, workdir: pathlib.Path
         counts = batch_counts(host_batches[warmup:], trainer)
         try:
             references = {}
+            collated = ([reference_collation(padded_sentences(b, trainer)) for b in host_batches]
+                        if torch_precisions else [])       # once, for every reference precision
             try:
                 for precision in torch_precisions:   # first, so that our warm-up steps come right before the timings
                     references[precision] = ReferenceProcess(
-                        trainer, host_batches, warmup, bf16_autocast=TORCH_PRECISIONS[precision], workdir=workdir)
+                        trainer, collated, warmup, bf16_autocast=TORCH_PRECISIONS[precision], workdir=workdir)
                 timers = {"jax": prepare_jax_steps(trainer, host_batches, warmup), **references}
                 jax_rss = peak_rss_bytes()                   # this process's peak: compiles and warmup steps
                 runs = time_alternating(timers, steps, steps_per_turn)
