@@ -5,7 +5,8 @@ The reference evaluates in fp32 on one GPU and with bf16 weights under DeepSpeed
 timed (``--reference-dtypes``). Our scorer runs in the same two dtypes (``--dtypes``; bf16 weights and products with
 fp32 accumulation, ``layers.dense``). Each row gives the speed-up of each of our dtypes over the loop in the same
 dtype, and ``speedup``: our faster over the reference's faster. Agreement is reported against the fp32 loop (the
-bf16 loop's scores differ from it by its rounding, ours in bf16 by ours).
+bf16 loop's scores differ from it by its rounding, ours in bf16 by ours). Each loop runs in a process of its own
+(``benchmarks/eval_reference.py``), as the train step's reference does in ``xalign_jax.bench``.
 
     OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 python benchmarks/eval_speed.py --items 100 --out eval_speed.json
 
@@ -20,9 +21,7 @@ item (``max_abs_within_item_diff_*``), which decide the predictions.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import math
 import os
 import pathlib
 import sys
@@ -46,17 +45,15 @@ WORKLOADS = (("xcopa", "zh"), ("pawsx", "en"))
 DTYPES = ("float32", "bfloat16")
 
 
-def _model(tok, directory: pathlib.Path, hidden: int, layers: int) -> transformers.PreTrainedModel:
+def _save_model(tok, directory: pathlib.Path, hidden: int, layers: int) -> None:
     config = transformers.LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
         num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 64),
         max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
-    model.save_pretrained(directory)
+    transformers.LlamaForCausalLM(config).save_pretrained(directory)
     tok.save_pretrained(directory)
-    return model
 
 
 def _prompts(task: str, language: str, shots: int, items: int, eos: str) -> list[list[fewshot.Prompt]]:
@@ -66,23 +63,14 @@ def _prompts(task: str, language: str, shots: int, items: int, eos: str) -> list
     return [fewshot.build_prompts(template, item, demos) for item in tasks.load_part(task, language, "test")[:items]]
 
 
-def _reference(model, tok, per_item) -> tuple[float, np.ndarray]:
-    """The reference loop: per item, tokenize its candidates padded together, one forward, the log2 of the
-    softmax over the vocabulary (the reference computes ``log2(softmax(.))``, not ``log_softmax``: AFP_SPEC §3.4,
-    §7.6), the targets' values masked and summed; returned in nats, as the scorer's.
-
-    Padded on the right whatever the tokenizer's default: under left padding (Gemma's) the reference's mask also
-    scores each shorter row's first token from a pad position, a padding artefact of ~20 nats that is not the
-    quantity the scorer computes (``tests/test_eval_scorer.py`` compares both sides under both paddings)."""
-    tok.pad_token, tok.padding_side = tok.eos_token, "right"
-    scores, start = [], time.perf_counter()
-    for prompts in per_item:
-        batch = tok([p.text for p in prompts], padding="longest", return_tensors="pt").to(model.device)
-        with torch.no_grad():
-            log2_prob = torch.log2(torch.softmax(model(**batch).logits.float(), dim=-1))
-        picked = log2_prob[:, :-1].gather(2, batch.input_ids[:, 1:, None])[..., 0]
-        scores.extend((picked * batch.attention_mask[:, 1:]).sum(dim=1).tolist())
-    return time.perf_counter() - start, np.array(scores) * math.log(2)
+def _reference(loop: bench.JsonLinesWorker, per_item: list[list[fewshot.Prompt]],
+               workdir: pathlib.Path) -> tuple[float, np.ndarray]:
+    """The reference loop's (seconds, scores in nats) over ``per_item``, run in its process
+    (``benchmarks/eval_reference.py``)."""
+    path = workdir / "items.json"
+    path.write_text(json.dumps([[p.text for p in prompts] for prompts in per_item]))
+    reply = loop.request(str(path))
+    return reply["seconds"], np.array(reply["scores"])
 
 
 def work_ratio(tok, per_item: list[list[fewshot.Prompt]]) -> float:
@@ -139,52 +127,62 @@ def main() -> None:
         if unknown:
             parser.error(f"--{flag.replace('_', '-')} {unknown}: choose from {list(DTYPES)}")
     machine = bench.machine_info()                            # before any work: its load average is the sitting's
-    torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
             tok, directory = transformers.AutoTokenizer.from_pretrained(args.model), args.model
-            reference_model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
         else:
             tok, directory = xlmr_tokenizer(), tmp
-            reference_model = _model(tok, pathlib.Path(tmp), args.hidden, args.layers)
-        reference_models = {dtype: copy.deepcopy(reference_model).to(args.torch_device, getattr(torch, dtype))
-                            for dtype in args.reference_dtypes.split(",")}     # Module.to works in place: copies
+            _save_model(tok, pathlib.Path(tmp), args.hidden, args.layers)
+        loops = {dtype: bench.JsonLinesWorker(["-m", "benchmarks.eval_reference", directory, dtype, args.torch_device],
+                                              f"the {dtype} reference loop")
+                 for dtype in args.reference_dtypes.split(",")}
         options = {"batch_rows": args.batch_rows, "buckets": tuple(int(b) for b in args.buckets.split(",")),
                    "reference_scores": default_eval_config().reference_scores}
         if args.head_positions:
             options["head_positions"] = args.head_positions
         scorers = {dtype: scorer.Scorer(models.from_pretrained(directory, dtype=dtype, param_dtype=dtype), **options)
                    for dtype in args.dtypes.split(",")}
-    rows = []
-    for task, language in WORKLOADS:
-        for shots in (0, 5):
-            per_item = _prompts(task, language, shots, args.items, tok.eos_token)
-            groups = item_groups(per_item)
-            row = {"task": task, "language": language, "shots": shots, "items": len(per_item),
-                   "work_ratio": work_ratio(tok, per_item)}
-            ours, references = {}, {}
-            for dtype, ours_scorer in scorers.items():
-                compiles = scorer.compile_count()
-                first, _ = _ours(ours_scorer, tok, per_item)                   # includes compilation
-                ours[dtype] = _ours(ours_scorer, tok, per_item)
-                row.update({f"ours_{dtype}_items_per_s": len(per_item) / ours[dtype][0],
-                            f"ours_{dtype}_first_call_s": first,
-                            f"ours_{dtype}_compiles": scorer.compile_count() - compiles})
-            for dtype, model in reference_models.items():
-                references[dtype] = _reference(model, tok, per_item)
-                row[f"reference_{dtype}_items_per_s"] = len(per_item) / references[dtype][0]
-            for dtype, (seconds, got) in ours.items():
-                if dtype in references:
-                    row[f"speedup_{dtype}_vs_{dtype}"] = references[dtype][0] / seconds
-                if "float32" in references:
-                    gaps = within_item(got, groups) - within_item(references["float32"][1], groups)
-                    row[f"max_abs_within_item_diff_{dtype}_vs_float32"] = float(np.max(np.abs(gaps)))
-            row["speedup"] = min(s for s, _ in references.values()) / min(s for s, _ in ours.values())
-            rows.append(row)
-            print(" | ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()),
-                  flush=True)
-            report = {"args": vars(args), "machine": machine, "results": rows}
-            pathlib.Path(args.out).write_text(json.dumps(report, indent=2))
+        report = {"args": vars(args), "machine": machine, "results": []}
+        for task, language in WORKLOADS:
+            for shots in (0, 5):
+                per_item = _prompts(task, language, shots, args.items, tok.eos_token)
+                report["results"].append(workload_row(task, language, shots, per_item, tok, scorers, loops,
+                                                      pathlib.Path(tmp)))
+                print(" | ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                 for k, v in report["results"][-1].items()), flush=True)
+                pathlib.Path(args.out).write_text(json.dumps(report, indent=2))
+        report["reference_processes"] = {dtype: {"threads": loop.ready["threads"], **loop.close()}
+                                         for dtype, loop in loops.items()}
+    pathlib.Path(args.out).write_text(json.dumps(report, indent=2))
+
+
+def workload_row(task: str, language: str, shots: int, per_item: list[list[fewshot.Prompt]], tok,
+                 scorers: dict[str, scorer.Scorer], loops: dict[str, bench.JsonLinesWorker],
+                 workdir: pathlib.Path) -> dict:
+    """One workload on both sides: items/s of each, the speed-ups, and the within-item agreement with the fp32
+    loop."""
+    groups = item_groups(per_item)
+    row = {"task": task, "language": language, "shots": shots, "items": len(per_item),
+           "work_ratio": work_ratio(tok, per_item)}
+    ours, references = {}, {}
+    for dtype, ours_scorer in scorers.items():
+        compiles = scorer.compile_count()
+        first, _ = _ours(ours_scorer, tok, per_item)                   # includes compilation
+        ours[dtype] = _ours(ours_scorer, tok, per_item)
+        row.update({f"ours_{dtype}_items_per_s": len(per_item) / ours[dtype][0],
+                    f"ours_{dtype}_first_call_s": first,
+                    f"ours_{dtype}_compiles": scorer.compile_count() - compiles})
+    for dtype, loop in loops.items():
+        references[dtype] = _reference(loop, per_item, workdir)
+        row[f"reference_{dtype}_items_per_s"] = len(per_item) / references[dtype][0]
+    for dtype, (seconds, got) in ours.items():
+        if dtype in references:
+            row[f"speedup_{dtype}_vs_{dtype}"] = references[dtype][0] / seconds
+        if "float32" in references:
+            gaps = within_item(got, groups) - within_item(references["float32"][1], groups)
+            row[f"max_abs_within_item_diff_{dtype}_vs_float32"] = float(np.max(np.abs(gaps)))
+    row["speedup"] = min(s for s, _ in references.values()) / min(s for s, _ in ours.values())
+    return row
 
 
 if __name__ == "__main__":

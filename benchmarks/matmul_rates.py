@@ -37,6 +37,16 @@ OPTION_SETS = {"train-step options": dict(xla_options.CPU_MATMULS_BY_XLA), "XLA 
                "+ oneDNN matmuls": {**xla_options.CPU_MATMULS_BY_XLA, **xla_options.CPU_ONEDNN_MATMULS}}
 
 
+def median_seconds(call: Callable[[], object], sync: Callable[[object], object], repeats: int) -> float:
+    """The median wall seconds of ``repeats`` calls, each to ``sync`` of its result (call once before: compiles)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sync(call())
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def best_seconds(call: Callable[[], object], sync: Callable[[object], object]) -> float:
     for _ in range(2):
         sync(call())

@@ -30,7 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import json  # noqa: E402
 import pathlib  # noqa: E402
 import sys  # noqa: E402
-from typing import Any, Callable, Mapping, Sequence  # noqa: E402
+from typing import Any, Callable, Mapping, Sequence, TextIO  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -143,13 +143,20 @@ def read_worker_input(path: pathlib.Path) -> tuple[dict, list[dict[str, np.ndarr
     return spec, [batches[index] for index in sorted(batches)]
 
 
+def reply_channel() -> TextIO:
+    """This process's stdout for a worker's JSON replies alone: the file descriptor is duplicated for them, and
+    stdout itself is pointed at stderr, so that whatever a library prints cannot corrupt the replies."""
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    return replies
+
+
 def serve(input_path: pathlib.Path) -> None:
     """Build the model, run the warm-up steps, then time one step per index read from stdin, one JSON line each
     on stdout: ``{"ready": ..., "threads": ...}`` once, ``measured_step``'s record per step, and at the end of
     stdin ``{"peak_rss_bytes": n}`` (VmHWM: ``ru_maxrss`` would carry the bench's RSS over the fork). Anything
     else printed (library warnings) is sent to stderr, so stdout carries the replies only."""
-    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    replies = reply_channel()
     spec, batches = read_worker_input(input_path)
     model = build_model(spec["hf_config"], seed=spec["seed"])
     timed_step = prepare_steps(model, make_optimizer(model, lr=spec["lr"]), batches, warmup=spec["warmup"],

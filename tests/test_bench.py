@@ -243,12 +243,12 @@ def test_the_reference_process_takes_the_steps_the_reference_takes_here(tmp_path
     assert [step["loss"] for step in steps] == pytest.approx([timed_step(i)["loss"] for i in range(2)], rel=1e-6)
 
 
-def test_a_reference_process_that_ends_without_replying_is_a_clear_error():
-    reference = object.__new__(bench.ReferenceProcess)       # the process part alone: no trainer needed
-    reference.process = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, text=True)
-    with pytest.raises(RuntimeError, match=r"torch reference process ended \(3\) without a reply"):
-        reference(0)
+def test_a_worker_that_ends_without_replying_is_a_clear_error(tmp_path):
+    (tmp_path / "ends.py").write_text('import json, sys\nprint(json.dumps({"ready": True}), flush=True)\nsys.exit(3)\n')
+    worker = bench.JsonLinesWorker([str(tmp_path / "ends.py")], "the test worker")
+    assert worker.ready == {"ready": True}
+    with pytest.raises(RuntimeError, match=r"the test worker ended \(3\) without a reply"):
+        worker.request("0")
 
 
 def test_reference_collation_is_the_reference_collators_layout():

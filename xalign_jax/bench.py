@@ -277,14 +277,55 @@ def torch_hf_config(trainer: train.Trainer) -> dict:
 TORCH_PRECISIONS = {"float32": False, "bf16_autocast": True}   # name -> torch.autocast(bfloat16) enabled
 
 
+class JsonLinesWorker:
+    """A benchmark's other side in a process of its own (``python ARGV...`` from the repository root, ARGV usually
+    ``-m MODULE ARGS...``), asked one line at a time on its stdin and answering each with one JSON line on its
+    stdout. Its first reply says it is ready; at the end of its stdin it sends a last one (its peak RSS) and exits.
+
+    Why a process: the reference's steps, in ours, grew the heap both sides shared and slowed steps of either side
+    by 0.4-1.2 s (BENCHMARKS.md); this way each side has the heap it has alone."""
+
+    def __init__(self, argv: Sequence[str], name: str):
+        self.name = name
+        self.process = subprocess.Popen([sys.executable, *argv], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+        try:
+            self.ready = self._reply()
+        except BaseException:
+            self.process.kill()
+            raise
+
+    def request(self, line: str) -> dict:
+        try:
+            self.process.stdin.write(f"{line}\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            pass            # it has ended: _reply says so, with its exit status
+        return self._reply()
+
+    def close(self) -> dict:
+        """Close its stdin, which ends it: its last reply ({} if none), or an error if it failed."""
+        last = {}
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            line = self.process.stdout.readline()
+            last = json.loads(line) if line else {}
+        if self.process.wait(timeout=60):
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode} (its stderr is above)")
+        return last
+
+    def _reply(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.name} ended ({self.process.wait()}) without a reply; its stderr is above")
+        return json.loads(line)
+
+
 class ReferenceProcess:
     """The reference recipe on the same tokens (``collated_batches``: our host batches in its collator's layout,
     ``reference_collation``) and architecture (random weights, its own AdamW) in a process of its own
-    (``benchmarks/torch_reference.py``'s ``serve``), after ``warmup`` untimed steps.
-
-    Calling it with i times the reference's step on timed batch i there: its ``measured_step`` record. Its own
-    process because the reference's bf16 autocast step, in ours, grew the heap both shared and slowed steps of
-    either side by 0.4-1.2 s (BENCHMARKS.md); this way each side has the heap it has alone."""
+    (``benchmarks/torch_reference.py``'s ``serve``, a ``JsonLinesWorker``), after ``warmup`` untimed steps.
+    Calling it with i times the reference's step on timed batch i there: its ``measured_step`` record."""
 
     def __init__(self, trainer: train.Trainer, collated_batches: Sequence[dict], warmup: int, *,
                  bf16_autocast: bool, workdir: pathlib.Path):
@@ -300,41 +341,17 @@ class ReferenceProcess:
                                  "bf16_autocast": bf16_autocast}}
         input_path = workdir / f"reference_{'bf16' if bf16_autocast else 'fp32'}_input.npz"
         write_reference_input(input_path, collated_batches, spec)
-        self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.torch_reference", str(input_path)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                        cwd=REPO_ROOT)
-        try:
-            ready = self._reply()
-        except BaseException:
-            self.process.kill()
-            raise
-        self.settings = {"threads": ready["threads"], "precision": "bf16 autocast" if bf16_autocast else "float32"}
+        self.worker = JsonLinesWorker(["-m", "benchmarks.torch_reference", str(input_path)],
+                                      "the torch reference process")
+        self.settings = {"threads": self.worker.ready["threads"],
+                         "precision": "bf16 autocast" if bf16_autocast else "float32"}
 
     def __call__(self, index: int) -> dict:
-        try:
-            self.process.stdin.write(f"{index}\n")
-            self.process.stdin.flush()
-        except BrokenPipeError:
-            pass            # it has ended: _reply says so, with its exit status
-        return self._reply()
+        return self.worker.request(str(index))
 
     def close(self) -> None:
-        """Close its stdin, which ends it; its last reply, its peak RSS, joins ``settings``."""
-        if self.process.poll() is None:
-            self.process.stdin.close()
-            line = self.process.stdout.readline()
-            if line:
-                self.settings.update(json.loads(line))
-        if self.process.wait(timeout=60):
-            raise RuntimeError(f"the torch reference process exited with {self.process.returncode} (its stderr is "
-                               "above)")
-
-    def _reply(self) -> dict:
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the torch reference process ended ({self.process.wait()}) without a reply; its "
-                               "stderr is above")
-        return json.loads(line)
+        """End its process; its last reply, its peak RSS, joins ``settings``."""
+        self.settings.update(self.worker.close())
 
 
 def write_reference_input(path: pathlib.Path, batches: Sequence[dict], spec: dict) -> None:
