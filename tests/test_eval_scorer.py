@@ -501,4 +501,4 @@ def test_the_reference_loop_process_scores_as_the_loop_here(tiny, shared_data, t
         assert seconds > 0 and loop.close()["peak_rss_bytes"] > 0
         _, expected = eval_reference.reference_loop(eval_reference.load_model(str(path), dtype, "cpu"), tok,
                                                     _texts(per_item))
-        np.testing.assert_array_equal(scores, expected)
+        np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)   # torch may use other thread counts
