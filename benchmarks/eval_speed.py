@@ -115,6 +115,8 @@ def main() -> None:
                         "converted Gemma-3-270M) instead of the random Llama; both sides load it")
     parser.add_argument("--head-positions", type=int, default=0, help="positions per vocabulary call (0: the "
                         "scorer's default)")
+    parser.add_argument("--unroll-layers", action="store_true", help="our model's blocks unrolled instead of a scan "
+                        "(model.unroll_layers)")
     parser.add_argument("--out", default="eval_speed.json")
     parser.add_argument("--torch-device", default="cpu", help="where the reference loop runs (cpu, cuda)")
     parser.add_argument("--reference-dtypes", default="float32,bfloat16",
@@ -140,7 +142,8 @@ def main() -> None:
                    "reference_scores": default_eval_config().reference_scores}
         if args.head_positions:
             options["head_positions"] = args.head_positions
-        scorers = {dtype: scorer.Scorer(models.from_pretrained(directory, dtype=dtype, param_dtype=dtype), **options)
+        scorers = {dtype: scorer.Scorer(models.from_pretrained(directory, dtype=dtype, param_dtype=dtype,
+                                                                unroll_layers=args.unroll_layers), **options)
                    for dtype in args.dtypes.split(",")}
         report = {"args": vars(args), "machine": machine, "results": []}
         for task, language in WORKLOADS:
