@@ -26,8 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from benchmarks.torch_reference import reply_channel, thread_settings  # noqa: E402
-from xalign_jax.bench import memory_status  # noqa: E402
+from benchmarks.torch_reference import answer_lines, reply_channel  # noqa: E402
 
 
 def reference_loop(model: transformers.PreTrainedModel, tok, per_item: list[list[str]]) -> tuple[float, np.ndarray]:
@@ -59,11 +58,11 @@ def serve(directory: str, dtype: str, device: str) -> None:
     replies = reply_channel()
     torch.set_num_threads(os.cpu_count() or 1)
     tok, model = transformers.AutoTokenizer.from_pretrained(directory), load_model(directory, dtype, device)
-    replies.write(json.dumps({"ready": True, "threads": thread_settings()}) + "\n")
-    for line in sys.stdin:
-        seconds, scores = reference_loop(model, tok, json.loads(pathlib.Path(line.strip()).read_text()))
-        replies.write(json.dumps({"seconds": seconds, "scores": scores.tolist()}) + "\n")
-    replies.write(json.dumps({"peak_rss_bytes": memory_status()["peak"]}) + "\n")
+
+    def answer(path: str) -> dict:
+        seconds, scores = reference_loop(model, tok, json.loads(pathlib.Path(path).read_text()))
+        return {"seconds": seconds, "scores": scores.tolist()}
+    answer_lines(replies, answer)
 
 
 if __name__ == "__main__":

@@ -63,13 +63,21 @@ def _prompts(task: str, language: str, shots: int, items: int, eos: str) -> list
     return [fewshot.build_prompts(template, item, demos) for item in tasks.load_part(task, language, "test")[:items]]
 
 
-def _reference(loop: bench.JsonLinesWorker, per_item: list[list[fewshot.Prompt]],
-               workdir: pathlib.Path) -> tuple[float, np.ndarray]:
-    """The reference loop's (seconds, scores in nats) over ``per_item``, run in its process
-    (``benchmarks/eval_reference.py``)."""
+def prompt_texts(per_item: list[list[fewshot.Prompt]]) -> list[list[str]]:
+    """Each item's candidates as the full texts the reference loop tokenizes."""
+    return [[p.text for p in prompts] for prompts in per_item]
+
+
+def write_items(per_item: list[list[fewshot.Prompt]], workdir: pathlib.Path) -> pathlib.Path:
+    """The items' texts as the JSON file a loop process reads (``benchmarks/eval_reference.py``)."""
     path = workdir / "items.json"
-    path.write_text(json.dumps([[p.text for p in prompts] for prompts in per_item]))
-    reply = loop.request(str(path))
+    path.write_text(json.dumps(prompt_texts(per_item)))
+    return path
+
+
+def _reference(loop: bench.JsonLinesWorker, items_path: pathlib.Path) -> tuple[float, np.ndarray]:
+    """The reference loop's (seconds, scores in nats) over the items in ``items_path``, run in its process."""
+    reply = loop.request(str(items_path))
     return reply["seconds"], np.array(reply["scores"])
 
 
@@ -175,8 +183,9 @@ def workload_row(task: str, language: str, shots: int, per_item: list[list[fewsh
         row.update({f"ours_{dtype}_items_per_s": len(per_item) / ours[dtype][0],
                     f"ours_{dtype}_first_call_s": first,
                     f"ours_{dtype}_compiles": scorer.compile_count() - compiles})
+    items_path = write_items(per_item, workdir)                         # once, for every loop precision
     for dtype, loop in loops.items():
-        references[dtype] = _reference(loop, per_item, workdir)
+        references[dtype] = _reference(loop, items_path)
         row[f"reference_{dtype}_items_per_s"] = len(per_item) / references[dtype][0]
     for dtype, (seconds, got) in ours.items():
         if dtype in references:

@@ -37,25 +37,24 @@ OPTION_SETS = {"train-step options": dict(xla_options.CPU_MATMULS_BY_XLA), "XLA 
                "+ oneDNN matmuls": {**xla_options.CPU_MATMULS_BY_XLA, **xla_options.CPU_ONEDNN_MATMULS}}
 
 
-def median_seconds(call: Callable[[], object], sync: Callable[[object], object], repeats: int) -> float:
-    """The median wall seconds of ``repeats`` calls, each to ``sync`` of its result (call once before: compiles)."""
+def call_seconds(call: Callable[[], object], sync: Callable[[object], object], repeats: int) -> list[float]:
+    """The wall seconds of ``repeats`` calls, each to ``sync`` of its result."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         sync(call())
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return times
+
+
+def median_seconds(call: Callable[[], object], sync: Callable[[object], object], repeats: int) -> float:
+    """The median of ``call_seconds`` (call once before: compiles)."""
+    return float(np.median(call_seconds(call, sync, repeats)))
 
 
 def best_seconds(call: Callable[[], object], sync: Callable[[object], object]) -> float:
-    for _ in range(2):
-        sync(call())
-    times = []
-    for _ in range(4):
-        start = time.perf_counter()
-        sync(call())
-        times.append(time.perf_counter() - start)
-    return min(times)
+    call_seconds(call, sync, 2)                      # warm-up (and compile)
+    return min(call_seconds(call, sync, 4))
 
 
 def xla_rate(spec: str, a: jax.Array, b: jax.Array, options: dict | None) -> float | None:

@@ -151,20 +151,26 @@ def reply_channel() -> TextIO:
     return replies
 
 
+def answer_lines(replies: TextIO, answer: Callable[[str], dict]) -> None:
+    """The worker's side of ``xalign_jax.bench.JsonLinesWorker``: ``{"ready": true, "threads": ...}``, then
+    ``answer(line)`` for each line read from stdin, and at the end of stdin ``{"peak_rss_bytes": n}`` (VmHWM:
+    ``ru_maxrss`` would carry the parent's RSS over the fork); one JSON line each on ``replies``."""
+    replies.write(json.dumps({"ready": True, "threads": thread_settings()}) + "\n")
+    for line in sys.stdin:
+        replies.write(json.dumps(answer(line.strip())) + "\n")
+    replies.write(json.dumps({"peak_rss_bytes": memory_status()["peak"]}) + "\n")
+
+
 def serve(input_path: pathlib.Path) -> None:
-    """Build the model, run the warm-up steps, then time one step per index read from stdin, one JSON line each
-    on stdout: ``{"ready": ..., "threads": ...}`` once, ``measured_step``'s record per step, and at the end of
-    stdin ``{"peak_rss_bytes": n}`` (VmHWM: ``ru_maxrss`` would carry the bench's RSS over the fork). Anything
-    else printed (library warnings) is sent to stderr, so stdout carries the replies only."""
+    """Build the model, run the warm-up steps, then time one step per index read from stdin (``answer_lines``):
+    ``measured_step``'s record per step. Anything else printed (library warnings) is sent to stderr, so stdout
+    carries the replies only."""
     replies = reply_channel()
     spec, batches = read_worker_input(input_path)
     model = build_model(spec["hf_config"], seed=spec["seed"])
     timed_step = prepare_steps(model, make_optimizer(model, lr=spec["lr"]), batches, warmup=spec["warmup"],
                                **spec["step_options"])
-    replies.write(json.dumps({"ready": True, "threads": thread_settings()}) + "\n")
-    for line in sys.stdin:
-        replies.write(json.dumps(timed_step(int(line))) + "\n")
-    replies.write(json.dumps({"peak_rss_bytes": memory_status()["peak"]}) + "\n")
+    answer_lines(replies, lambda line: timed_step(int(line)))
 
 
 if __name__ == "__main__":

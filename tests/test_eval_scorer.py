@@ -459,16 +459,12 @@ def test_the_last_forward_call_runs_only_the_rows_it_needs(tiny):
     np.testing.assert_allclose(together.reference, alone, rtol=1e-6)
 
 
-def _texts(per_item: list[list[fewshot.Prompt]]) -> list[list[str]]:
-    return [[p.text for p in prompts] for prompts in per_item]
-
-
 def test_eval_speed_reference_loop_scores_like_the_scorer_in_nats(tiny, shared_data):
     """The benchmark's reference loop (log2 of the softmax, as the reference) converted to nats equals our scores."""
-    from benchmarks import eval_reference
+    from benchmarks import eval_reference, eval_speed
     reference, model, tok, _ = tiny
     per_item = _task_prompts("xcopa", 1, tok, shared_data)
-    _, expected = eval_reference.reference_loop(reference, tok, _texts(per_item))
+    _, expected = eval_reference.reference_loop(reference, tok, eval_speed.prompt_texts(per_item))
     got = scorer.Scorer(model, batch_rows=4).score(scorer.encode_prompts(tok, [p for ps in per_item for p in ps]))
     np.testing.assert_allclose(got.reference, expected, rtol=1e-4, atol=1e-3)
 
@@ -479,9 +475,9 @@ def test_eval_speed_reference_loop_runs_with_bf16_weights(tiny, shared_data):
 
     import torch
 
-    from benchmarks import eval_reference
+    from benchmarks import eval_reference, eval_speed
     reference, _, tok, _ = tiny
-    texts = _texts(_task_prompts("xcopa", 1, tok, shared_data))
+    texts = eval_speed.prompt_texts(_task_prompts("xcopa", 1, tok, shared_data))
     _, in_fp32 = eval_reference.reference_loop(reference, tok, texts)
     _, in_bf16 = eval_reference.reference_loop(copy.deepcopy(reference).to(torch.bfloat16), tok, texts)
     assert not np.array_equal(in_bf16, in_fp32)
@@ -494,11 +490,12 @@ def test_the_reference_loop_process_scores_as_the_loop_here(tiny, shared_data, t
     from benchmarks import eval_reference, eval_speed
     reference, _, tok, path = tiny
     per_item = _task_prompts("xcopa", 1, tok, shared_data)
+    items_path = eval_speed.write_items(per_item, tmp_path)
     for dtype in ("float32", "bfloat16"):
         loop = bench.JsonLinesWorker(["-m", "benchmarks.eval_reference", str(path), dtype, "cpu"], "the test loop")
         assert loop.ready["ready"] and loop.ready["threads"]["OMP_WAIT_POLICY"] == "PASSIVE"
-        seconds, scores = eval_speed._reference(loop, per_item, tmp_path)
+        seconds, scores = eval_speed._reference(loop, items_path)
         assert seconds > 0 and loop.close()["peak_rss_bytes"] > 0
         _, expected = eval_reference.reference_loop(eval_reference.load_model(str(path), dtype, "cpu"), tok,
-                                                    _texts(per_item))
+                                                    eval_speed.prompt_texts(per_item))
         np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)   # torch may use other thread counts
