@@ -3,6 +3,7 @@ loss and its gradients against the reference recipe's autograd."""
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -168,6 +169,37 @@ def test_bf16_logits_round_the_head_output_and_keep_the_loss(logits_grad):
         lm_head_logits(wrong, head, hidden)
 
 
+def _dot_types(program: str) -> set[tuple[str, str, str]]:
+    """(result, lhs, rhs) element types of the dots in a compiled program's HLO text."""
+    types = dict(re.findall(r"%([\w.-]+) = (\w+)\[", program))
+    dots = re.findall(r" = (\w+)\[[^ ]* dot\(%([\w.-]+), %([\w.-]+)\)", program)
+    return {(result, types[lhs], types[rhs]) for result, lhs, rhs in dots}
+
+
+@pytest.mark.parametrize("logits_dtype", ["float32", "bfloat16"])
+def test_cpu_bf16_head_multiplies_into_fp32_whatever_the_logits_dtype(logits_dtype):
+    """bf16 compute on a CPU: the head's products are bf16 x bf16 dots with fp32 results for both logits dtypes,
+    and bf16 logits are that product rounded afterwards. Checked for the train step's vocabulary-major head with
+    its two backward products and for the scorer's token-major one. Asked for a bf16 result, XLA:CPU made them
+    fp32 x fp32 products of upcast operands: the bloom bench step took 1.20-1.24 s instead of 0.75, a scorer block
+    9x as long (BENCHMARKS.md)."""
+    cfg = models.ModelConfig.from_hf(TINY_HF_CONFIGS["llama3"], logits_dtype=logits_dtype, dtype="bfloat16")
+    head = models.init_model(cfg, seed=0, std=0.5).head()
+    hidden = jnp.ones((7, cfg.hidden_size), jnp.float32)
+    cotangent = jnp.ones((cfg.vocab_size, 7), logits_dtype)
+
+    def forward_and_backward(head, hidden, cotangent):
+        out, pullback = jax.vjp(functools.partial(lm_head_logits, cfg, vocab_major=True), head, hidden)
+        return out, pullback(cotangent)
+
+    vocab_major = jax.jit(forward_and_backward).lower(head, hidden, cotangent).compile().as_text()
+    token_major = jax.jit(functools.partial(lm_head_logits, cfg)).lower(head, hidden).compile().as_text()
+    for program, dots in ((vocab_major, 3), (token_major, 1)):
+        assert program.count(" dot(") == dots and _dot_types(program) == {("f32", "bf16", "bf16")}, _dot_types(program)
+    logits = (forward_and_backward(head, hidden, cotangent)[0], lm_head_logits(cfg, head, hidden))
+    assert logits[0].dtype == logits[1].dtype == jnp.dtype(logits_dtype)
+
+
 @pytest.mark.parametrize("name, overrides", [("llama", {}), ("llama3", {}),
                                              ("gemma3", {"final_logit_softcapping": 3.0})])
 @pytest.mark.parametrize("logits_dtype", ["float32", "bfloat16"])
@@ -222,6 +254,23 @@ def test_blocked_target_logprobs_are_the_log_softmax(name, overrides, logits_dty
     assert got.dtype == jnp.float32
     tolerance = 1e-5 if logits_dtype == "float32" else 2e-2    # jit may round bf16 logits at other points
     np.testing.assert_allclose(np.asarray(got), want, rtol=tolerance, atol=tolerance)
+
+
+def test_cpu_bf16_scorer_rounds_bf16_logits():
+    """bf16 compute with ``logits_dtype='bfloat16'``: the scorer's token-major vocabulary call does round the
+    logits to bf16. Before the product was computed in fp32 and rounded, XLA folded its bf16 result and the
+    scorer's upcast into one fp32 product, and the bf16 setting gave the fp32 scores (to 2e-6 on Gemma-3's head)."""
+    rng = np.random.default_rng(0)
+    hidden = jnp.asarray(rng.normal(size=(9, TINY_HF_CONFIGS["llama3"]["hidden_size"])), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, TINY_HF_CONFIGS["llama3"]["vocab_size"], 9), jnp.int32)
+    scores = {}
+    for logits_dtype in ("float32", "bfloat16"):
+        cfg = models.ModelConfig.from_hf(TINY_HF_CONFIGS["llama3"], logits_dtype=logits_dtype, dtype="bfloat16")
+        head = models.init_model(cfg, seed=0, std=0.5).head()
+        score = jax.jit(blocked_target_logprobs, static_argnums=(0, 4, 5))
+        scores[logits_dtype] = np.asarray(score(cfg, head, hidden, targets, 64, True))
+    difference = np.abs(scores["bfloat16"] - scores["float32"]).max()
+    assert 1e-4 < difference < 5e-2, difference
 
 
 def test_vocabulary_blocks_tile_real_vocabularies_exactly():

@@ -33,7 +33,7 @@ def model_config() -> ml_collections.ConfigDict:
         "remat_policy": "none",    # none | full | dots | dots_no_batch ...
         "unroll_layers": False,    # True: blocks unrolled, no scan; a faster CPU step (bf16 most), slower compiles
         "attention_impl": "xla",   # xla | cudnn (GPU, RoPE/sinusoidal families)
-        "logits_dtype": "float32",  # LM head output; bfloat16 halves the CE's memory traffic (torch autocast's)
+        "logits_dtype": "float32",  # LM head output; bfloat16 (torch autocast's) halves the CE's GPU traffic
         "untie_lm_head": False,    # reference: True (it trains a separate head initialised from the embedding)
     })
 

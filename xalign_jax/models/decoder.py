@@ -229,22 +229,24 @@ def lm_head_logits(cfg: ModelConfig, head: Mapping[str, jax.Array], hidden: jax.
     _chunk_grads_vocab_major``: every product of its backward is then a plain one for the CPU's matmul library).
 
     The product always accumulates in fp32; ``cfg.logits_dtype`` is what it is rounded to. fp32 by default;
-    ``bfloat16`` is what the reference's autocast runs produce, and it halves the bytes of the [tokens, 262k]
-    logits that the CE's softmax passes read and write (the CE upcasts to fp32 inside those passes)."""
+    ``bfloat16`` is what the reference's autocast runs produce, and on an accelerator it halves the bytes of the
+    [tokens, 262k] logits that the CE's softmax passes read and write (the CE upcasts to fp32 inside those passes).
+    A CPU computing in bf16 rounds an fp32 product instead: its matmul library has no fast bf16-result product."""
     dtype = jnp.dtype(cfg.dtype)
     name, weight_dims = head_layout(cfg)
     weight, hidden = head[name].astype(dtype), hidden.astype(dtype)
     if cfg.logits_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"model.logits_dtype {cfg.logits_dtype!r}: choose float32 or bfloat16")
-    if vocab_major and cfg.logits_dtype == "float32" and layers.cpu_bf16_products(dtype):
-        out = _vocab_major_cpu_bf16_logits(weight, weight_dims, hidden)
+    spec = f"{weight_dims},nd->vn" if vocab_major else f"...d,{weight_dims}->...v"
+    operands = (weight, hidden) if vocab_major else (hidden, weight)
+    if vocab_major and layers.cpu_bf16_products(dtype):
+        out = _vocab_major_cpu_bf16_logits(weight, weight_dims, hidden).astype(cfg.logits_dtype)
+    elif cfg.logits_dtype == "float32" or layers.cpu_bf16_products(dtype):
+        # asked for a bf16 result, XLA:CPU multiplies upcast fp32 operands: 9x slower for a [256, 640] x [640,
+        # 16384] scorer block, and the bloom bench step at 1.20-1.24 s instead of 0.75 (BENCHMARKS.md)
+        out = layers.einsum_fp32_out(spec, *operands).astype(cfg.logits_dtype)
     else:
-        spec = f"{weight_dims},nd->vn" if vocab_major else f"...d,{weight_dims}->...v"
-        operands = (weight, hidden) if vocab_major else (hidden, weight)
-        if cfg.logits_dtype == "float32":
-            out = layers.einsum_fp32_out(spec, *operands)
-        else:
-            out = jnp.einsum(spec, *operands, preferred_element_type=jnp.bfloat16)
+        out = jnp.einsum(spec, *operands, preferred_element_type=jnp.bfloat16)
     if cfg.final_logit_softcap:
         out = jnp.tanh(out / cfg.final_logit_softcap) * cfg.final_logit_softcap
     return out
