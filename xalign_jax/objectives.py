@@ -18,6 +18,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from xalign_jax.models import layers
+
 POOL_METHODS = ("last", "avg", "max")
 COSINE_EPS = 1e-8   # torch.nn.CosineSimilarity's default: each norm is clamped to at least eps
 
@@ -104,16 +106,6 @@ def contrastive_loss(z0: jax.Array, z1: jax.Array, *, temperature: float = 0.05,
 LogitsFn = Callable[..., jax.Array]
 
 
-def _as_fp32(logits: jax.Array) -> jax.Array:
-    """fp32 logits for the softmax maths, still rounded to their own dtype: XLA may fold the head's bf16 output
-    and this upcast into one fp32 product (it does with the vocabulary-major layout), which would silently drop
-    the rounding that ``model.logits_dtype='bfloat16'`` asks for; ``reduce_precision`` is never folded away."""
-    if logits.dtype == jnp.float32:
-        return logits
-    info = jnp.finfo(logits.dtype)
-    return jax.lax.reduce_precision(logits.astype(jnp.float32), exponent_bits=info.nexp, mantissa_bits=info.nmant)
-
-
 def _nll_terms(logits: jax.Array, targets: jax.Array, weights: jax.Array,
                axis: int = -1) -> tuple[jax.Array, jax.Array]:
     """(weighted NLL sum, log-sum-exp with ``axis`` kept) of fp32 ``logits`` whose vocabulary lies on ``axis``;
@@ -127,7 +119,7 @@ def _nll_terms(logits: jax.Array, targets: jax.Array, weights: jax.Array,
 def _chunk_nll_sum(logits_fn: LogitsFn, head: Any, hidden: jax.Array, targets: jax.Array,
                    weights: jax.Array) -> jax.Array:
     """Weighted sum of -log p(target) over one [R, C] chunk; logits in the compute dtype, softmax maths in fp32."""
-    return _nll_terms(_as_fp32(logits_fn(head, hidden)), targets, weights)[0]
+    return _nll_terms(layers.as_fp32_rounded(logits_fn(head, hidden)), targets, weights)[0]
 
 
 def _chunk_grads_by_autodiff(logits_fn: LogitsFn, head: Any, hidden: jax.Array, targets: jax.Array,
@@ -143,7 +135,7 @@ def _grads_through_logits(logits_fn: LogitsFn, head: Any, hidden: jax.Array, tar
     one-hot an iota comparison, the vocabulary on ``axis`` of ``logits_fn``'s output); only the head's own
     backward (``logits_fn``'s pullback) is autodiff."""
     raw_logits, pullback = jax.vjp(logits_fn, head, hidden)
-    logits = _as_fp32(raw_logits)
+    logits = layers.as_fp32_rounded(raw_logits)
     loss, lse = _nll_terms(logits, targets, weights, axis)
     targets, weights = jnp.expand_dims(targets, axis), jnp.expand_dims(weights, axis)
     is_target = jax.lax.broadcasted_iota(jnp.int32, logits.shape, axis % logits.ndim) == targets

@@ -57,6 +57,7 @@ from flax import nnx
 from xalign_jax import xla_options
 from xalign_jax.data import packing
 from xalign_jax.evaluation.fewshot import Prompt
+from xalign_jax.models import layers
 from xalign_jax.models.decoder import PrefixCache
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ def _position_logprob(graphdef, params, hidden: jax.Array, row: jax.Array, sourc
     model = nnx.merge(graphdef, params)
     if vocab_block:
         return model.target_logprobs(hidden[row, source], target, vocab_block, token_major)
-    logits = model.logits(hidden[row, source]).astype(jnp.float32)
+    logits = layers.as_fp32_rounded(model.logits(hidden[row, source]))
     picked = jnp.take_along_axis(logits, target[:, None], axis=-1)[:, 0]
     return picked - jax.nn.logsumexp(logits, axis=-1)
 

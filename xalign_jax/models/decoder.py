@@ -284,7 +284,7 @@ def blocked_target_logprobs(cfg: ModelConfig, head: Mapping[str, jax.Array], hid
         running_max, running_sum, target_logit = carry
         start = jnp.minimum(first_row, vocab - block)
         rows = jax.lax.dynamic_slice_in_dim(weight, start, block, axis)
-        logits = lm_head_logits(cfg, {name: rows}, hidden, vocab_major=not token_major).astype(jnp.float32)
+        logits = layers.as_fp32_rounded(lm_head_logits(cfg, {name: rows}, hidden, vocab_major=not token_major))
         if count * block > vocab:
             logits = jnp.where(start + row_in_block >= first_row, logits, -jnp.inf)
         new_max = jnp.maximum(running_max, logits.max(axis=vocab_axis))

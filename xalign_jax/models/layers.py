@@ -64,6 +64,17 @@ def cpu_bf16_products(dtype: jnp.dtype) -> bool:
     return dtype == jnp.bfloat16 and jax.default_backend() == "cpu"
 
 
+def as_fp32_rounded(logits: jax.Array) -> jax.Array:
+    """fp32 logits for the softmax maths, still rounded to their own dtype. XLA may fold a product's bf16 result
+    and the upcast after it into one fp32 product, which would silently drop the rounding that
+    ``model.logits_dtype='bfloat16'`` asks for (it did in the CPU scorer, BENCHMARKS.md); ``reduce_precision`` is
+    never folded away."""
+    if logits.dtype == jnp.float32:
+        return logits
+    info = jnp.finfo(logits.dtype)
+    return jax.lax.reduce_precision(logits.astype(jnp.float32), exponent_bits=info.nexp, mantissa_bits=info.nmant)
+
+
 def row_major(x: jax.Array) -> jax.Array:
     """``x`` as an array of its own, in row-major layout: a transpose (``row_major(a.T)``) is then copied once
     rather than folded into the next product's dimension numbers, which would hand that product to YNNPACK in an
