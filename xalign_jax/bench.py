@@ -477,8 +477,10 @@ def run_benchmark(config: Any, *, steps: int, warmup: int, workdir: pathlib.Path
                     references[precision] = ReferenceProcess(
                         trainer, collated, warmup, bf16_autocast=TORCH_PRECISIONS[precision], workdir=workdir)
                 timers = {"jax": prepare_jax_steps(trainer, host_batches, warmup), **references}
-                jax_rss = peak_rss_bytes()                   # this process's peak: compiles and warmup steps
                 runs = time_alternating(timers, steps, steps_per_turn)
+                # this process's peak: compiles, warm-up and timed steps (a timed step may still grow the heap,
+                # BENCHMARKS.md); each reference reports its own process's
+                jax_rss = peak_rss_bytes()
             finally:
                 for reference in references.values():
                     reference.close()
