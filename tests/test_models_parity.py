@@ -258,7 +258,7 @@ def test_blocked_target_logprobs_are_the_log_softmax(name, overrides, logits_dty
 
 def test_cpu_bf16_scorer_rounds_bf16_logits():
     """bf16 compute with ``logits_dtype='bfloat16'``: the scorer's token-major vocabulary call does round the
-    logits to bf16. Before the product was computed in fp32 and rounded, XLA folded its bf16 result and the
+    logits to bf16. Until the product was computed in fp32 and then rounded, XLA folded its bf16 result and the
     scorer's upcast into one fp32 product, and the bf16 setting gave the fp32 scores (to 2e-6 on Gemma-3's head)."""
     rng = np.random.default_rng(0)
     hidden = jnp.asarray(rng.normal(size=(9, TINY_HF_CONFIGS["llama3"]["hidden_size"])), jnp.float32)

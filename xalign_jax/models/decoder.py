@@ -242,8 +242,9 @@ def lm_head_logits(cfg: ModelConfig, head: Mapping[str, jax.Array], hidden: jax.
     if vocab_major and layers.cpu_bf16_products(dtype):
         out = _vocab_major_cpu_bf16_logits(weight, weight_dims, hidden).astype(cfg.logits_dtype)
     elif cfg.logits_dtype == "float32" or layers.cpu_bf16_products(dtype):
-        # asked for a bf16 result, XLA:CPU multiplies upcast fp32 operands: 9x slower for a [256, 640] x [640,
-        # 16384] scorer block, and the bloom bench step at 1.20-1.24 s instead of 0.75 (BENCHMARKS.md)
+        # fp32 logits, or bf16 ones rounded from them on a CPU computing in bf16: asked for a bf16 result, XLA:CPU
+        # multiplies upcast fp32 operands (a [256, 640] x [640, 16384] scorer block 9x slower, the bloom bench
+        # step 1.20-1.24 s instead of 0.75, BENCHMARKS.md)
         out = layers.einsum_fp32_out(spec, *operands).astype(cfg.logits_dtype)
     else:
         out = jnp.einsum(spec, *operands, preferred_element_type=jnp.bfloat16)
