@@ -4,13 +4,12 @@ over the trailing dimensions, as one flattened product. ``layers.product_fp32_ou
 forward and backward reaches XLA's compiled program as a bf16 one."""
 from __future__ import annotations
 
-import re
-
 import jax
 import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
+from tests import hlo
 from xalign_jax.models import layers
 
 SPEC = "btd,vd->btv"
@@ -99,12 +98,6 @@ def test_dense_in_bf16_gives_the_rounded_exact_product_and_gradients():
         np.testing.assert_allclose(np.asarray(ours, np.float64), reference, rtol=2 ** -8, atol=1e-5)
 
 
-def _dot_operand_types(program: str) -> list[tuple[str, str]]:
-    """(lhs, rhs) element types of every dot in a compiled program's HLO text (XLA names values module-wide)."""
-    types = dict(re.findall(r"%([\w.-]+) = (\w+)\[", program))
-    return [(types[lhs], types[rhs]) for lhs, rhs in re.findall(r" dot\(%([\w.-]+), %([\w.-]+)\)", program)]
-
-
 def test_bf16_products_and_their_backward_reach_xla_as_bf16_products():
     """Compiled under XLA's defaults (the bf16 train step's options), the forward product and both backward
     products of ``product_fp32_out`` stay bf16 x bf16 dots. The weight gradient written by autodiff, which
@@ -120,7 +113,7 @@ def test_bf16_products_and_their_backward_reach_xla_as_bf16_products():
         return (out, *pullback(g))
 
     program = jax.jit(forward_and_backward).lower(rows, matrix, cotangent).compile().as_text()
-    dots = _dot_operand_types(program)
+    dots = [(lhs, rhs) for _, lhs, rhs in hlo.dot_types(program)]
     assert len(dots) == 3 and set(dots) == {("bf16", "bf16")}, dots
     out, rows_grad, matrix_grad = jax.jit(forward_and_backward)(rows, matrix, cotangent)
     a, b = (np.asarray(x, np.float64) for x in (rows, matrix))

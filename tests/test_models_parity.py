@@ -3,7 +3,6 @@ loss and its gradients against the reference recipe's autograd."""
 from __future__ import annotations
 
 import functools
-import re
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +12,7 @@ import torch
 from flax import nnx
 
 from benchmarks import torch_reference
+from tests import hlo
 from tests.tiny_models import TINY_HF_CONFIGS, make_tiny_hf_model, reference_batch, step_batch
 from xalign_jax import bench, config_defaults, models, objectives
 from xalign_jax.models import layers
@@ -169,13 +169,6 @@ def test_bf16_logits_round_the_head_output_and_keep_the_loss(logits_grad):
         lm_head_logits(wrong, head, hidden)
 
 
-def _dot_types(program: str) -> set[tuple[str, str, str]]:
-    """(result, lhs, rhs) element types of the dots in a compiled program's HLO text."""
-    types = dict(re.findall(r"%([\w.-]+) = (\w+)\[", program))
-    dots = re.findall(r" = (\w+)\[[^ ]* dot\(%([\w.-]+), %([\w.-]+)\)", program)
-    return {(result, types[lhs], types[rhs]) for result, lhs, rhs in dots}
-
-
 @pytest.mark.parametrize("logits_dtype", ["float32", "bfloat16"])
 def test_cpu_bf16_head_multiplies_into_fp32_whatever_the_logits_dtype(logits_dtype):
     """bf16 compute on a CPU: the head's products are bf16 x bf16 dots with fp32 results for both logits dtypes,
@@ -195,7 +188,8 @@ def test_cpu_bf16_head_multiplies_into_fp32_whatever_the_logits_dtype(logits_dty
     vocab_major = jax.jit(forward_and_backward).lower(head, hidden, cotangent).compile().as_text()
     token_major = jax.jit(functools.partial(lm_head_logits, cfg)).lower(head, hidden).compile().as_text()
     for program, dots in ((vocab_major, 3), (token_major, 1)):
-        assert program.count(" dot(") == dots and _dot_types(program) == {("f32", "bf16", "bf16")}, _dot_types(program)
+        types = set(hlo.dot_types(program))
+        assert program.count(" dot(") == dots and types == {("f32", "bf16", "bf16")}, types
     logits = (forward_and_backward(head, hidden, cotangent)[0], lm_head_logits(cfg, head, hidden))
     assert logits[0].dtype == logits[1].dtype == jnp.dtype(logits_dtype)
 
